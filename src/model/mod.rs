@@ -1,0 +1,7 @@
+//! Model architectures: configuration, weight loading, shared layers and the decoder forward.
+//! One file per concern; the engine ([`crate::engine`]) is the only caller.
+
+pub mod config;
+pub mod decoder;
+pub mod layers;
+pub mod weights;

@@ -1,0 +1,265 @@
+//! Model weights in the engine's compute dtype, loaded from GGUF or HF safetensors.
+//!
+//! Quantized GGUF tensors are dequantized once at load: on a small CPU, candle's f32 matmul is
+//! several times faster than its quantized kernels, and the models bbt targets are small enough
+//! that f32 copies fit comfortably in memory. Related projections are fused (q|k|v, gate|up) so
+//! each layer runs two large matmuls instead of five small ones.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::Context;
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{Architecture, ModelConfig};
+
+/// Weights of one transformer block. Matrices are `[out, in]`, as in both file formats.
+pub struct LayerWeights {
+    pub attn_norm: Tensor,
+    /// q, k and v projections stacked along the output dimension.
+    pub wqkv: Tensor,
+    pub wo: Tensor,
+    pub ffn_norm: Tensor,
+    /// gate and up projections stacked along the output dimension.
+    pub w_gate_up: Tensor,
+    pub w_down: Tensor,
+    /// Gemma 3 only: per-head RMSNorm weights of queries and keys.
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
+    /// Gemma 3 only: norms applied to the attention and MLP outputs before the residual add.
+    pub post_attn_norm: Option<Tensor>,
+    pub post_ffn_norm: Option<Tensor>,
+}
+
+/// All weights of a decoder-only model.
+pub struct DecoderWeights {
+    /// Token embedding matrix `[vocab, hidden]`.
+    pub embed: Tensor,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Tensor,
+    /// Output head `[vocab, hidden]`; `None` when tied to `embed`.
+    pub lm_head: Option<Tensor>,
+}
+
+/// A named-tensor source: GGUF or safetensors, yielding tensors already on `device` in `dtype`.
+trait TensorSource {
+    fn get(&mut self, name: &str) -> anyhow::Result<Tensor>;
+    fn has(&self, name: &str) -> bool;
+}
+
+struct GgufSource<'a> {
+    content: &'a gguf_file::Content,
+    file: File,
+    device: Device,
+    dtype: DType,
+}
+
+impl TensorSource for GgufSource<'_> {
+    fn get(&mut self, name: &str) -> anyhow::Result<Tensor> {
+        let q = self
+            .content
+            .tensor(&mut self.file, name, &Device::Cpu)
+            .with_context(|| format!("GGUF tensor {name}"))?;
+        let t = q.dequantize(&Device::Cpu)?;
+        Ok(t.to_device(&self.device)?.to_dtype(self.dtype)?)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+}
+
+struct SafetensorsSource {
+    tensors: HashMap<String, Tensor>,
+    device: Device,
+    dtype: DType,
+}
+
+impl TensorSource for SafetensorsSource {
+    fn get(&mut self, name: &str) -> anyhow::Result<Tensor> {
+        let t = self
+            .tensors
+            .remove(name)
+            .with_context(|| format!("safetensors checkpoint lacks {name}"))?;
+        Ok(t.to_device(&self.device)?.to_dtype(self.dtype)?)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// Tensor names of one file format.
+struct Names {
+    embed: &'static str,
+    final_norm: &'static str,
+    lm_head: &'static str,
+    layer: fn(usize, &str) -> String,
+}
+
+const GGUF_NAMES: Names = Names {
+    embed: "token_embd.weight",
+    final_norm: "output_norm.weight",
+    lm_head: "output.weight",
+    layer: |i, part| {
+        let p = match part {
+            "attn_norm" => "attn_norm",
+            "q" => "attn_q",
+            "k" => "attn_k",
+            "v" => "attn_v",
+            "o" => "attn_output",
+            "ffn_norm" => "ffn_norm",
+            "gate" => "ffn_gate",
+            "up" => "ffn_up",
+            "down" => "ffn_down",
+            "q_norm" => "attn_q_norm",
+            "k_norm" => "attn_k_norm",
+            "post_attn_norm" => "post_attention_norm",
+            "post_ffn_norm" => "post_ffw_norm",
+            other => unreachable!("unknown layer part {other}"),
+        };
+        format!("blk.{i}.{p}.weight")
+    },
+};
+
+const HF_NAMES: Names = Names {
+    embed: "model.embed_tokens.weight",
+    final_norm: "model.norm.weight",
+    lm_head: "lm_head.weight",
+    layer: |i, part| {
+        let p = match part {
+            "attn_norm" => "input_layernorm",
+            "q" => "self_attn.q_proj",
+            "k" => "self_attn.k_proj",
+            "v" => "self_attn.v_proj",
+            "o" => "self_attn.o_proj",
+            "ffn_norm" => "post_attention_layernorm",
+            "gate" => "mlp.gate_proj",
+            "up" => "mlp.up_proj",
+            "down" => "mlp.down_proj",
+            other => unreachable!("part {other} has no llama HF name"),
+        };
+        format!("model.layers.{i}.{p}.weight")
+    },
+};
+
+impl DecoderWeights {
+    /// Loads and dequantizes every tensor of a GGUF model.
+    pub fn from_gguf(
+        path: &Path,
+        content: &gguf_file::Content,
+        cfg: &ModelConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> anyhow::Result<Self> {
+        let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+        let mut src = GgufSource {
+            content,
+            file,
+            device: device.clone(),
+            dtype,
+        };
+        Self::load(&mut src, &GGUF_NAMES, cfg)
+    }
+
+    /// Loads a HF-style llama checkpoint: every `*.safetensors` file in `dir`.
+    pub fn from_safetensors_dir(
+        dir: &Path,
+        cfg: &ModelConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> anyhow::Result<Self> {
+        let mut tensors = HashMap::new();
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("read {}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        anyhow::ensure!(
+            !files.is_empty(),
+            "no *.safetensors file in {}",
+            dir.display()
+        );
+        for f in files {
+            let loaded = candle_core::safetensors::load(&f, &Device::Cpu)
+                .with_context(|| format!("read {}", f.display()))?;
+            tensors.extend(loaded);
+        }
+        let mut src = SafetensorsSource {
+            tensors,
+            device: device.clone(),
+            dtype,
+        };
+        Self::load(&mut src, &HF_NAMES, cfg)
+    }
+
+    fn load(src: &mut dyn TensorSource, names: &Names, cfg: &ModelConfig) -> anyhow::Result<Self> {
+        let gemma = cfg.architecture == Architecture::Gemma3;
+        let embed = src.get(names.embed)?;
+        check_shape(&embed, &[cfg.vocab_size, cfg.hidden_size], names.embed)?;
+        let lm_head = if src.has(names.lm_head) {
+            Some(src.get(names.lm_head)?)
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let mut get = |part: &str| src.get(&(names.layer)(i, part));
+            let q = get("q")?;
+            let k = get("k")?;
+            let v = get("v")?;
+            check_shape(
+                &q,
+                &[cfg.num_heads * cfg.head_dim, cfg.hidden_size],
+                "q projection",
+            )?;
+            check_shape(
+                &k,
+                &[cfg.num_kv_heads * cfg.head_dim, cfg.hidden_size],
+                "k projection",
+            )?;
+            let gate = get("gate")?;
+            let up = get("up")?;
+            check_shape(&gate, &[cfg.ffn_size, cfg.hidden_size], "gate projection")?;
+            let mut opt = |part: &str| if gemma { get(part).map(Some) } else { Ok(None) };
+            let (q_norm, k_norm) = (opt("q_norm")?, opt("k_norm")?);
+            let (post_attn_norm, post_ffn_norm) = (opt("post_attn_norm")?, opt("post_ffn_norm")?);
+            layers.push(LayerWeights {
+                attn_norm: get("attn_norm")?,
+                wqkv: Tensor::cat(&[&q, &k, &v], 0)?,
+                wo: get("o")?,
+                ffn_norm: get("ffn_norm")?,
+                w_gate_up: Tensor::cat(&[&gate, &up], 0)?,
+                w_down: get("down")?,
+                q_norm,
+                k_norm,
+                post_attn_norm,
+                post_ffn_norm,
+            });
+        }
+        Ok(Self {
+            embed,
+            layers,
+            final_norm: src.get(names.final_norm)?,
+            lm_head,
+        })
+    }
+
+    /// The output head: `lm_head` if the model has one, else the tied embeddings.
+    pub fn output_head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+fn check_shape(t: &Tensor, want: &[usize], what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        t.dims() == want,
+        "{what} has shape {:?}, expected {want:?} from the model config",
+        t.dims()
+    );
+    Ok(())
+}

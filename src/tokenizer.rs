@@ -1,0 +1,172 @@
+//! Text to token ids, built from a GGUF file's own metadata or from a `tokenizer.json`.
+//!
+//! The heavy lifting (BPE merges, byte-level mapping, special-token splitting) is done by the
+//! `tokenizers` crate; this module only assembles the right pipeline from what the model file
+//! records, so a model file is self-contained.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use candle_core::quantized::gguf_file;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+/// GGUF token types (llama.cpp `llama_token_type`) that mark special tokens.
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// A model's tokenizer and the special ids the engine needs.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Beginning-of-sequence id, when the model expects one in front of every input.
+    bos: Option<u32>,
+    eos: Option<u32>,
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer a GGUF file describes (`tokenizer.ggml.*` keys).
+    pub fn from_gguf(content: &gguf_file::Content) -> anyhow::Result<Self> {
+        let md = &content.metadata;
+        let get = |k: &str| {
+            md.get(k)
+                .with_context(|| format!("GGUF metadata lacks {k}"))
+        };
+        let model = get("tokenizer.ggml.model")?.to_string()?.clone();
+        let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
+            .to_vec()?
+            .iter()
+            .map(|v| v.to_string().cloned())
+            .collect::<Result<_, _>>()?;
+        let token_types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()?
+                .iter()
+                .map(|t| t.to_i32())
+                .collect::<Result<_, _>>()?,
+            None => vec![1; tokens.len()],
+        };
+        let inner = match model.as_str() {
+            "gpt2" => {
+                let pre = md
+                    .get("tokenizer.ggml.pre")
+                    .map(|v| v.to_string().cloned())
+                    .transpose()?
+                    .unwrap_or_else(|| "default".into());
+                let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
+                    .to_vec()?
+                    .iter()
+                    .map(|m| {
+                        let m = m.to_string()?;
+                        m.split_once(' ')
+                            .map(|(a, b)| (a.to_string(), b.to_string()))
+                            .with_context(|| format!("malformed BPE merge `{m}`"))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                byte_level_bpe(&tokens, merges, &pre)?
+            }
+            other => bail!("unsupported GGUF tokenizer model `{other}` (supported: gpt2)"),
+        };
+        let mut inner = inner;
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&token_types)
+            .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+            .map(|(tok, _)| AddedToken::from(tok.clone(), true))
+            .collect();
+        inner.add_special_tokens(&specials);
+        let id = |k: &str| -> anyhow::Result<Option<u32>> {
+            md.get(k).map(|v| Ok(v.to_u32()?)).transpose()
+        };
+        let add_bos = md
+            .get("tokenizer.ggml.add_bos_token")
+            .map(|v| v.to_bool())
+            .transpose()?
+            .unwrap_or(model == "llama");
+        Ok(Self {
+            inner,
+            bos: if add_bos {
+                id("tokenizer.ggml.bos_token_id")?
+            } else {
+                None
+            },
+            eos: id("tokenizer.ggml.eos_token_id")?,
+        })
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`; `bos` is prepended to inputs when given.
+    pub fn from_file(path: &Path, bos: Option<u32>, eos: Option<u32>) -> anyhow::Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
+        Ok(Self { inner, bos, eos })
+    }
+
+    /// Token ids of `text`, without BOS (the engine places BOS itself).
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of a sequence of ids.
+    pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| anyhow::anyhow!("decoding failed: {e}"))
+    }
+
+    /// The id of a token given by its exact vocabulary string, if present.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Beginning-of-sequence id the model expects in front of every input, if any.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// End-of-sequence id.
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+/// GPT-2 style byte-level BPE; `pre` is llama.cpp's pre-tokenizer name.
+fn byte_level_bpe(
+    tokens: &[String],
+    merges: Vec<(String, String)>,
+    pre: &str,
+) -> anyhow::Result<tokenizers::Tokenizer> {
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| anyhow::anyhow!("invalid BPE vocabulary: {e}"))?;
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre_tokenizer: PreTokenizerWrapper = match pre {
+        // SmolLM: every digit is its own word, then GPT-2's regex split.
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "gpt2" | "default" => byte_level.into(),
+        other => {
+            bail!("unsupported BPE pre-tokenizer `{other}` (supported: smollm, gpt2, default)")
+        }
+    };
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+    tk.with_pre_tokenizer(Some(pre_tokenizer));
+    tk.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tk)
+}
