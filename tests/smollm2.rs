@@ -283,3 +283,26 @@ fn verbalizer_readout_equals_full_vocabulary_columns() {
         }
     }
 }
+
+#[test]
+fn tokenizer_matches_llama_cpp_reference_encodings() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/smollm2_tokenizer.json")).unwrap();
+    let encodings = fixture["encodings"].as_array().unwrap();
+    assert!(encodings.len() >= 20);
+    for e in encodings {
+        let text = e["text"].as_str().unwrap();
+        let want: Vec<u32> = e["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tokens(text), want, "encoding of {text:?}");
+        assert_eq!(
+            engine().tokenizer().decode(&want).unwrap(),
+            text,
+            "round trip of {text:?}"
+        );
+    }
+}

@@ -1,1 +1,75 @@
-fn main() {}
+//! `bbt`: the user's command line.
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bbt",
+    version,
+    about = "Black-box tuning of continuous prompts for language models served as a service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch assets (models) into the cache; with no NAME, list what can be fetched.
+    Fetch {
+        /// Asset names, e.g. smollm2-135m gemma3-270m.
+        names: Vec<String>,
+    },
+    /// Zero-shot sentiment with the default model: a demo of the forward pass and verbalizer.
+    Demo(demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fetch { names } => fetch(&names),
+        Command::Demo(args) => demo::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn fetch(names: &[String]) -> anyhow::Result<()> {
+    if names.is_empty() {
+        println!("cache: {}", bbt::assets::cache_dir().display());
+        for a in bbt::assets::KNOWN_ASSETS {
+            let state = if bbt::assets::cached_path(a).exists() {
+                "cached"
+            } else {
+                "not fetched"
+            };
+            println!(
+                "{:<14} {:>6.1} MB  {:<12} {}",
+                a.name,
+                a.size as f64 / 1e6,
+                state,
+                a.description
+            );
+        }
+        return Ok(());
+    }
+    // Check every name before fetching anything.
+    let specs = names
+        .iter()
+        .map(|n| {
+            bbt::assets::find_asset(n).ok_or_else(|| {
+                let known: Vec<_> = bbt::assets::KNOWN_ASSETS.iter().map(|a| a.name).collect();
+                anyhow::anyhow!("unknown asset `{n}`; known assets: {}", known.join(", "))
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for spec in specs {
+        let path = bbt::assets::fetch(spec)?;
+        println!("{} -> {}", spec.name, path.display());
+    }
+    Ok(())
+}

@@ -1,1 +1,33 @@
-fn main() {}
+//! `bbt-experiments`: benchmarks that print one JSON object per line.
+
+mod bench_forward;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bbt-experiments",
+    version,
+    about = "bbt benchmarks and comparisons"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Forward-pass speed: f32 matmul rate, prefill, and the BBT call shapes (JSON lines).
+    BenchForward(bench_forward::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::BenchForward(args) => bench_forward::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
