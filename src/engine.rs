@@ -86,6 +86,7 @@ pub enum Readout {
 }
 
 /// Result of a forward pass.
+#[derive(Debug)]
 pub struct ForwardOutput {
     /// `[rows, k]`: logits at each row's last position over the readout's tokens.
     pub logits: Tensor,
@@ -469,7 +470,8 @@ impl Engine {
                 }
             })
             .collect();
-        let identity = gather.iter().enumerate().all(|(i, &g)| i as u32 == g);
+        let identity =
+            table.dim(0)? == gather.len() && gather.iter().enumerate().all(|(i, &g)| i as u32 == g);
         let embeddings = if identity {
             table
         } else {

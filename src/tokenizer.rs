@@ -97,6 +97,11 @@ impl Tokenizer {
         })
     }
 
+    /// Wraps an already-built `tokenizers` pipeline (e.g. for small test models).
+    pub fn new(inner: tokenizers::Tokenizer, bos: Option<u32>, eos: Option<u32>) -> Self {
+        Self { inner, bos, eos }
+    }
+
     /// Loads a Hugging Face `tokenizer.json`; `bos` is prepended to inputs when given.
     pub fn from_file(path: &Path, bos: Option<u32>, eos: Option<u32>) -> anyhow::Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)

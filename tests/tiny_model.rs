@@ -1,0 +1,373 @@
+//! Edge cases of the engine on small random-weight models built here (milliseconds per test).
+
+use bbt::model::config::{Architecture, ModelConfig, RopeStyle};
+use bbt::model::weights::{DecoderWeights, LayerWeights};
+use bbt::tokenizer::Tokenizer;
+use bbt::{Engine, Prompt, Readout, Row, Segment};
+use candle_core::{DType, Device, Tensor};
+
+const VOCAB: usize = 64;
+const BOS: u32 = 1;
+
+fn config(architecture: Architecture) -> ModelConfig {
+    let gemma = architecture == Architecture::Gemma3;
+    ModelConfig {
+        architecture,
+        num_layers: 3,
+        hidden_size: 32,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: if gemma { 16 } else { 8 },
+        ffn_size: 48,
+        vocab_size: VOCAB,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_theta_local: 1_000.0,
+        rope_style: if gemma {
+            RopeStyle::Half
+        } else {
+            RopeStyle::Interleaved
+        },
+        sliding_window: gemma.then_some(4),
+        global_every: if gemma { 1000 } else { 1 },
+        attention_scale: 0.25,
+        max_position: 40,
+    }
+}
+
+fn randn(dims: &[usize], std: f64) -> Tensor {
+    Tensor::randn(0f32, std as f32, dims, &Device::Cpu).unwrap()
+}
+
+fn norm_weight(n: usize) -> Tensor {
+    (Tensor::ones(n, DType::F32, &Device::Cpu).unwrap() + randn(&[n], 0.1)).unwrap()
+}
+
+fn random_weights(cfg: &ModelConfig) -> DecoderWeights {
+    let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+    let qkv_rows = (cfg.num_heads + 2 * cfg.num_kv_heads) * hd;
+    let gemma = cfg.architecture == Architecture::Gemma3;
+    let layers = (0..cfg.num_layers)
+        .map(|_| LayerWeights {
+            attn_norm: norm_weight(h),
+            wqkv: randn(&[qkv_rows, h], 0.2),
+            wo: randn(&[h, cfg.num_heads * hd], 0.2),
+            ffn_norm: norm_weight(h),
+            w_gate_up: randn(&[2 * cfg.ffn_size, h], 0.2),
+            w_down: randn(&[h, cfg.ffn_size], 0.2),
+            q_norm: gemma.then(|| norm_weight(hd)),
+            k_norm: gemma.then(|| norm_weight(hd)),
+            post_attn_norm: gemma.then(|| norm_weight(h)),
+            post_ffn_norm: gemma.then(|| norm_weight(h)),
+        })
+        .collect();
+    DecoderWeights {
+        embed: randn(&[VOCAB, h], 1.0),
+        layers,
+        final_norm: norm_weight(h),
+        lm_head: None,
+    }
+}
+
+fn tiny_engine(architecture: Architecture) -> Engine {
+    let cfg = config(architecture);
+    let weights = random_weights(&cfg);
+    let vocab = (0..VOCAB as u32).map(|i| (format!("t{i}"), i)).collect();
+    let model = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("t0".into())
+        .build()
+        .unwrap();
+    let tokenizer = Tokenizer::new(tokenizers::Tokenizer::new(model), Some(BOS), Some(2));
+    Engine::from_parts(
+        "tiny".into(),
+        cfg,
+        weights,
+        tokenizer,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap()
+}
+
+fn ids(seed: u32, n: usize) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| 3 + (seed * 7 + i * 13) % (VOCAB as u32 - 3))
+        .collect()
+}
+
+fn run(engine: &Engine, rows: &[Row], prompts: &[Prompt]) -> Vec<Vec<f32>> {
+    engine
+        .forward(rows, prompts, None, &Readout::FullVocabulary, false)
+        .unwrap()
+        .logits
+        .to_vec2()
+        .unwrap()
+}
+
+fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>], tol: f32) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() <= tol, "{p} vs {q}");
+        }
+    }
+}
+
+fn prompt(len: usize, hidden: usize) -> Prompt {
+    Prompt::new(randn(&[len, hidden], 1.0))
+}
+
+#[test]
+fn ragged_batch_equals_one_at_a_time_for_both_architectures() {
+    for arch in [Architecture::Llama, Architecture::Gemma3] {
+        let engine = tiny_engine(arch);
+        let prompts = vec![prompt(3, 32), prompt(2, 32)];
+        let rows: Vec<Row> = (0..6)
+            .map(|i| {
+                let mut segs = vec![Segment::Tokens(vec![BOS])];
+                if i % 2 == 0 {
+                    segs.push(Segment::Prompt(i % 4 / 2));
+                }
+                segs.push(Segment::Tokens(ids(i as u32, 1 + 3 * i)));
+                Row::new(segs)
+            })
+            .collect();
+        let batched = run(&engine, &rows, &prompts);
+        for (i, row) in rows.iter().enumerate() {
+            let alone = run(&engine, std::slice::from_ref(row), &prompts);
+            assert_close(&batched[i..i + 1], &alone, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn empty_text_works_in_both_placements() {
+    let engine = tiny_engine(Architecture::Llama);
+    let prompts = vec![prompt(4, 32)];
+    let template = ids(9, 2);
+    // Prefix placement with an empty text: only the template follows the prompt.
+    let prefix = engine
+        .score_prefix(
+            &prompts,
+            std::slice::from_ref(&template),
+            &Readout::FullVocabulary,
+        )
+        .unwrap();
+    let alone = run(
+        &engine,
+        &[Row::new(vec![
+            Segment::Tokens(vec![BOS]),
+            Segment::Prompt(0),
+            Segment::Tokens(template.clone()),
+        ])],
+        &prompts,
+    );
+    assert_close(&prefix.logits.to_vec2().unwrap(), &alone, 1e-4);
+    // Suffix placement: the cache of an empty text holds BOS alone.
+    let cache = engine.cache_texts(&[vec![], ids(1, 5)]).unwrap();
+    assert_eq!(cache.lengths, vec![1, 6]);
+    let suffix = engine
+        .score_suffix(
+            &cache,
+            &prompts,
+            &[template.clone(), template.clone()],
+            &Readout::FullVocabulary,
+        )
+        .unwrap();
+    assert_close(&suffix.logits.to_vec2().unwrap()[..1], &alone, 1e-4);
+    // Nothing after the prompt to predict from is an error, not a panic.
+    let err = engine.score_prefix(&prompts, &[vec![]], &Readout::FullVocabulary);
+    assert!(err
+        .unwrap_err()
+        .to_string()
+        .contains("at least one token after the prompt"));
+}
+
+#[test]
+fn zero_length_prompt_equals_no_prompt() {
+    let engine = tiny_engine(Architecture::Llama);
+    let empty = vec![prompt(0, 32)];
+    let tail = ids(4, 6);
+    let plain = run(
+        &engine,
+        &[Row::new(vec![Segment::Tokens(
+            [vec![BOS], tail.clone()].concat(),
+        )])],
+        &[],
+    );
+    let prefix = engine
+        .score_prefix(
+            &empty,
+            std::slice::from_ref(&tail),
+            &Readout::FullVocabulary,
+        )
+        .unwrap();
+    assert_close(&prefix.logits.to_vec2().unwrap(), &plain, 1e-4);
+    let cache = engine.cache_texts(&[tail[..3].to_vec()]).unwrap();
+    let suffix = engine
+        .score_suffix(
+            &cache,
+            &empty,
+            &[tail[3..].to_vec()],
+            &Readout::FullVocabulary,
+        )
+        .unwrap();
+    assert_close(&suffix.logits.to_vec2().unwrap(), &plain, 1e-4);
+}
+
+#[test]
+fn maximum_length_is_accepted_and_one_more_is_a_clear_error() {
+    let engine = tiny_engine(Architecture::Llama);
+    let max = engine.max_positions();
+    let at_max = Row::new(vec![Segment::Tokens(ids(2, max))]);
+    assert_eq!(run(&engine, &[at_max], &[]).len(), 1);
+    let over = Row::new(vec![Segment::Tokens(ids(2, max + 1))]);
+    let err = engine
+        .forward(&[over], &[], None, &Readout::FullVocabulary, false)
+        .expect_err("too long must fail");
+    assert!(
+        err.to_string().contains("exceeds the model's maximum"),
+        "{err}"
+    );
+    // Past plus new positions count together.
+    let cache = engine.cache_texts(&[ids(3, max - 2)]).unwrap();
+    let err = engine
+        .score_suffix(
+            &cache,
+            &[prompt(2, 32)],
+            &[vec![5]],
+            &Readout::FullVocabulary,
+        )
+        .expect_err("past + new beyond the maximum must fail");
+    assert!(
+        err.to_string().contains("exceeds the model's maximum"),
+        "{err}"
+    );
+}
+
+#[test]
+fn deep_prompt_at_layer_zero_equals_shifting_the_prompt() {
+    let engine = tiny_engine(Architecture::Llama);
+    let base = randn(&[3, 32], 1.0);
+    let shift = randn(&[3, 32], 0.5);
+    let mut deep = Tensor::zeros((3, 3, 32), DType::F32, &Device::Cpu).unwrap();
+    deep = deep
+        .slice_assign(&[0..1, 0..3, 0..32], &shift.unsqueeze(0).unwrap())
+        .unwrap();
+    let row = Row::new(vec![
+        Segment::Tokens(vec![BOS]),
+        Segment::Prompt(0),
+        Segment::Tokens(ids(5, 4)),
+    ]);
+    let with_deep = run(
+        &engine,
+        std::slice::from_ref(&row),
+        &[Prompt {
+            embeddings: base.clone(),
+            deep: Some(deep.clone()),
+        }],
+    );
+    let shifted = run(
+        &engine,
+        std::slice::from_ref(&row),
+        &[Prompt::new((&base + &shift).unwrap())],
+    );
+    assert_close(&with_deep, &shifted, 1e-4);
+    // Vectors at a later layer change the output too (they are not ignored).
+    let later = deep.roll(1, 0).unwrap();
+    let moved = run(
+        &engine,
+        &[row],
+        &[Prompt {
+            embeddings: base,
+            deep: Some(later),
+        }],
+    );
+    assert!(moved[0]
+        .iter()
+        .zip(&with_deep[0])
+        .any(|(a, b)| (a - b).abs() > 1e-3));
+}
+
+#[test]
+fn sliding_window_limits_what_local_layers_see() {
+    // Window 4, 3 local layers: the last position's receptive field is 3 * (4 - 1) = 9 tokens.
+    let engine = tiny_engine(Architecture::Gemma3);
+    let mut a = ids(6, 20);
+    let last = |row: &Vec<u32>| {
+        run(
+            &engine,
+            &[Row::new(vec![Segment::Tokens(row.clone())])],
+            &[],
+        )
+    };
+    let reference = last(&a);
+    a[5] = (a[5] + 1) % VOCAB as u32; // 14 positions back: outside the receptive field
+    assert_close(&last(&a), &reference, 1e-5);
+    a[15] = (a[15] + 1) % VOCAB as u32; // 4 positions back: inside it
+    assert!(last(&a)[0]
+        .iter()
+        .zip(&reference[0])
+        .any(|(x, y)| (x - y).abs() > 1e-4));
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let engine = tiny_engine(Architecture::Llama);
+    let fwd = |rows: &[Row], prompts: &[Prompt], readout: &Readout| {
+        engine
+            .forward(rows, prompts, None, readout, false)
+            .err()
+            .map(|e| e.to_string())
+    };
+    let row = Row::new(vec![Segment::Tokens(vec![BOS, 5])]);
+    let oov = Row::new(vec![Segment::Tokens(vec![BOS, VOCAB as u32])]);
+    assert!(fwd(&[oov], &[], &Readout::FullVocabulary)
+        .unwrap()
+        .contains("outside the vocabulary"));
+    assert!(
+        fwd(std::slice::from_ref(&row), &[], &Readout::Tokens(vec![999]))
+            .unwrap()
+            .contains("outside the vocabulary")
+    );
+    assert!(fwd(&[], &[], &Readout::FullVocabulary)
+        .unwrap()
+        .contains("no rows"));
+    let empty = Row::new(vec![Segment::Tokens(vec![])]);
+    assert!(fwd(&[empty], &[], &Readout::FullVocabulary)
+        .unwrap()
+        .contains("no tokens"));
+    let uses_prompt = Row::new(vec![Segment::Tokens(vec![BOS]), Segment::Prompt(3)]);
+    assert!(fwd(&[uses_prompt], &[], &Readout::FullVocabulary)
+        .unwrap()
+        .contains("prompt 3"));
+    let wrong_width = Prompt::new(randn(&[2, 31], 1.0));
+    let uses_prompt = Row::new(vec![Segment::Tokens(vec![BOS]), Segment::Prompt(0)]);
+    assert!(
+        fwd(&[uses_prompt], &[wrong_width], &Readout::FullVocabulary)
+            .unwrap()
+            .contains("must be [L, 32]")
+    );
+}
+
+#[test]
+fn features_are_the_final_hidden_state_behind_the_logits() {
+    let engine = tiny_engine(Architecture::Llama);
+    let rows = vec![
+        Row::new(vec![Segment::Tokens(ids(8, 5))]),
+        Row::new(vec![Segment::Tokens(ids(9, 2))]),
+    ];
+    let out = engine
+        .forward(&rows, &[], None, &Readout::Tokens(vec![4, 7]), true)
+        .unwrap();
+    let features = out.features.unwrap();
+    assert_eq!(features.dims(), &[2, 32]);
+    let embed = engine.embed_tokens(&[4, 7]).unwrap();
+    let recomputed: Vec<Vec<f32>> = features
+        .matmul(&embed.t().unwrap())
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    assert_close(&recomputed, &out.logits.to_vec2().unwrap(), 1e-4);
+}
