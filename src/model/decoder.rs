@@ -8,7 +8,8 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{Architecture, ModelConfig};
-use super::layers::{gated_mlp, linear, rms_norm, GateActivation, MaskSpec, Rotary};
+use super::kernels::{masked_softmax, GateActivation};
+use super::layers::{gated_mlp, linear, rms_norm, MaskSpec, Rotary};
 use super::weights::DecoderWeights;
 
 /// Keys and values of earlier positions, per layer `[rows, kv_heads, max_len, head_dim]`,
@@ -312,9 +313,7 @@ impl Decoder {
             let s = k_all.dim(2)?;
             let q = (q * cfg.attention_scale)?.reshape((b, nkv, group * t, hd))?;
             let scores = q.matmul(&k_all.t()?)?.reshape((b, nkv, group, t, s))?;
-            let scores = scores.broadcast_add(mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-                .to_dtype(self.dtype)?;
+            let probs = masked_softmax(&scores, mask)?;
             let attn = probs
                 .reshape((b, nkv, group * t, s))?
                 .matmul(&v_all.contiguous()?)?;

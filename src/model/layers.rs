@@ -1,6 +1,8 @@
 //! Building blocks shared by the decoder architectures: rotary tables, norms, MLP, attention masks.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
+
+use super::kernels::{gated_activation, GateActivation};
 
 use super::config::RopeStyle;
 
@@ -74,15 +76,6 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Te
     candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
 }
 
-/// The activation of a gated MLP.
-#[derive(Debug, Clone, Copy)]
-pub enum GateActivation {
-    /// SiLU (Llama).
-    Silu,
-    /// GELU, tanh approximation (Gemma).
-    GeluTanh,
-}
-
 /// Gated MLP on packed tokens `[n, hidden]` with fused gate|up weights.
 pub fn gated_mlp(
     x: &Tensor,
@@ -91,14 +84,7 @@ pub fn gated_mlp(
     act: GateActivation,
 ) -> candle_core::Result<Tensor> {
     let gu = linear(x, w_gate_up)?;
-    let f = gu.dim(D::Minus1)? / 2;
-    let gate = gu.narrow(D::Minus1, 0, f)?;
-    let up = gu.narrow(D::Minus1, f, f)?;
-    let gate = match act {
-        GateActivation::Silu => candle_nn::ops::silu(&gate)?,
-        GateActivation::GeluTanh => gate.gelu()?,
-    };
-    linear(&(gate * up)?, w_down)
+    linear(&gated_activation(&gu, act)?, w_down)
 }
 
 /// What each query row may attend to, used to build additive attention masks.

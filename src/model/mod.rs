@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod decoder;
+pub mod kernels;
 pub mod layers;
 pub mod weights;
