@@ -8,14 +8,19 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use candle_core::quantized::gguf_file;
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, PreTokenizerWrapper};
+use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper};
 
 /// GGUF token types (llama.cpp `llama_token_type`) that mark special tokens.
+const TOKEN_TYPE_NORMAL: i32 = 1;
 const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
@@ -68,7 +73,20 @@ impl Tokenizer {
                     .collect::<anyhow::Result<_>>()?;
                 byte_level_bpe(&tokens, merges, &pre)?
             }
-            other => bail!("unsupported GGUF tokenizer model `{other}` (supported: gpt2)"),
+            "llama" => {
+                let scores: Vec<f32> = get("tokenizer.ggml.scores")?
+                    .to_vec()?
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect::<Result<_, _>>()?;
+                let add_space_prefix = md
+                    .get("tokenizer.ggml.add_space_prefix")
+                    .map(|v| v.to_bool())
+                    .transpose()?
+                    .unwrap_or(true);
+                sentencepiece_bpe(&tokens, &scores, &token_types, add_space_prefix)?
+            }
+            other => bail!("unsupported GGUF tokenizer model `{other}` (supported: gpt2, llama)"),
         };
         let mut inner = inner;
         let specials: Vec<AddedToken> = tokens
@@ -144,6 +162,75 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// SentencePiece-style BPE (llama.cpp's "llama" tokenizer model): spaces become `▁`, adjacent
+/// pieces merge in order of the merged piece's score, unknown bytes fall back to `<0xXX>` tokens.
+///
+/// The merge list is derived from the scores, as Hugging Face's SentencePiece converter does:
+/// every split of a vocabulary piece into two vocabulary pieces is a merge, ranked by the score of
+/// the piece it produces.
+fn sentencepiece_bpe(
+    tokens: &[String],
+    scores: &[f32],
+    token_types: &[i32],
+    add_space_prefix: bool,
+) -> anyhow::Result<tokenizers::Tokenizer> {
+    anyhow::ensure!(
+        scores.len() == tokens.len(),
+        "GGUF has {} scores for {} tokens",
+        scores.len(),
+        tokens.len()
+    );
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    // Only ordinary pieces take part in merges; control, user-defined and byte tokens do not.
+    let mergeable = |id: usize| token_types.get(id).is_none_or(|&t| t == TOKEN_TYPE_NORMAL);
+    let mut merges: Vec<(f32, u32, u32, u32)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if !mergeable(id) || piece.chars().nth(1).is_none() {
+            continue;
+        }
+        for (split, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(split);
+            if let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right)) {
+                if mergeable(l as usize) && mergeable(r as usize) {
+                    merges.push((scores[id], id as u32, l, r));
+                }
+            }
+        }
+    }
+    // Higher score first; among equal scores, the lower id (more frequent piece) first.
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges: Vec<(String, String)> = merges
+        .into_iter()
+        .map(|(_, _, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| anyhow::anyhow!("invalid SentencePiece vocabulary: {e}"))?;
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+    let replace = Replace::new(" ", "▁").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let normalizer: NormalizerWrapper = if add_space_prefix {
+        NormalizerSequence::new(vec![Prepend::new("▁".into()).into(), replace.into()]).into()
+    } else {
+        replace.into()
+    };
+    tk.with_normalizer(Some(normalizer));
+    let decoder = DecoderSequence::new(vec![
+        Replace::new("▁", " ")
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ]);
+    tk.with_decoder(Some(decoder));
+    Ok(tk)
 }
 
 /// GPT-2 style byte-level BPE; `pre` is llama.cpp's pre-tokenizer name.
