@@ -11,13 +11,14 @@ const BOS: u32 = 1;
 
 fn config(architecture: Architecture) -> ModelConfig {
     let gemma = architecture == Architecture::Gemma3;
+    let head_dim = if gemma { 16 } else { 8 };
     ModelConfig {
         architecture,
         num_layers: 3,
         hidden_size: 32,
         num_heads: 4,
         num_kv_heads: 2,
-        head_dim: if gemma { 16 } else { 8 },
+        head_dim,
         ffn_size: 48,
         vocab_size: VOCAB,
         rms_norm_eps: 1e-5,
@@ -30,7 +31,7 @@ fn config(architecture: Architecture) -> ModelConfig {
         },
         sliding_window: gemma.then_some(4),
         global_every: if gemma { 1000 } else { 1 },
-        attention_scale: 0.25,
+        attention_scale: 1.0 / (head_dim as f64).sqrt(),
         max_position: 40,
     }
 }
@@ -370,4 +371,99 @@ fn features_are_the_final_hidden_state_behind_the_logits() {
         .to_vec2()
         .unwrap();
     assert_close(&recomputed, &out.logits.to_vec2().unwrap(), 1e-4);
+}
+
+/// HF checkpoints keep q/k rows in `rotate_half` order; GGUF llama files (and our tiny
+/// "GGUF-style" model) interleave each head's pairs. Undo llama.cpp's permutation per head.
+fn to_hf_rows(w: &Tensor, heads: usize) -> Tensor {
+    let (rows, cols) = w.dims2().unwrap();
+    let hd = rows / heads;
+    w.reshape((heads, hd / 2, 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
+}
+
+#[test]
+fn hf_safetensors_directory_loads_to_the_same_model() {
+    let cfg = config(Architecture::Llama);
+    let dir = tempfile::tempdir().unwrap();
+    let (nh, nkv, hd, h) = (
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.hidden_size,
+    );
+    let weights = random_weights(&cfg);
+    let mut tensors = std::collections::HashMap::new();
+    tensors.insert(
+        "model.embed_tokens.weight".to_string(),
+        weights.embed.clone(),
+    );
+    tensors.insert("model.norm.weight".to_string(), weights.final_norm.clone());
+    for (i, l) in weights.layers.iter().enumerate() {
+        let p = |name: &str| format!("model.layers.{i}.{name}.weight");
+        let q = l.wqkv.narrow(0, 0, nh * hd).unwrap();
+        let k = l.wqkv.narrow(0, nh * hd, nkv * hd).unwrap();
+        let v = l.wqkv.narrow(0, (nh + nkv) * hd, nkv * hd).unwrap();
+        tensors.insert(p("self_attn.q_proj"), to_hf_rows(&q, nh));
+        tensors.insert(p("self_attn.k_proj"), to_hf_rows(&k, nkv));
+        tensors.insert(p("self_attn.v_proj"), v);
+        tensors.insert(p("self_attn.o_proj"), l.wo.clone());
+        tensors.insert(p("input_layernorm"), l.attn_norm.clone());
+        tensors.insert(p("post_attention_layernorm"), l.ffn_norm.clone());
+        tensors.insert(
+            p("mlp.gate_proj"),
+            l.w_gate_up.narrow(0, 0, cfg.ffn_size).unwrap(),
+        );
+        tensors.insert(
+            p("mlp.up_proj"),
+            l.w_gate_up.narrow(0, cfg.ffn_size, cfg.ffn_size).unwrap(),
+        );
+        tensors.insert(p("mlp.down_proj"), l.w_down.clone());
+    }
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "model_type": "llama", "hidden_size": h, "intermediate_size": cfg.ffn_size,
+        "num_attention_heads": nh, "num_key_value_heads": nkv, "num_hidden_layers": cfg.num_layers,
+        "vocab_size": VOCAB, "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
+        "max_position_embeddings": cfg.max_position, "bos_token_id": BOS, "eos_token_id": 2,
+        "tie_word_embeddings": true
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    engine_tokenizer_json(dir.path());
+
+    let gguf_style = Engine::from_parts(
+        "tiny".into(),
+        cfg,
+        weights,
+        Tokenizer::new(
+            tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap(),
+            Some(BOS),
+            Some(2),
+        ),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let hf = Engine::load_path(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(hf.info().bos_token_id, Some(BOS));
+    let rows = vec![Row::new(vec![Segment::Tokens(vec![BOS, 5, 9, 12, 30, 7])])];
+    assert_close(&run(&hf, &rows, &[]), &run(&gguf_style, &rows, &[]), 1e-4);
+    assert_eq!(hf.tokenizer().encode("t5 t9").unwrap(), vec![5, 9]);
+}
+
+/// Writes a word-level `tokenizer.json` over the tiny vocabulary.
+fn engine_tokenizer_json(dir: &std::path::Path) {
+    let vocab = (0..VOCAB as u32).map(|i| (format!("t{i}"), i)).collect();
+    let model = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("t0".into())
+        .build()
+        .unwrap();
+    let mut tk = tokenizers::Tokenizer::new(model);
+    tk.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    tk.save(dir.join("tokenizer.json"), false).unwrap();
 }
