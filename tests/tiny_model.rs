@@ -70,16 +70,23 @@ fn random_weights(cfg: &ModelConfig) -> DecoderWeights {
     }
 }
 
-fn tiny_engine(architecture: Architecture) -> Engine {
-    let cfg = config(architecture);
-    let weights = random_weights(&cfg);
+/// A whitespace-split word-level tokenizer over the tiny vocabulary `t0 .. t63`.
+fn word_level_tokenizer() -> tokenizers::Tokenizer {
     let vocab = (0..VOCAB as u32).map(|i| (format!("t{i}"), i)).collect();
     let model = tokenizers::models::wordlevel::WordLevel::builder()
         .vocab(vocab)
         .unk_token("t0".into())
         .build()
         .unwrap();
-    let tokenizer = Tokenizer::new(tokenizers::Tokenizer::new(model), Some(BOS), Some(2));
+    let mut tk = tokenizers::Tokenizer::new(model);
+    tk.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    tk
+}
+
+fn tiny_engine(architecture: Architecture) -> Engine {
+    let cfg = config(architecture);
+    let weights = random_weights(&cfg);
+    let tokenizer = Tokenizer::new(word_level_tokenizer(), Some(BOS), Some(2));
     Engine::from_parts(
         "tiny".into(),
         cfg,
@@ -433,7 +440,9 @@ fn hf_safetensors_directory_loads_to_the_same_model() {
         "tie_word_embeddings": true
     });
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    engine_tokenizer_json(dir.path());
+    word_level_tokenizer()
+        .save(dir.path().join("tokenizer.json"), false)
+        .unwrap();
 
     let gguf_style = Engine::from_parts(
         "tiny".into(),
@@ -453,17 +462,4 @@ fn hf_safetensors_directory_loads_to_the_same_model() {
     let rows = vec![Row::new(vec![Segment::Tokens(vec![BOS, 5, 9, 12, 30, 7])])];
     assert_close(&run(&hf, &rows, &[]), &run(&gguf_style, &rows, &[]), 1e-4);
     assert_eq!(hf.tokenizer().encode("t5 t9").unwrap(), vec![5, 9]);
-}
-
-/// Writes a word-level `tokenizer.json` over the tiny vocabulary.
-fn engine_tokenizer_json(dir: &std::path::Path) {
-    let vocab = (0..VOCAB as u32).map(|i| (format!("t{i}"), i)).collect();
-    let model = tokenizers::models::wordlevel::WordLevel::builder()
-        .vocab(vocab)
-        .unk_token("t0".into())
-        .build()
-        .unwrap();
-    let mut tk = tokenizers::Tokenizer::new(model);
-    tk.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-    tk.save(dir.join("tokenizer.json"), false).unwrap();
 }

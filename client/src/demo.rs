@@ -5,17 +5,13 @@
 
 use std::time::Instant;
 
-use bbt::{Engine, Readout, Row, Segment};
+use bbt::{Readout, Row, Segment};
 
 /// Options of `bbt demo`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model: a known asset name, a .gguf file or a HF-style directory.
-    #[arg(long, default_value = "smollm2-135m")]
-    model: String,
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    model: bbt::cli::ModelArgs,
     /// Sentences to classify (a built-in handful when none are given).
     sentences: Vec<String>,
 }
@@ -31,9 +27,8 @@ const BUILT_IN: &[(&str, &str)] = &[
 
 /// Runs the demo and prints one line per sentence plus the accuracy on the built-in set.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let device = bbt::device::parse_device(&args.device)?;
     let start = Instant::now();
-    let engine = Engine::load(&args.model, &device)?;
+    let engine = args.model.load()?;
     println!(
         "loaded {} in {:.1}s",
         engine.info().name,

@@ -11,12 +11,8 @@ use serde_json::json;
 /// Options of `bench-forward`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model: a known asset name, a .gguf file or a HF-style directory.
-    #[arg(long, default_value = "smollm2-135m")]
-    model: String,
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    model: bbt::cli::ModelArgs,
     /// Timed repetitions per measurement (the median is printed).
     #[arg(long, default_value_t = 5)]
     reps: usize,
@@ -81,12 +77,13 @@ fn sync(engine: &Engine) -> anyhow::Result<()> {
 
 /// Runs every measurement and prints JSON lines.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let device = bbt::device::parse_device(&args.device)?;
+    let device = bbt::device::parse_device(&args.model.device)?;
+    let model_path = bbt::assets::resolve_model(&args.model.model)?;
     let reps = args.reps;
     let device_name = if device.is_cpu() {
         "cpu".to_string()
     } else {
-        args.device.clone()
+        args.model.device.clone()
     };
     let threads = candle_core::utils::get_num_threads();
 
@@ -104,7 +101,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         json!({"bench": "matmul_f32", "m": m, "k": k, "n": n, "gflops": gflops, "device": device_name, "threads": threads})
     );
 
-    let model_path = bbt::assets::resolve_model(&args.model)?;
     let engine = Engine::load_path(&model_path, &device, bbt::engine::default_dtype(&device))?;
     let vocab = engine.config().vocab_size;
     let per_token = gflop_per_token(&engine);
