@@ -144,9 +144,7 @@ impl Engine {
                 .with_context(|| format!("parse {}", config_path.display()))?;
             let cfg = hf.to_model_config()?;
             let weights = DecoderWeights::from_safetensors_dir(path, &cfg, device, dtype)?;
-            let special = read_special_ids(path)?;
-            let tokenizer =
-                Tokenizer::from_file(&path.join("tokenizer.json"), special.0, special.1)?;
+            let tokenizer = Tokenizer::load(path)?;
             (cfg, weights, tokenizer)
         } else {
             let mut file = std::fs::File::open(path)
@@ -506,12 +504,4 @@ impl Engine {
             keep_kv,
         })
     }
-}
-
-/// BOS/EOS ids of a HF directory from `config.json` (`bos_token_id`, `eos_token_id`).
-fn read_special_ids(dir: &Path) -> anyhow::Result<(Option<u32>, Option<u32>)> {
-    let text = std::fs::read_to_string(dir.join("config.json"))?;
-    let v: serde_json::Value = serde_json::from_str(&text)?;
-    let id = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as u32);
-    Ok((id("bos_token_id"), id("eos_token_id")))
 }

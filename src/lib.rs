@@ -5,6 +5,7 @@
 //! - [`model`]: architectures (Llama family, Gemma 3), weights, the packed decoder forward.
 //! - [`engine`]: the public forward with continuous prompts, prefix/suffix sharing, verbalizer
 //!   readout.
+//! - [`tasks`]: task definitions, data readers, built-in tasks, the few-shot protocol.
 //! - [`device`], [`cli`]: `--device` parsing and the `--model/--device` flags of every binary.
 
 pub mod assets;
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod device;
 pub mod engine;
 pub mod model;
+pub mod tasks;
 pub mod tokenizer;
 
 pub use engine::{Engine, ForwardOutput, ModelInfo, Prompt, Readout, Row, Segment};

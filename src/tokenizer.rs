@@ -115,6 +115,29 @@ impl Tokenizer {
         })
     }
 
+    /// The tokenizer of a model given as a `.gguf` file or a HF-style directory
+    /// (`tokenizer.json`, with BOS/EOS ids from `config.json`), without loading weights.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        if path.is_dir() {
+            let config_path = path.join("config.json");
+            let text = std::fs::read_to_string(&config_path)
+                .with_context(|| format!("read {}", config_path.display()))?;
+            let config: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("parse {}", config_path.display()))?;
+            let id = |k: &str| config.get(k).and_then(|x| x.as_u64()).map(|x| x as u32);
+            return Self::from_file(
+                &path.join("tokenizer.json"),
+                id("bos_token_id"),
+                id("eos_token_id"),
+            );
+        }
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("open model {}", path.display()))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
+        Self::from_gguf(&content)
+    }
+
     /// Wraps an already-built `tokenizers` pipeline (e.g. for small test models).
     pub fn new(inner: tokenizers::Tokenizer, bos: Option<u32>, eos: Option<u32>) -> Self {
         Self { inner, bos, eos }

@@ -1,5 +1,6 @@
 //! `bbt`: the user's command line.
 
+mod data;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -22,8 +23,17 @@ enum Command {
         /// Asset names, e.g. smollm2-135m gemma3-270m.
         names: Vec<String>,
     },
+    /// Inspect tasks and their few-shot splits.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Zero-shot sentiment with the default model: a demo of the forward pass and verbalizer.
     Demo(demo::Args),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Class counts of each split and a few examples exactly as the model will see them.
+    Show(data::ShowArgs),
 }
 
 fn main() {
@@ -31,11 +41,18 @@ fn main() {
     let result = match cli.command {
         Command::Fetch { names } => fetch(&names),
         Command::Demo(args) => demo::run(&args),
+        Command::Data(DataCommand::Show(args)) => data::show(&args).map(|text| emit(&text)),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Writes command output to stdout; a closed pipe (`bbt ... | head`) ends quietly.
+fn emit(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn fetch(names: &[String]) -> anyhow::Result<()> {

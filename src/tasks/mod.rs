@@ -1,0 +1,201 @@
+//! Tasks and data: one definition of a task ([`spec`]), the readers for its files
+//! ([`formats`]), the paper's built-in tasks ([`builtin`]) and BBT's few-shot protocol
+//! ([`fewshot`]).
+
+pub mod builtin;
+pub mod fewshot;
+pub mod formats;
+pub mod spec;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use formats::DataError;
+pub use spec::{Metric, MultiTokenWords, TaskSpec, Template};
+
+/// One labelled example: one or two texts and a class index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Example {
+    pub text_a: String,
+    pub text_b: Option<String>,
+    pub label: usize,
+}
+
+/// A file format together with its column/field mapping.
+#[derive(Debug, Clone)]
+pub enum FileFormat {
+    Delimited(formats::Delimited),
+    JsonRecords(formats::JsonFields),
+    Jsonl(formats::JsonFields),
+    LabelSpaceText(formats::LabelMap),
+}
+
+impl FileFormat {
+    /// Reads every example of `path`.
+    pub fn read(&self, path: &Path) -> Result<Vec<Example>, DataError> {
+        match self {
+            Self::Delimited(d) => formats::read_delimited(path, d),
+            Self::JsonRecords(f) => formats::read_json_records(path, f),
+            Self::Jsonl(f) => formats::read_jsonl(path, f),
+            Self::LabelSpaceText(labels) => formats::read_label_space_text(path, labels),
+        }
+    }
+}
+
+/// A task's few-shot splits, ready to score, with where each came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskData {
+    pub spec: TaskSpec,
+    pub k: usize,
+    pub seed: u64,
+    pub train: Vec<Example>,
+    pub dev: Vec<Example>,
+    pub test: Vec<Example>,
+    /// Where train and dev came from (a pre-sampled folder, or the pool and the seed).
+    pub train_dev_source: String,
+    /// Where the evaluation set came from.
+    pub test_source: String,
+    /// Set when the evaluation set is a stand-in for a missing official test set.
+    pub test_stand_in: Option<String>,
+}
+
+/// Options of [`load_builtin`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Data directory laid out like `shared/datasets/`.
+    pub data_dir: PathBuf,
+    /// Examples per class in train and in dev.
+    pub k: usize,
+    pub seed: u64,
+    /// Sample from the pool even when a pre-sampled folder exists.
+    pub resample: bool,
+}
+
+/// The data directory: `$BBT_DATA_DIR`, else `../shared/datasets` (this project's layout).
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("BBT_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared/datasets"))
+}
+
+/// Loads a built-in task under BBT's protocol: the pre-sampled `k-shot/<k>-<seed>` folder when
+/// present (LM-BFF style), else `k` per class for train and another `k` for dev sampled from the
+/// training pool with `seed`; the evaluation set untouched.
+pub fn load_builtin(name: &str, options: &LoadOptions) -> anyhow::Result<TaskData> {
+    let (spec, layout) = builtin::lookup(name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown task `{name}`; built-in tasks: {}",
+            builtin::NAMES.join(", ")
+        )
+    })?;
+    let task_dir = options.data_dir.join(layout.dir);
+    anyhow::ensure!(
+        task_dir.is_dir(),
+        "no data for `{}`: {} does not exist (point --data-dir or BBT_DATA_DIR at a folder laid out like shared/datasets)",
+        spec.name,
+        task_dir.display()
+    );
+    let read_pool = || -> Result<Vec<Example>, DataError> {
+        let mut pool = Vec::new();
+        for (file, format) in &layout.pool {
+            pool.extend(format.read(&task_dir.join(file))?);
+        }
+        Ok(pool)
+    };
+    let presampled = if options.resample {
+        None
+    } else {
+        builtin::kshot_dir(&options.data_dir, &layout, options.k, options.seed)
+    };
+    let mut pool_used: Option<Vec<Example>> = None;
+    let (train, dev, train_dev_source) = match presampled {
+        Some(dir) => (
+            layout.kshot.read(&dir.join("train.tsv"))?,
+            layout.kshot.read(&dir.join("dev.tsv"))?,
+            format!("pre-sampled {}", dir.display()),
+        ),
+        None => {
+            anyhow::ensure!(
+                !layout.pool.is_empty(),
+                "`{}` has no training pool here, only the pre-sampled folders k-shot/16-{{13,21,42,87,100}}; \
+                 use k = 16 and one of those seeds",
+                spec.name
+            );
+            let pool = read_pool()?;
+            let (ti, di) =
+                fewshot::sample_indices(&pool, spec.classes.len(), options.k, options.seed)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", spec.name))?;
+            let pick = |idx: &[usize]| idx.iter().map(|&i| pool[i].clone()).collect::<Vec<_>>();
+            let (train, dev) = (pick(&ti), pick(&di));
+            let files: Vec<&str> = layout.pool.iter().map(|(f, _)| *f).collect();
+            pool_used = Some(pool);
+            (
+                train,
+                dev,
+                format!(
+                    "sampled from {} with seed {}",
+                    files.join(" + "),
+                    options.seed
+                ),
+            )
+        }
+    };
+    let (test, test_source, test_stand_in) = match &layout.eval {
+        Some((file, format, note)) => (
+            format.read(&task_dir.join(file))?,
+            task_dir.join(file).display().to_string(),
+            note.map(str::to_string),
+        ),
+        None => {
+            let pool = match pool_used.take() {
+                Some(p) => p,
+                None => read_pool()?,
+            };
+            let seen: HashSet<&str> = train
+                .iter()
+                .chain(&dev)
+                .map(|e| e.text_a.as_str())
+                .collect();
+            let test: Vec<Example> = pool
+                .iter()
+                .filter(|e| !seen.contains(e.text_a.as_str()))
+                .cloned()
+                .collect();
+            let files: Vec<&str> = layout.pool.iter().map(|(f, _)| *f).collect();
+            (
+                test,
+                files.join(" + "),
+                layout.pool_as_eval_note.map(str::to_string),
+            )
+        }
+    };
+    Ok(TaskData {
+        spec,
+        k: options.k,
+        seed: options.seed,
+        train,
+        dev,
+        test,
+        train_dev_source,
+        test_source,
+        test_stand_in,
+    })
+}
+
+impl TaskData {
+    /// Number of examples per class in each split: `(train, dev, test)`.
+    pub fn class_counts(&self) -> Vec<(usize, usize, usize)> {
+        let count = |xs: &[Example], c: usize| xs.iter().filter(|e| e.label == c).count();
+        (0..self.spec.classes.len())
+            .map(|c| {
+                (
+                    count(&self.train, c),
+                    count(&self.dev, c),
+                    count(&self.test, c),
+                )
+            })
+            .collect()
+    }
+}
