@@ -32,10 +32,26 @@ fn spec(name: &str, classes: &[&str], template: &str, words: &[&str], metric: Me
     }
 }
 
+/// A GLUE / LM-BFF TSV: header row, no quoting (QUOTE_NONE; `"` is an ordinary character).
 fn tsv(text_a: &[&str], text_b: Option<&str>, label: Column, labels: LabelMap) -> FileFormat {
+    delimited_tsv(false, text_a, text_b, label, labels)
+}
+
+/// A TSV written by pandas (the RLPrompt files): fields holding tabs or quotes are `"`-quoted.
+fn pandas_tsv(text_a: &[&str], label: &str, labels: LabelMap) -> FileFormat {
+    delimited_tsv(true, text_a, None, Column::name(label), labels)
+}
+
+fn delimited_tsv(
+    quoting: bool,
+    text_a: &[&str],
+    text_b: Option<&str>,
+    label: Column,
+    labels: LabelMap,
+) -> FileFormat {
     FileFormat::Delimited(Delimited {
         delimiter: b'\t',
-        quoting: false,
+        quoting,
         has_header: true,
         text_a: text_a.iter().map(|c| Column::name(c)).collect(),
         text_b: text_b.map(Column::name),
@@ -121,7 +137,7 @@ pub fn lookup(name: &str) -> Option<(TaskSpec, Layout)> {
                     Some("stand-in: the 1,000-example TextFooler Yelp sample (lower-cased, tokenised); the raw Yelp test set is not available"),
                 )),
                 pool: vec![],
-                kshot: tsv(&["text"], None, Column::name("label"), binary()),
+                kshot: pandas_tsv(&["text"], "label", binary()),
                 pool_as_eval_note: None,
             },
         ),
@@ -135,9 +151,9 @@ pub fn lookup(name: &str) -> Option<(TaskSpec, Layout)> {
             ),
             Layout {
                 dir: "AGNews",
-                eval: Some(("test.tsv", tsv(&["sentence"], None, Column::name("label"), LabelMap::numeric(4, 0)), None)),
+                eval: Some(("test.tsv", pandas_tsv(&["sentence"], "label", LabelMap::numeric(4, 0)), None)),
                 pool: vec![("train_pool/valid.csv", class_title_body_csv(4))],
-                kshot: tsv(&["text"], None, Column::name("label"), LabelMap::numeric(4, 0)),
+                kshot: pandas_tsv(&["text"], "label", LabelMap::numeric(4, 0)),
                 pool_as_eval_note: None,
             },
         ),
@@ -157,7 +173,7 @@ pub fn lookup(name: &str) -> Option<(TaskSpec, Layout)> {
                 dir: "DBPedia",
                 eval: None,
                 pool: vec![("train_pool/valid.csv", class_title_body_csv(14))],
-                kshot: tsv(&["sentence"], None, Column::name("label"), LabelMap::numeric(14, 0)),
+                kshot: pandas_tsv(&["sentence"], "label", LabelMap::numeric(14, 0)),
                 pool_as_eval_note: Some(
                     "stand-in: the 5,000 train-split rows of DBPedia/train_pool/valid.csv minus the few-shot examples; the official test set is not available",
                 ),

@@ -353,3 +353,161 @@ pub fn read_label_space_text(path: &Path, labels: &LabelMap) -> Result<Vec<Examp
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn sentence_label() -> Delimited {
+        Delimited {
+            delimiter: b'\t',
+            quoting: false,
+            has_header: true,
+            text_a: vec![Column::name("sentence")],
+            text_b: None,
+            label: Column::name("label"),
+            labels: LabelMap::numeric(2, 0),
+        }
+    }
+
+    fn err_of(path: &Path, layout: &Delimited) -> String {
+        read_delimited(path, layout).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reads_glue_tsv_with_bom_quotes_and_blank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(
+            &dir,
+            "ok.tsv",
+            "\u{feff}sentence\tlabel\n\"quoted\" text \"inside\t1\n\nplain\t0\r\n".as_bytes(),
+        );
+        let got = read_delimited(&p, &sentence_label()).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].text_a, "\"quoted\" text \"inside");
+        assert_eq!((got[0].label, got[1].label), (1, 0));
+    }
+
+    #[test]
+    fn missing_column_names_the_file_and_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(&dir, "cols.tsv", b"text\tlabel\nhello\t1\n");
+        let e = err_of(&p, &sentence_label());
+        assert!(
+            e.contains("cols.tsv:1: missing column `sentence` (header has: text, label)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_label_names_file_line_and_the_known_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(&dir, "labels.tsv", b"sentence\tlabel\nfine\t1\nodd\t7\n");
+        let e = err_of(&p, &sentence_label());
+        assert!(
+            e.contains("labels.tsv:3: unknown label \"7\" (expected one of: 0, 1)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_text_and_short_rows_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(&dir, "empty.tsv", b"sentence\tlabel\nfine\t1\n   \t0\n");
+        assert!(err_of(&p, &sentence_label()).contains("empty.tsv:3: empty text"));
+        let p = file(
+            &dir,
+            "short.tsv",
+            b"sentence\tlabel\nfine\t1\nno label here\n",
+        );
+        let e = err_of(&p, &sentence_label());
+        assert!(e.contains("short.tsv:3: row has 1 fields"), "{e}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_located_in_delimited_and_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(
+            &dir,
+            "bad.tsv",
+            b"sentence\tlabel\nok\t0\nbad \xff byte\t1\n",
+        );
+        let e = err_of(&p, &sentence_label());
+        assert!(e.contains("bad.tsv:3: invalid UTF-8"), "{e}");
+        let fields = JsonFields {
+            text_a: "input".into(),
+            text_b: None,
+            label: "output".into(),
+            labels: LabelMap::new(&[&["negative"], &["positive"]]),
+        };
+        let p = file(
+            &dir,
+            "bad.jsonl",
+            b"{\"input\": \"ok\", \"output\": \"positive\"}\n{\"input\": \"\xfe\"}\n",
+        );
+        let e = read_jsonl(&p, &fields).unwrap_err().to_string();
+        assert!(e.contains("bad.jsonl:2: invalid UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn json_lines_and_records_with_their_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let fields = JsonFields {
+            text_a: "text_a".into(),
+            text_b: Some("text_b".into()),
+            label: "label".into(),
+            labels: LabelMap::new(&[
+                &["entailment", "0"],
+                &["neutral", "1"],
+                &["contradiction", "2"],
+            ]),
+        };
+        let p = file(
+            &dir,
+            "pool.json",
+            br#"{"10": {"text_a": "b", "text_b": "c", "label": "neutral"}, "2": {"text_a": "a", "text_b": "b", "label": 2}}"#,
+        );
+        let got = read_json_records(&p, &fields).unwrap();
+        assert_eq!((got[0].text_a.as_str(), got[0].label), ("a", 2)); // integer keys in order
+        assert_eq!((got[1].text_b.as_deref(), got[1].label), (Some("c"), 1));
+        let p = file(
+            &dir,
+            "l.jsonl",
+            b"{\"text_a\": \"a\", \"label\": \"neutral\"}\n",
+        );
+        let e = read_jsonl(&p, &fields).unwrap_err().to_string();
+        assert!(e.contains("l.jsonl:1: missing field `text_b`"), "{e}");
+        let p = file(
+            &dir,
+            "m.jsonl",
+            b"{\"text_a\": \"a\", \"text_b\": \"b\", \"label\": \"x\"}\nnot json\n",
+        );
+        let e = read_jsonl(&p, &fields).unwrap_err().to_string();
+        assert!(e.contains("m.jsonl:1: unknown label \"x\""), "{e}");
+    }
+
+    #[test]
+    fn label_may_be_the_last_field_of_ragged_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(
+            &dir,
+            "snli.tsv",
+            b"s1\ts2\tlabel1\tgold_label\na\tb\tneutral\tneutral\nc\td\tx\ty\tz\tentailment\n",
+        );
+        let layout = Delimited {
+            text_a: vec![Column::name("s1")],
+            text_b: Some(Column::name("s2")),
+            label: Column::Last,
+            labels: LabelMap::new(&[&["entailment"], &["neutral"]]),
+            ..sentence_label()
+        };
+        let got = read_delimited(&p, &layout).unwrap();
+        assert_eq!((got[0].label, got[1].label), (1, 0));
+    }
+}

@@ -1,0 +1,163 @@
+//! The paper's tasks on the real data in `../shared/datasets` (CI has it beside the clone).
+
+use bbt::tasks::{self, LoadOptions, MultiTokenWords, TaskData};
+
+fn options(k: usize, seed: u64, resample: bool) -> LoadOptions {
+    LoadOptions {
+        data_dir: tasks::default_data_dir(),
+        k,
+        seed,
+        resample,
+    }
+}
+
+fn load(name: &str, seed: u64) -> TaskData {
+    tasks::load_builtin(name, &options(16, seed, false)).unwrap_or_else(|e| panic!("{name}: {e:#}"))
+}
+
+#[test]
+fn every_task_loads_its_presampled_splits_and_full_evaluation_set() {
+    // (task, evaluation size as counted in SOURCES.md, whether it is a stand-in)
+    let expected = [
+        ("sst2", 872, false),
+        ("yelp", 1000, true),
+        ("agnews", 7600, false),
+        ("dbpedia", 5000, true),
+        ("mrpc", 408, false),
+        ("snli", 9824, false),
+        ("rte", 277, false),
+    ];
+    for (name, test_len, stand_in) in expected {
+        for seed in [13, 21, 42, 87, 100] {
+            let data = load(name, seed);
+            assert!(
+                data.train_dev_source.starts_with("pre-sampled"),
+                "{name} {seed}"
+            );
+            for (class, (tr, de, _)) in data.class_counts().into_iter().enumerate() {
+                assert_eq!((tr, de), (16, 16), "{name} seed {seed} class {class}");
+            }
+            assert_eq!(data.test.len(), test_len, "{name}");
+            assert_eq!(data.test_stand_in.is_some(), stand_in, "{name}");
+            let two = data.spec.template.two_inputs();
+            assert!(
+                data.train
+                    .iter()
+                    .chain(&data.test)
+                    .all(|e| e.text_b.is_some() == two),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn evaluation_label_conventions_match_sources() {
+    let counts =
+        |name: &str| -> Vec<usize> { load(name, 42).class_counts().iter().map(|c| c.2).collect() };
+    assert_eq!(counts("sst2"), vec![428, 444]);
+    assert_eq!(counts("mrpc"), vec![129, 279]);
+    assert_eq!(counts("rte"), vec![146, 131]);
+    assert_eq!(counts("snli"), vec![3368, 3219, 3237]);
+    assert_eq!(counts("agnews"), vec![1900; 4]);
+    assert_eq!(counts("yelp"), vec![518, 482]);
+    // AG News test row 1: "Fears for T N pension after talks ...", label 2 (Business).
+    let ag = load("agnews", 42);
+    assert!(ag.test[0]
+        .text_a
+        .starts_with("Fears for T N pension after talks"));
+    assert_eq!(ag.test[0].label, 2);
+}
+
+#[test]
+fn sampling_from_the_pool_is_seeded_balanced_and_pinned() {
+    let a = tasks::load_builtin("sst2", &options(16, 42, true)).unwrap();
+    assert!(a
+        .train_dev_source
+        .starts_with("sampled from train.tsv with seed 42"));
+    assert!(a
+        .class_counts()
+        .iter()
+        .all(|&(tr, de, _)| (tr, de) == (16, 16)));
+    let b = tasks::load_builtin("sst2", &options(16, 42, true)).unwrap();
+    assert_eq!((&a.train, &a.dev), (&b.train, &b.dev));
+    assert!(a.train.iter().all(|e| !a.dev.contains(e)));
+    // Pinned: the same seed gives these examples on every machine.
+    let first: Vec<&str> = a.train.iter().take(3).map(|e| e.text_a.as_str()).collect();
+    assert_eq!(first, PINNED_SST2_SEED42);
+    let other = tasks::load_builtin("sst2", &options(16, 43, true)).unwrap();
+    assert_ne!(other.train, a.train);
+    // A seed without a pre-sampled folder samples too (AG News pool: 5,000 rows, 4 classes).
+    let ag = tasks::load_builtin("agnews", &options(8, 7, false)).unwrap();
+    assert!(ag.train_dev_source.starts_with("sampled"));
+    assert!(ag
+        .class_counts()
+        .iter()
+        .all(|&(tr, de, _)| (tr, de) == (8, 8)));
+}
+
+const PINNED_SST2_SEED42: [&str; 3] = [
+    "for all the wit and hoopla",
+    "hideousness",
+    "comes off as emotionally manipulative and sadly imitative of innumerable past love story derisions .",
+];
+
+#[test]
+fn dbpedia_stand_in_excludes_the_few_shot_examples() {
+    let d = tasks::load_builtin("dbpedia", &options(4, 3, true)).unwrap();
+    assert_eq!(d.test.len(), 5000 - d.train.len() - d.dev.len());
+    assert!(d
+        .test
+        .iter()
+        .all(|e| !d.train.contains(e) && !d.dev.contains(e)));
+}
+
+#[test]
+fn verbalizers_are_single_tokens_for_the_default_model() {
+    let path = bbt::assets::resolve_model(bbt::cli::DEFAULT_MODEL).unwrap();
+    let tokenizer = bbt::tokenizer::Tokenizer::load(&path).unwrap();
+    for name in tasks::builtin::NAMES {
+        let (spec, _) = tasks::builtin::lookup(name).unwrap();
+        spec.validate().unwrap();
+        let (ids, cut) = spec
+            .verbalizer_ids(&tokenizer, MultiTokenWords::Reject)
+            .unwrap();
+        assert_eq!((ids.len(), cut.len()), (spec.classes.len(), 0), "{name}");
+    }
+    // The check bites: a two-token word is refused, or cut to its first token when allowed.
+    let (mut spec, _) = tasks::builtin::lookup("dbpedia").unwrap();
+    spec.verbalizer[3] = " Athlete".into();
+    let err = spec
+        .verbalizer_ids(&tokenizer, MultiTokenWords::Reject)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("\" Athlete\" is 2 tokens"),
+        "{err}"
+    );
+    let (_, cut) = spec
+        .verbalizer_ids(&tokenizer, MultiTokenWords::FirstToken)
+        .unwrap();
+    assert_eq!(cut, vec![" Athlete".to_string()]);
+}
+
+#[test]
+fn unknown_task_and_missing_data_are_clear_errors() {
+    let e = tasks::load_builtin("sst3", &options(16, 42, false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown task `sst3`; built-in tasks: sst2"),
+        "{e}"
+    );
+    let mut o = options(16, 42, false);
+    o.data_dir = "/nonexistent".into();
+    let e = tasks::load_builtin("rte", &o).unwrap_err().to_string();
+    assert!(
+        e.contains("no data for `rte`: /nonexistent/RTE does not exist"),
+        "{e}"
+    );
+    let e = tasks::load_builtin("yelp", &options(16, 7, false))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has no training pool here"), "{e}");
+}
