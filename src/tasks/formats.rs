@@ -116,13 +116,21 @@ fn checked_text(path: &Path, line: u64, what: &str, s: &str) -> Result<String, D
 
 /// Reads examples from a delimited file in the given layout.
 pub fn read_delimited(path: &Path, layout: &Delimited) -> Result<Vec<Example>, DataError> {
-    let bytes = read_bytes(path)?;
+    parse_delimited(path, &read_bytes(path)?, layout)
+}
+
+/// Parses delimited `bytes`; `path` names them in errors (it may be a member of an archive).
+pub fn parse_delimited(
+    path: &Path,
+    bytes: &[u8],
+    layout: &Delimited,
+) -> Result<Vec<Example>, DataError> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(layout.delimiter)
         .quoting(layout.quoting)
         .has_headers(layout.has_header)
         .flexible(true)
-        .from_reader(strip_bom(&bytes));
+        .from_reader(strip_bom(bytes));
     let header: Vec<String> = if layout.has_header {
         let h = reader
             .byte_headers()
@@ -272,7 +280,8 @@ fn example_from_json(
     })
 }
 
-fn utf8(path: &Path, bytes: &[u8]) -> Result<String, DataError> {
+/// `bytes` as UTF-8 (BOM stripped), or an error at the line of the first invalid byte.
+pub fn utf8(path: &Path, bytes: &[u8]) -> Result<String, DataError> {
     String::from_utf8(strip_bom(bytes).to_vec()).map_err(|e| {
         let valid = &bytes[..e.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|&&b| b == b'\n').count() as u64 + 1;

@@ -5,6 +5,7 @@
 pub mod builtin;
 pub mod fewshot;
 pub mod formats;
+pub mod registry;
 pub mod spec;
 
 use std::collections::HashSet;
@@ -80,14 +81,32 @@ pub fn default_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("../shared/datasets"))
 }
 
+/// Loads any task by name: a package-backed one ([`registry`]: mr, mr-snippets, bbc) or one of
+/// the paper's seven read from the data directory ([`load_builtin`]).
+pub fn load_task(name: &str, options: &LoadOptions) -> anyhow::Result<TaskData> {
+    match registry::lookup(name) {
+        Some((spec, package)) => registry::load(spec, &package, options),
+        None => load_builtin(name, options),
+    }
+}
+
+/// Every task name [`load_task`] knows.
+pub fn task_names() -> Vec<&'static str> {
+    registry::NAMES
+        .iter()
+        .chain(builtin::NAMES)
+        .copied()
+        .collect()
+}
+
 /// Loads a built-in task under BBT's protocol: the pre-sampled `k-shot/<k>-<seed>` folder when
 /// present (LM-BFF style), else `k` per class for train and another `k` for dev sampled from the
 /// training pool with `seed`; the evaluation set untouched.
 pub fn load_builtin(name: &str, options: &LoadOptions) -> anyhow::Result<TaskData> {
     let (spec, layout) = builtin::lookup(name).ok_or_else(|| {
         anyhow::anyhow!(
-            "unknown task `{name}`; built-in tasks: {}",
-            builtin::NAMES.join(", ")
+            "unknown task `{name}`; known tasks: {}",
+            task_names().join(", ")
         )
     })?;
     let task_dir = options.data_dir.join(layout.dir);
