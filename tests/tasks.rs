@@ -180,7 +180,7 @@ fn package_tasks_have_their_documented_sizes_and_a_fixed_evaluation_set() {
         assert_eq!(counts, per_class, "{name}");
         let a = tasks::load_task(name, &options(16, 42, false)).unwrap();
         let b = tasks::load_task(name, &options(16, 13, false)).unwrap();
-        assert_eq!(a.test.len(), tasks::registry::HELD_OUT, "{name}");
+        assert_eq!(a.test.len(), tasks::HELD_OUT, "{name}");
         assert_eq!(
             a.test, b.test,
             "{name}: the evaluation set must not depend on the seed"

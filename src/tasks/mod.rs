@@ -1,12 +1,13 @@
 //! Tasks and data: one definition of a task ([`spec`]), the readers for its files
-//! ([`formats`]), the paper's built-in tasks ([`builtin`]) and BBT's few-shot protocol
-//! ([`fewshot`]).
+//! ([`formats`]), the paper's built-in tasks ([`builtin`]), tasks shipped in registry packages
+//! ([`registry`]), the user's own files ([`user`]) and BBT's few-shot protocol ([`fewshot`]).
 
 pub mod builtin;
 pub mod fewshot;
 pub mod formats;
 pub mod registry;
 pub mod spec;
+pub mod user;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -81,9 +82,17 @@ pub fn default_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("../shared/datasets"))
 }
 
-/// Loads any task by name: a package-backed one ([`registry`]: mr, mr-snippets, bbc) or one of
-/// the paper's seven read from the data directory ([`load_builtin`]).
+/// Loads any task: a user task spec file (`.toml` / `.json`, see [`user`]), a package-backed
+/// task ([`registry`]: mr, mr-snippets, bbc) or one of the paper's seven read from the data
+/// directory ([`load_builtin`]).
 pub fn load_task(name: &str, options: &LoadOptions) -> anyhow::Result<TaskData> {
+    let path = Path::new(name);
+    if matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("toml" | "json")
+    ) {
+        return user::load(path, options);
+    }
     match registry::lookup(name) {
         Some((spec, package)) => registry::load(spec, &package, options),
         None => load_builtin(name, options),
@@ -217,4 +226,61 @@ impl TaskData {
             })
             .collect()
     }
+}
+
+/// Size of the fixed evaluation set carved out of a task that has only one pool of examples.
+pub const HELD_OUT: usize = 1000;
+/// Seed of that carve-out: never the run's seed, so every run sees the same evaluation set.
+const HELD_OUT_SEED: u64 = 0x5eed;
+
+/// Few-shot splits from a single pool (`source` names it): exact duplicates dropped (so no text
+/// lands in both the few-shot sets and the evaluation set; BBC News repeats a few dozen
+/// articles), a class-stratified evaluation set of up to [`HELD_OUT`] examples drawn with a fixed
+/// seed, and `k` per class for train and for dev sampled from the rest with the run's seed.
+pub fn split_pool(
+    spec: TaskSpec,
+    all: Vec<Example>,
+    source: &str,
+    options: &LoadOptions,
+) -> anyhow::Result<TaskData> {
+    let mut seen = HashSet::new();
+    let all: Vec<Example> = all
+        .into_iter()
+        .filter(|e| seen.insert((e.text_a.clone(), e.text_b.clone())))
+        .collect();
+    let classes = spec.classes.len();
+    let per_class = HELD_OUT.min(all.len() / 2) / classes;
+    let test_idx = fewshot::stratified_indices(&all, classes, per_class, HELD_OUT_SEED)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.name))?;
+    let mut in_test = vec![false; all.len()];
+    for &i in &test_idx {
+        in_test[i] = true;
+    }
+    let rest: Vec<Example> = all
+        .iter()
+        .zip(&in_test)
+        .filter(|(_, t)| !**t)
+        .map(|(e, _)| e.clone())
+        .collect();
+    let (ti, di) = fewshot::sample_indices(&rest, classes, options.k, options.seed)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.name))?;
+    let pick = |idx: &[usize]| idx.iter().map(|&i| rest[i].clone()).collect::<Vec<_>>();
+    Ok(TaskData {
+        k: options.k,
+        seed: options.seed,
+        train: pick(&ti),
+        dev: pick(&di),
+        test: test_idx.iter().map(|&i| all[i].clone()).collect(),
+        train_dev_source: format!(
+            "sampled from {source} ({} examples outside the evaluation set) with seed {}",
+            rest.len(),
+            options.seed
+        ),
+        test_source: format!(
+            "{} held-out examples of {source} ({per_class} per class, fixed seed)",
+            test_idx.len()
+        ),
+        test_stand_in: None,
+        spec,
+    })
 }

