@@ -9,8 +9,8 @@ use bbt::tokenizer::Tokenizer;
 /// Options of `bbt data show`.
 #[derive(clap::Args)]
 pub struct ShowArgs {
-    /// Task name: mr, mr-snippets, bbc (fetched from packages) or sst2, yelp, agnews, dbpedia,
-    /// mrpc, snli, rte (read from the data directory).
+    /// Task: mr, mr-snippets, bbc (fetched from packages); sst2, yelp, agnews, dbpedia, mrpc, snli,
+    /// rte (read from the data directory); or a task spec file (.toml / .json) for your own data.
     task: String,
     /// Seed of the few-shot split (the pre-sampled folders exist for 13, 21, 42, 87, 100).
     #[arg(long, default_value_t = 42)]
@@ -27,6 +27,10 @@ pub struct ShowArgs {
     /// Model whose tokenizer counts tokens and checks the label words.
     #[arg(long, default_value = bbt::cli::DEFAULT_MODEL)]
     model: String,
+    /// Score the first token of label words that are several tokens (with a warning) instead of
+    /// refusing them.
+    #[arg(long)]
+    first_token: bool,
     /// Examples to print from each split.
     #[arg(long, default_value_t = 3)]
     examples: usize,
@@ -46,8 +50,19 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<String> {
     let data = tasks::load_task(&args.task, &options)?;
     let tokenizer = Tokenizer::load(&bbt::assets::resolve_model(&args.model)?)?;
     let spec = &data.spec;
-    let (ids, _) = spec.verbalizer_ids(&tokenizer, MultiTokenWords::Reject)?;
+    let multi = if args.first_token {
+        MultiTokenWords::FirstToken
+    } else {
+        MultiTokenWords::Reject
+    };
+    let (ids, cut) = spec.verbalizer_ids(&tokenizer, multi)?;
     let mut out = String::new();
+    for word in cut {
+        writeln!(
+            out,
+            "WARNING label word {word:?} is several tokens; only its first token is scored"
+        )?;
+    }
     writeln!(
         out,
         "task {} ({} classes, metric {:?})",

@@ -268,17 +268,31 @@ labels = { billing = ["0", "invoice"] }
         let spec = write(&dir, "task.toml", SPEC);
         let data = load(&spec, &options()).unwrap();
         assert_eq!(data.spec.classes, vec!["billing", "bug"]);
-        assert_eq!(data.class_counts().iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(), vec![(2, 2); 2]);
+        assert_eq!(
+            data.class_counts()
+                .iter()
+                .map(|c| (c.0, c.1))
+                .collect::<Vec<_>>(),
+            vec![(2, 2); 2]
+        );
         assert_eq!(data.test.len(), 30); // half the pool, stratified: 15 per class
         assert!(data.train.iter().all(|e| !data.test.contains(e)));
-        assert_eq!(data.train[0].text_a.split(',').count(), 2, "quoted commas stay in the text");
+        assert_eq!(
+            data.train[0].text_a.split(',').count(),
+            2,
+            "quoted commas stay in the text"
+        );
     }
 
     #[test]
     fn jsonl_task_with_test_file_and_two_inputs() {
         let dir = tempfile::tempdir().unwrap();
-        let line = |a: &str, b: &str, l: &str| format!("{{\"p\": \"{a}\", \"h\": \"{b}\", \"y\": \"{l}\"}}\n");
-        let pool: String = (0..8).map(|i| line(&format!("premise {i}"), "hypothesis", ["yes", "no"][i % 2])).collect();
+        let line = |a: &str, b: &str, l: &str| {
+            format!("{{\"p\": \"{a}\", \"h\": \"{b}\", \"y\": \"{l}\"}}\n")
+        };
+        let pool: String = (0..8)
+            .map(|i| line(&format!("premise {i}"), "hypothesis", ["yes", "no"][i % 2]))
+            .collect();
         write(&dir, "pool.jsonl", &pool);
         write(&dir, "test.jsonl", &line("a", "b", "no"));
         let spec = write(
@@ -304,17 +318,26 @@ labels = { billing = ["0", "invoice"] }
             load(&spec, &options()).unwrap_err().to_string()
         };
         let e = err(&SPEC.replace(" <S> The ticket", " The ticket"));
-        assert!(e.contains("bad.toml: template") && e.contains("has no slot"), "{e}");
+        assert!(
+            e.contains("bad.toml: template") && e.contains("has no slot"),
+            "{e}"
+        );
         let e = err(&SPEC.replace("[\" money\", \" software\"]", "[\" money\"]"));
         assert!(e.contains("1 label words for 2 classes"), "{e}");
         let e = err(&SPEC.replace("label = \"kind\"", "label = \"kind\"\ncolour = \"red\""));
-        assert!(e.contains("bad.toml:") && e.contains("unknown field `colour`"), "{e}");
+        assert!(
+            e.contains("bad.toml:") && e.contains("unknown field `colour`"),
+            "{e}"
+        );
         let e = err(&SPEC.replace("billing = [", "refund = ["));
         assert!(e.contains("`labels` names `refund`"), "{e}");
         let e = err(&SPEC.replace("text = \"body\"", "text = \"content\""));
         assert!(e.contains("pool.csv:1: missing column `content`"), "{e}");
         let e = err(&SPEC.replace("text = \"body\"", "text = \"body\"\ntext_b = \"kind\""));
-        assert!(e.contains("takes one text but the data section names `text_b`"), "{e}");
+        assert!(
+            e.contains("takes one text but the data section names `text_b`"),
+            "{e}"
+        );
         let e = err(&SPEC.replace("pool.csv", "missing.csv"));
         assert!(e.contains("missing.csv: cannot read"), "{e}");
         write(&dir, "pool.csv", "body,kind\nhello,refund\n");
