@@ -5,6 +5,7 @@
 //! - [`model`]: architectures (Llama family, Gemma 3), weights, the packed decoder forward.
 //! - [`engine`]: the public forward with continuous prompts, prefix/suffix sharing, verbalizer
 //!   readout.
+//! - [`projection`], [`protocol`]: BBT's `A·z + p0`; the HTTP types shared by client and server.
 //! - [`tasks`]: task definitions, data readers, built-in tasks, the few-shot protocol.
 //! - [`device`], [`cli`]: `--device` parsing and the `--model/--device` flags of every binary.
 
@@ -13,6 +14,8 @@ pub mod cli;
 pub mod device;
 pub mod engine;
 pub mod model;
+pub mod projection;
+pub mod protocol;
 pub mod tasks;
 pub mod tokenizer;
 

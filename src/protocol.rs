@@ -1,0 +1,276 @@
+//! The HTTP protocol between `bbt` clients and `bbt-server`: one set of request and response
+//! types, serialised as JSON, used by both sides.
+
+use serde::{Deserialize, Serialize};
+
+use crate::tasks::Metric;
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelsResponse {
+    pub data: Vec<ModelCard>,
+}
+
+/// What a client needs to know about the served model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub architecture: String,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+    /// Mean of the word-embedding matrix's entries (to scale a random projection).
+    pub embedding_mean: f64,
+    /// Standard deviation of the word-embedding matrix's entries.
+    pub embedding_std: f64,
+}
+
+/// Where the continuous prompt goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// `[bos][prompt][text][template]`: the prompt's keys/values are shared by all examples.
+    #[default]
+    Prefix,
+    /// `[bos][text][prompt][template]`: the texts' keys/values are cached per session.
+    Suffix,
+}
+
+/// Distribution of the random projection's entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    #[default]
+    Normal,
+    Uniform,
+}
+
+/// The random projection `A` (`L * hidden` x `d`), generated on the server from its seed so the
+/// client uploads only `z`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectionSpec {
+    /// Intrinsic dimension `d`.
+    pub intrinsic_dim: usize,
+    pub seed: u64,
+    #[serde(default)]
+    pub distribution: Distribution,
+    /// Standard deviation of the entries. Default, as in the BBT reference code:
+    /// `alpha * std(word embeddings) / (sqrt(d) * sigma)` with `alpha = sigma = 1`.
+    pub scale: Option<f64>,
+}
+
+/// The prompt offset `p0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum PromptInit {
+    /// `p0 = 0`.
+    #[default]
+    Zeros,
+    /// `p0` = the embeddings of these token ids (exactly `L` of them).
+    Tokens { ids: Vec<u32> },
+}
+
+/// The training loss the server reports per candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Loss {
+    /// Mean cross-entropy of the gold class over the verbalizer logits.
+    #[default]
+    CrossEntropy,
+    /// Mean multi-class hinge: `max(0, margin - (gold - best other))`.
+    Hinge { margin: f64 },
+}
+
+/// One labelled example sent by a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExampleIn {
+    pub text: String,
+    pub text_b: Option<String>,
+    pub label: usize,
+}
+
+/// The task of a session: a known task (sampled on the server) or explicit examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TaskRequest {
+    /// A task the server knows by name (`mr`, `sst2`, ...), with the few-shot protocol.
+    Builtin {
+        name: String,
+        #[serde(default = "default_k")]
+        k: usize,
+        #[serde(default = "default_seed")]
+        seed: u64,
+    },
+    /// The client's own examples.
+    Explicit {
+        name: Option<String>,
+        template: String,
+        classes: Vec<String>,
+        verbalizer: Vec<String>,
+        #[serde(default = "default_metric")]
+        metric: Metric,
+        train: Vec<ExampleIn>,
+        #[serde(default)]
+        dev: Vec<ExampleIn>,
+        #[serde(default)]
+        test: Vec<ExampleIn>,
+    },
+}
+
+fn default_k() -> usize {
+    16
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+fn default_metric() -> Metric {
+    Metric::Accuracy
+}
+
+/// `POST /v1/sessions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateSessionRequest {
+    pub task: TaskRequest,
+    /// Number of prompt vectors `L`.
+    pub prompt_length: usize,
+    #[serde(default)]
+    pub placement: Placement,
+    pub projection: ProjectionSpec,
+    #[serde(default)]
+    pub p0: PromptInit,
+    #[serde(default)]
+    pub loss: Loss,
+}
+
+/// A split of a session's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitName {
+    Train,
+    Dev,
+    Test,
+}
+
+/// A session as the server describes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub task: String,
+    pub classes: Vec<String>,
+    pub verbalizer: Vec<String>,
+    pub metric: Metric,
+    pub prompt_length: usize,
+    pub placement: Placement,
+    pub intrinsic_dim: usize,
+    /// Examples per split.
+    pub train_size: usize,
+    pub dev_size: usize,
+    pub test_size: usize,
+    /// Candidates evaluated so far (each is one API call).
+    pub api_calls: u64,
+}
+
+/// Candidates `z`, as JSON numbers or base64 little-endian floats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Candidates {
+    /// One array of `d` numbers per candidate.
+    Json(Vec<Vec<f32>>),
+    /// `count` candidates of `d` floats, concatenated, little-endian, base64 (standard alphabet).
+    Packed {
+        dtype: FloatType,
+        count: usize,
+        data: String,
+    },
+}
+
+/// Wire float types for packed candidates and prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FloatType {
+    F32,
+    F16,
+}
+
+/// `POST /v1/sessions/{id}/evaluate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluateRequest {
+    pub candidates: Candidates,
+    #[serde(default = "default_split")]
+    pub split: SplitName,
+    /// Also return each example's verbalizer logits.
+    #[serde(default)]
+    pub return_logits: bool,
+}
+
+fn default_split() -> SplitName {
+    SplitName::Train
+}
+
+/// The score of one candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateResult {
+    pub loss: f64,
+    pub accuracy: f64,
+    /// F1 of class 1, for tasks whose metric includes it.
+    pub f1: Option<f64>,
+    /// `[examples][classes]`, when asked for.
+    pub logits: Option<Vec<Vec<f32>>>,
+}
+
+/// Answer to `evaluate`: one result per candidate, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvaluateResponse {
+    pub results: Vec<CandidateResult>,
+    /// The session's API calls after this request.
+    pub api_calls: u64,
+}
+
+/// `POST /v1/forward`: stateless scoring with a full prompt matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    /// Template with `<S>` (or `<S1>`, `<S2>`).
+    pub template: String,
+    pub verbalizer: Vec<String>,
+    pub inputs: Vec<ForwardInput>,
+    /// `L x hidden` prompt (rows of numbers); may be empty (L = 0).
+    #[serde(default)]
+    pub prompt: Vec<Vec<f32>>,
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// One input of `/v1/forward`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardInput {
+    pub text: String,
+    pub text_b: Option<String>,
+}
+
+/// Answer to `/v1/forward`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardResponse {
+    /// `[inputs][label words]`.
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// `GET /v1/usage`: what one API key has used.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub api_calls: u64,
+    pub tokens: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Remaining API calls under the key's quota, if it has one.
+    pub quota_remaining: Option<u64>,
+}
+
+/// Every error body: a short machine-readable kind and a human explanation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub detail: String,
+}
