@@ -6,6 +6,7 @@
 //! - [`engine`]: the public forward with continuous prompts, prefix/suffix sharing, verbalizer
 //!   readout.
 //! - [`projection`], [`protocol`]: BBT's `A·z + p0`; the HTTP types shared by client and server.
+//! - [`scoring`]: a task's examples under candidate prompts -> loss, accuracy, F1.
 //! - [`tasks`]: task definitions, data readers, built-in tasks, the few-shot protocol.
 //! - [`device`], [`cli`]: `--device` parsing and the `--model/--device` flags of every binary.
 
@@ -16,6 +17,7 @@ pub mod engine;
 pub mod model;
 pub mod projection;
 pub mod protocol;
+pub mod scoring;
 pub mod tasks;
 pub mod tokenizer;
 

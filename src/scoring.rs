@@ -1,0 +1,198 @@
+//! Scoring a task's examples under candidate prompts: tokenise once, run the engine in either
+//! placement, and turn verbalizer logits into loss, accuracy and F1. Used by the server's
+//! sessions and by anything else that evaluates prompts (zero-shot baselines, experiments).
+
+use crate::engine::{Engine, Prompt, Readout};
+use crate::model::decoder::KvCache;
+use crate::protocol::{CandidateResult, Loss, Placement};
+use crate::tasks::{Example, Metric, TaskSpec};
+
+/// A split's examples as token ids: the example-dependent head and the constant tail, tokenised
+/// separately so both placements see the same ids.
+#[derive(Debug, Clone)]
+pub struct EncodedSplit {
+    pub heads: Vec<Vec<u32>>,
+    pub tails: Vec<Vec<u32>>,
+    pub labels: Vec<usize>,
+}
+
+impl EncodedSplit {
+    /// Renders and tokenises `examples` with the task's template.
+    pub fn new(engine: &Engine, spec: &TaskSpec, examples: &[Example]) -> anyhow::Result<Self> {
+        let tok = engine.tokenizer();
+        let mut split = Self {
+            heads: Vec::with_capacity(examples.len()),
+            tails: Vec::with_capacity(examples.len()),
+            labels: Vec::with_capacity(examples.len()),
+        };
+        let mut tail_cache: Option<(String, Vec<u32>)> = None;
+        for (i, ex) in examples.iter().enumerate() {
+            anyhow::ensure!(
+                ex.label < spec.classes.len(),
+                "example {i}: label {} but the task has {} classes",
+                ex.label,
+                spec.classes.len()
+            );
+            let (head, tail) = spec
+                .template
+                .render(&ex.text_a, ex.text_b.as_deref())
+                .map_err(|e| anyhow::anyhow!("example {i}: {e}"))?;
+            let tail_ids = match &tail_cache {
+                Some((t, ids)) if *t == tail => ids.clone(),
+                _ => {
+                    let ids = tok.encode(&tail)?;
+                    tail_cache = Some((tail, ids.clone()));
+                    ids
+                }
+            };
+            split.heads.push(tok.encode(&head)?);
+            split.tails.push(tail_ids);
+            split.labels.push(ex.label);
+        }
+        Ok(split)
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the split has no examples.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Tokens one pass over the split costs (heads + tails, without prompts).
+    pub fn tokens(&self) -> usize {
+        self.heads.iter().chain(&self.tails).map(Vec::len).sum()
+    }
+
+    /// Keys/values of `[bos][head]` per example, for the suffix placement.
+    pub fn cache_heads(&self, engine: &Engine) -> anyhow::Result<KvCache> {
+        engine.cache_texts(&self.heads)
+    }
+}
+
+/// Verbalizer logits `[candidates][examples][classes]` of `prompts` on `split`.
+///
+/// `cache` must be `split.cache_heads(engine)` for the suffix placement (it is reused across
+/// calls); it is ignored for the prefix placement.
+pub fn candidate_logits(
+    engine: &Engine,
+    split: &EncodedSplit,
+    prompts: &[Prompt],
+    placement: Placement,
+    cache: Option<&KvCache>,
+    verbalizer: &[u32],
+) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
+    let readout = Readout::Tokens(verbalizer.to_vec());
+    let flat: Vec<Vec<f32>> = match placement {
+        Placement::Prefix => {
+            let rows: Vec<Vec<u32>> = split
+                .heads
+                .iter()
+                .zip(&split.tails)
+                .map(|(h, t)| h.iter().chain(t).copied().collect())
+                .collect();
+            engine
+                .score_prefix(prompts, &rows, &readout)?
+                .logits
+                .to_vec2()?
+        }
+        Placement::Suffix => {
+            let cache = cache.ok_or_else(|| {
+                anyhow::anyhow!("the suffix placement needs the split's text cache")
+            })?;
+            engine
+                .score_suffix(cache, prompts, &split.tails, &readout)?
+                .logits
+                .to_vec2()?
+        }
+    };
+    Ok(flat
+        .chunks(split.len().max(1))
+        .map(<[Vec<f32>]>::to_vec)
+        .collect())
+}
+
+/// Loss, accuracy and (for [`Metric::AccuracyAndF1`]) the F1 of class 1 from per-example logits.
+pub fn score(logits: &[Vec<f32>], labels: &[usize], loss: Loss, metric: Metric) -> CandidateResult {
+    let n = labels.len().max(1) as f64;
+    let mut total_loss = 0f64;
+    let mut correct = 0usize;
+    let (mut tp, mut fp, mut fneg) = (0usize, 0usize, 0usize);
+    for (l, &y) in logits.iter().zip(labels) {
+        let l: Vec<f64> = l.iter().map(|&x| x as f64).collect();
+        let pred = l
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
+        correct += usize::from(pred == y);
+        tp += usize::from(pred == 1 && y == 1);
+        fp += usize::from(pred == 1 && y != 1);
+        fneg += usize::from(pred != 1 && y == 1);
+        total_loss += match loss {
+            Loss::CrossEntropy => {
+                let max = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + l.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+                lse - l[y]
+            }
+            Loss::Hinge { margin } => {
+                let best_other = l
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != y)
+                    .map(|(_, &x)| x)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                (margin - (l[y] - best_other)).max(0.0)
+            }
+        };
+    }
+    let f1 = (metric == Metric::AccuracyAndF1).then(|| {
+        let denom = 2 * tp + fp + fneg;
+        if denom == 0 {
+            0.0
+        } else {
+            2.0 * tp as f64 / denom as f64
+        }
+    });
+    CandidateResult {
+        loss: total_loss / n,
+        accuracy: correct as f64 / n,
+        f1,
+        logits: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_hinge_accuracy_and_f1() {
+        let logits = vec![
+            vec![2.0, 0.0],
+            vec![0.0, 1.0],
+            vec![0.0, 3.0],
+            vec![1.0, 0.0],
+        ];
+        let labels = [0, 1, 0, 1];
+        let r = score(&logits, &labels, Loss::CrossEntropy, Metric::AccuracyAndF1);
+        assert_eq!(r.accuracy, 0.5);
+        // tp = 1, fp = 1, fn = 1 -> F1 = 2 / 4
+        assert_eq!(r.f1, Some(0.5));
+        let ce = |gold: f64, other: f64| (gold.exp() + other.exp()).ln() - gold;
+        let want = (ce(2.0, 0.0) + ce(1.0, 0.0) + ce(0.0, 3.0) + ce(0.0, 1.0)) / 4.0;
+        assert!((r.loss - want).abs() < 1e-9);
+        let h = score(
+            &logits,
+            &labels,
+            Loss::Hinge { margin: 1.0 },
+            Metric::Accuracy,
+        );
+        // margins: 2, 1, -3, -1 -> hinge 0, 0, 4, 2
+        assert!((h.loss - 1.5).abs() < 1e-9);
+        assert_eq!(h.f1, None);
+    }
+}
