@@ -1,0 +1,103 @@
+//! Prometheus metrics: requests and latency by route and status, queue depth, batch sizes,
+//! tokens processed and forward time (tokens/s = rate of one over the other).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+    pub queue_depth: IntGauge,
+    pub sessions: IntGauge,
+    pub batch_rows: Histogram,
+    pub tokens: IntCounter,
+    pub forward_seconds: prometheus::Counter,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "bbt_http_requests_total",
+                "HTTP requests by route and status",
+            ),
+            &["route", "status"],
+        )
+        .expect("metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "bbt_http_request_duration_seconds",
+                "HTTP latency by route and status",
+            )
+            .buckets(vec![
+                0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+            ]),
+            &["route", "status"],
+        )
+        .expect("metric");
+        let queue_depth = IntGauge::new(
+            "bbt_queue_depth",
+            "Jobs waiting for or running on the model worker",
+        )
+        .expect("metric");
+        let sessions = IntGauge::new("bbt_sessions", "Live tuning sessions").expect("metric");
+        let batch_rows = Histogram::with_opts(
+            HistogramOpts::new("bbt_batch_rows", "Sequences per engine call").buckets(vec![
+                1.0, 8.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+            ]),
+        )
+        .expect("metric");
+        let tokens = IntCounter::new(
+            "bbt_tokens_total",
+            "Tokens run through the model (prompt vectors included)",
+        )
+        .expect("metric");
+        let forward_seconds = prometheus::Counter::new(
+            "bbt_forward_seconds_total",
+            "Seconds the model worker spent in forwards",
+        )
+        .expect("metric");
+        for m in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(sessions.clone()),
+            Box::new(batch_rows.clone()),
+            Box::new(tokens.clone()),
+            Box::new(forward_seconds.clone()),
+        ] {
+            registry.register(m).expect("unique metric names");
+        }
+        Self {
+            registry,
+            requests,
+            latency,
+            queue_depth,
+            sessions,
+            batch_rows,
+            tokens,
+            forward_seconds,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,91 @@
+//! Everything between HTTP and the engine: sessions, the model worker and its queue, usage and
+//! metrics. Nothing here knows about axum.
+
+pub mod metrics;
+pub mod service;
+pub mod sessions;
+pub mod usage;
+pub mod worker;
+
+/// An error the HTTP layer turns into a status code and a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreError {
+    /// 400: the request cannot be understood.
+    BadRequest(String),
+    /// 404: no such session (or not yours).
+    NotFound(String),
+    /// 410: the session's caches were evicted or it expired.
+    Gone(String),
+    /// 413: over a size limit.
+    TooLarge(String),
+    /// 422: well-formed but invalid (wrong length, NaN, unknown label word, ...).
+    Invalid(String),
+    /// 429: quota spent.
+    Quota(String),
+    /// 503: the model worker is gone or shutting down.
+    Unavailable(String),
+    /// 500: a bug or an engine failure.
+    Internal(String),
+}
+
+impl std::fmt::Display for CoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, detail) = self.parts();
+        write!(f, "{kind}: {detail}")
+    }
+}
+
+impl CoreError {
+    /// `(machine-readable kind, human detail)`.
+    pub fn parts(&self) -> (&'static str, &str) {
+        match self {
+            Self::BadRequest(d) => ("bad_request", d),
+            Self::NotFound(d) => ("not_found", d),
+            Self::Gone(d) => ("session_gone", d),
+            Self::TooLarge(d) => ("too_large", d),
+            Self::Invalid(d) => ("invalid", d),
+            Self::Quota(d) => ("quota_exceeded", d),
+            Self::Unavailable(d) => ("unavailable", d),
+            Self::Internal(d) => ("internal", d),
+        }
+    }
+}
+
+/// Limits an operator sets; every one is checked before work is queued.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Candidates per `/evaluate` call.
+    pub max_candidates: usize,
+    /// Examples per split of a session, and inputs per `/forward`.
+    pub max_examples: usize,
+    /// Tokens per example (text + template).
+    pub max_example_tokens: usize,
+    /// Prompt length `L`.
+    pub max_prompt_length: usize,
+    /// Intrinsic dimension `d`.
+    pub max_intrinsic_dim: usize,
+    /// Sessions idle this long are dropped.
+    pub session_idle: std::time::Duration,
+    /// Memory held by all sessions' projections and caches.
+    pub max_session_bytes: usize,
+    /// Jobs waiting for the model worker before new ones are refused with 503.
+    pub max_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 << 20,
+            max_candidates: 64,
+            max_examples: 2048,
+            max_example_tokens: 512,
+            max_prompt_length: 128,
+            max_intrinsic_dim: 2048,
+            session_idle: std::time::Duration::from_secs(3600),
+            max_session_bytes: 2 << 30,
+            max_queue: 256,
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! The operations behind the routes: validate against the limits, account usage, queue model
+//! work on the worker, and build the protocol responses.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine as _;
+use bbt::projection::Projection;
+use bbt::protocol::{
+    CandidateResult, Candidates, CreateSessionRequest, EvaluateRequest, EvaluateResponse,
+    FloatType, ForwardRequest, ForwardResponse, ModelCard, ModelsResponse, PromptInit, SessionInfo,
+    SplitName, TaskRequest,
+};
+use bbt::scoring::{self, EncodedSplit};
+use bbt::tasks::{self, Example, LoadOptions, MultiTokenWords, TaskSpec, Template};
+use bbt::{Engine, Prompt};
+use candle_core::{DType, Tensor};
+
+use super::metrics::Metrics;
+use super::sessions::{Session, SessionStore};
+use super::usage::UsageBook;
+use super::worker::Worker;
+use super::{CoreError, Limits};
+
+/// Shared state of a running server.
+pub struct Service {
+    engine: Arc<Engine>,
+    worker: Worker,
+    pub sessions: SessionStore,
+    pub usage: UsageBook,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    data_dir: PathBuf,
+}
+
+fn internal(e: impl std::fmt::Display) -> CoreError {
+    CoreError::Internal(format!("{e:#}"))
+}
+
+impl Service {
+    /// Wraps a loaded engine; starts the model worker.
+    pub fn new(
+        engine: Engine,
+        limits: Limits,
+        quotas: HashMap<String, u64>,
+        data_dir: PathBuf,
+    ) -> Self {
+        let engine = Arc::new(engine);
+        Self {
+            worker: Worker::start(engine.clone(), limits.max_queue),
+            engine,
+            sessions: SessionStore::new(limits.clone()),
+            usage: UsageBook::new(quotas),
+            metrics: Metrics::new(),
+            limits,
+            data_dir,
+        }
+    }
+
+    /// `GET /v1/models`.
+    pub fn models(&self) -> ModelsResponse {
+        let info = self.engine.info();
+        let c = &info.config;
+        ModelsResponse {
+            data: vec![ModelCard {
+                id: info.name.clone(),
+                architecture: format!("{:?}", c.architecture).to_lowercase(),
+                hidden_size: c.hidden_size,
+                num_layers: c.num_layers,
+                vocab_size: c.vocab_size,
+                max_positions: self.engine.max_positions(),
+                embedding_mean: info.embedding_mean,
+                embedding_std: info.embedding_std,
+            }],
+        }
+    }
+
+    /// Refreshes the gauges that describe the server's state.
+    pub fn refresh_gauges(&self) {
+        self.metrics.queue_depth.set(self.worker.depth() as i64);
+        self.metrics.sessions.set(self.sessions.len() as i64);
+    }
+
+    /// `POST /v1/sessions`.
+    pub async fn create_session(
+        &self,
+        key: Option<&str>,
+        req: CreateSessionRequest,
+    ) -> Result<SessionInfo, CoreError> {
+        let l = &self.limits;
+        if req.prompt_length > l.max_prompt_length {
+            return Err(CoreError::TooLarge(format!(
+                "prompt_length {} exceeds this server's limit of {}",
+                req.prompt_length, l.max_prompt_length
+            )));
+        }
+        let d = req.projection.intrinsic_dim;
+        if d == 0 || d > l.max_intrinsic_dim {
+            return Err(CoreError::Invalid(format!(
+                "projection.intrinsic_dim must be between 1 and {}, got {d}",
+                l.max_intrinsic_dim
+            )));
+        }
+        let (spec, splits) = self.task_examples(&req.task)?;
+        for (name, examples) in &splits {
+            if examples.len() > l.max_examples {
+                return Err(CoreError::TooLarge(format!(
+                    "{name:?} split has {} examples; this server's limit is {}",
+                    examples.len(),
+                    l.max_examples
+                )));
+            }
+        }
+        if splits.get(&SplitName::Train).is_none_or(Vec::is_empty) {
+            return Err(CoreError::Invalid(
+                "the task has no training examples".into(),
+            ));
+        }
+        let engine = self.engine.clone();
+        let limits = self.limits.clone();
+        let owner = key.map(str::to_string);
+        let session = tokio::task::spawn_blocking(move || {
+            build_session(&engine, &limits, owner, spec, splits, req)
+        })
+        .await
+        .map_err(internal)??;
+        let info = self.sessions.insert(session).info();
+        self.refresh_gauges();
+        Ok(info)
+    }
+
+    /// A task's spec and splits from the request.
+    fn task_examples(
+        &self,
+        task: &TaskRequest,
+    ) -> Result<(TaskSpec, HashMap<SplitName, Vec<Example>>), CoreError> {
+        match task {
+            TaskRequest::Builtin { name, k, seed } => {
+                if *k == 0 || *k > self.limits.max_examples {
+                    return Err(CoreError::Invalid(format!(
+                        "k must be between 1 and {}",
+                        self.limits.max_examples
+                    )));
+                }
+                // Only task names: a client must never make the server read a file of its choosing.
+                if name.contains(['/', '\\']) || name.ends_with(".toml") || name.ends_with(".json")
+                {
+                    return Err(CoreError::Invalid(format!(
+                        "`{name}` is not a task name this server knows"
+                    )));
+                }
+                let options = LoadOptions {
+                    data_dir: self.data_dir.clone(),
+                    k: *k,
+                    seed: *seed,
+                    resample: false,
+                };
+                let data = tasks::load_task(name, &options).map_err(|e| {
+                    let msg = format!("{e:#}");
+                    if msg.contains("unknown task") {
+                        CoreError::Invalid(msg)
+                    } else {
+                        CoreError::Internal(msg)
+                    }
+                })?;
+                let splits = HashMap::from([
+                    (SplitName::Train, data.train),
+                    (SplitName::Dev, data.dev),
+                    (SplitName::Test, data.test),
+                ]);
+                Ok((data.spec, splits))
+            }
+            TaskRequest::Explicit {
+                name,
+                template,
+                classes,
+                verbalizer,
+                metric,
+                train,
+                dev,
+                test,
+            } => {
+                let spec = TaskSpec {
+                    name: name.clone().unwrap_or_else(|| "custom".into()),
+                    classes: classes.clone(),
+                    template: Template::new(template).map_err(CoreError::Invalid)?,
+                    verbalizer: verbalizer.clone(),
+                    metric: *metric,
+                };
+                spec.validate().map_err(CoreError::Invalid)?;
+                let convert = |split: &str,
+                               xs: &[bbt::protocol::ExampleIn]|
+                 -> Result<Vec<Example>, CoreError> {
+                    xs.iter()
+                        .enumerate()
+                        .map(|(i, x)| {
+                            if x.label >= classes.len() {
+                                return Err(CoreError::Invalid(format!(
+                                    "{split}[{i}]: label {} but the task has {} classes",
+                                    x.label,
+                                    classes.len()
+                                )));
+                            }
+                            if x.text.trim().is_empty() {
+                                return Err(CoreError::Invalid(format!(
+                                    "{split}[{i}]: empty text"
+                                )));
+                            }
+                            if spec.template.two_inputs() != x.text_b.is_some() {
+                                return Err(CoreError::Invalid(format!(
+                                    "{split}[{i}]: the template takes {} text(s)",
+                                    if spec.template.two_inputs() { 2 } else { 1 }
+                                )));
+                            }
+                            Ok(Example {
+                                text_a: x.text.clone(),
+                                text_b: x.text_b.clone(),
+                                label: x.label,
+                            })
+                        })
+                        .collect()
+                };
+                let splits = HashMap::from([
+                    (SplitName::Train, convert("train", train)?),
+                    (SplitName::Dev, convert("dev", dev)?),
+                    (SplitName::Test, convert("test", test)?),
+                ]);
+                Ok((spec, splits))
+            }
+        }
+    }
+
+    /// `GET /v1/sessions/{id}`.
+    pub fn session_info(&self, key: Option<&str>, id: &str) -> Result<SessionInfo, CoreError> {
+        Ok(self.sessions.get(id, key)?.info())
+    }
+
+    /// `DELETE /v1/sessions/{id}`.
+    pub fn delete_session(&self, key: Option<&str>, id: &str) -> Result<(), CoreError> {
+        self.sessions.remove(id, key)?;
+        self.refresh_gauges();
+        Ok(())
+    }
+
+    /// `POST /v1/sessions/{id}/evaluate`: each candidate is one API call.
+    pub async fn evaluate(
+        &self,
+        key: Option<&str>,
+        id: &str,
+        req: EvaluateRequest,
+    ) -> Result<EvaluateResponse, CoreError> {
+        let session = self.sessions.get(id, key)?;
+        let d = session.projection.intrinsic_dim();
+        let z = decode_candidates(&req.candidates, d, self.limits.max_candidates)?;
+        let count = z.len();
+        let split = session
+            .splits
+            .get(&req.split)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                CoreError::Invalid(format!("the session has no {:?} examples", req.split))
+            })?;
+        let tokens = (split.tokens() + split.len() * session.prompt_length) as u64 * count as u64;
+        let account = key.unwrap_or(super::usage::ANONYMOUS);
+        self.usage.reserve_calls(account, count as u64)?;
+        let flat: Vec<f32> = z.concat();
+        let job_session = session.clone();
+        let split_name = req.split;
+        let return_logits = req.return_logits;
+        let started = Instant::now();
+        let result = self
+            .worker
+            .run(move |engine| {
+                evaluate_on_worker(engine, &job_session, split_name, flat, count, return_logits)
+            })
+            .await;
+        match result {
+            Ok(results) => {
+                self.metrics
+                    .forward_seconds
+                    .inc_by(started.elapsed().as_secs_f64());
+                self.metrics.tokens.inc_by(tokens);
+                self.metrics
+                    .batch_rows
+                    .observe((count * split.len()) as f64);
+                self.usage.record(account, tokens, 0, 0);
+                let calls =
+                    session.api_calls.fetch_add(count as u64, Ordering::Relaxed) + count as u64;
+                Ok(EvaluateResponse {
+                    results,
+                    api_calls: calls,
+                })
+            }
+            Err(e) => {
+                self.usage.refund_calls(account, count as u64);
+                Err(e)
+            }
+        }
+    }
+
+    /// `POST /v1/forward`: one API call, no session.
+    pub async fn forward(
+        &self,
+        key: Option<&str>,
+        req: ForwardRequest,
+    ) -> Result<ForwardResponse, CoreError> {
+        let hidden = self.engine.config().hidden_size;
+        if req.inputs.is_empty() {
+            return Err(CoreError::Invalid("no inputs".into()));
+        }
+        if req.inputs.len() > self.limits.max_examples {
+            return Err(CoreError::TooLarge(format!(
+                "{} inputs; this server's limit is {}",
+                req.inputs.len(),
+                self.limits.max_examples
+            )));
+        }
+        if req.prompt.len() > self.limits.max_prompt_length {
+            return Err(CoreError::TooLarge(format!(
+                "prompt of {} vectors; this server's limit is {}",
+                req.prompt.len(),
+                self.limits.max_prompt_length
+            )));
+        }
+        if let Some((i, row)) = req
+            .prompt
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.len() != hidden)
+        {
+            return Err(CoreError::Invalid(format!(
+                "prompt row {i} has {} numbers, the model's hidden size is {hidden}",
+                row.len()
+            )));
+        }
+        if req.prompt.iter().flatten().any(|x| !x.is_finite()) {
+            return Err(CoreError::Invalid(
+                "the prompt contains NaN or infinite values".into(),
+            ));
+        }
+        let spec = TaskSpec {
+            name: "forward".into(),
+            classes: (0..req.verbalizer.len()).map(|i| i.to_string()).collect(),
+            template: Template::new(&req.template).map_err(CoreError::Invalid)?,
+            verbalizer: req.verbalizer.clone(),
+            metric: bbt::tasks::Metric::Accuracy,
+        };
+        spec.validate().map_err(CoreError::Invalid)?;
+        let verbalizer = verbalizer_ids(&self.engine, &spec)?;
+        let examples: Vec<Example> = req
+            .inputs
+            .iter()
+            .map(|x| Example {
+                text_a: x.text.clone(),
+                text_b: x.text_b.clone(),
+                label: 0,
+            })
+            .collect();
+        let split = encode_split(&self.engine, &self.limits, &spec, &examples)?;
+        let account = key.unwrap_or(super::usage::ANONYMOUS);
+        self.usage.reserve_calls(account, 1)?;
+        let rows = req.prompt.len();
+        let flat: Vec<f32> = req.prompt.concat();
+        let placement = req.placement;
+        let tokens = (split.tokens() + split.len() * rows) as u64;
+        let n = split.len();
+        let result = self
+            .worker
+            .run(move |engine| {
+                let prompt = Tensor::from_vec(flat, (rows, hidden), engine.device())
+                    .and_then(|t| t.to_dtype(engine.dtype()))
+                    .map_err(internal)?;
+                let cache = match placement {
+                    bbt::protocol::Placement::Suffix => {
+                        Some(split.cache_heads(engine).map_err(internal)?)
+                    }
+                    bbt::protocol::Placement::Prefix => None,
+                };
+                let mut logits = scoring::candidate_logits(
+                    engine,
+                    &split,
+                    &[Prompt::new(prompt)],
+                    placement,
+                    cache.as_ref(),
+                    &verbalizer,
+                )
+                .map_err(internal)?;
+                Ok(logits.remove(0))
+            })
+            .await;
+        match result {
+            Ok(logits) => {
+                self.metrics.tokens.inc_by(tokens);
+                self.metrics.batch_rows.observe(n as f64);
+                self.usage.record(account, tokens, 0, 0);
+                Ok(ForwardResponse { logits })
+            }
+            Err(e) => {
+                self.usage.refund_calls(account, 1);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Token ids of the verbalizer; a multi-token or unknown word is a 422 naming it.
+fn verbalizer_ids(engine: &Engine, spec: &TaskSpec) -> Result<Vec<u32>, CoreError> {
+    spec.verbalizer_ids(engine.tokenizer(), MultiTokenWords::Reject)
+        .map(|(ids, _)| ids)
+        .map_err(|e| CoreError::Invalid(format!("{e:#}")))
+}
+
+/// Tokenises a split, refusing examples longer than the limit.
+fn encode_split(
+    engine: &Engine,
+    limits: &Limits,
+    spec: &TaskSpec,
+    examples: &[Example],
+) -> Result<EncodedSplit, CoreError> {
+    let split = EncodedSplit::new(engine, spec, examples)
+        .map_err(|e| CoreError::Invalid(format!("{e:#}")))?;
+    if let Some((i, len)) = split
+        .heads
+        .iter()
+        .zip(&split.tails)
+        .map(|(h, t)| h.len() + t.len())
+        .enumerate()
+        .find(|(_, len)| *len > limits.max_example_tokens)
+    {
+        return Err(CoreError::TooLarge(format!(
+            "example {i} is {len} tokens with its template; this server's limit is {}",
+            limits.max_example_tokens
+        )));
+    }
+    Ok(split)
+}
+
+/// Everything a session needs, built off the async runtime.
+fn build_session(
+    engine: &Engine,
+    limits: &Limits,
+    owner: Option<String>,
+    spec: TaskSpec,
+    splits: HashMap<SplitName, Vec<Example>>,
+    req: CreateSessionRequest,
+) -> Result<Session, CoreError> {
+    let verbalizer = verbalizer_ids(engine, &spec)?;
+    let mut encoded = HashMap::new();
+    for (name, examples) in &splits {
+        encoded.insert(*name, encode_split(engine, limits, &spec, examples)?);
+    }
+    let longest = encoded
+        .values()
+        .flat_map(|s| s.heads.iter().zip(&s.tails).map(|(h, t)| h.len() + t.len()))
+        .max()
+        .unwrap_or(0);
+    let positions = longest + req.prompt_length + engine.bos_segment().len();
+    if positions > engine.max_positions() {
+        return Err(CoreError::TooLarge(format!(
+            "the longest example needs {positions} positions with the prompt; the model allows {}",
+            engine.max_positions()
+        )));
+    }
+    let hidden = engine.config().hidden_size;
+    let p0 = match &req.p0 {
+        PromptInit::Zeros => {
+            Tensor::zeros((req.prompt_length, hidden), DType::F32, engine.device())
+                .map_err(internal)?
+        }
+        PromptInit::Tokens { ids } => {
+            if ids.len() != req.prompt_length {
+                return Err(CoreError::Invalid(format!(
+                    "p0 has {} token ids, prompt_length is {}",
+                    ids.len(),
+                    req.prompt_length
+                )));
+            }
+            engine
+                .embed_tokens(ids)
+                .map_err(|e| CoreError::Invalid(format!("p0: {e:#}")))?
+        }
+    };
+    let projection = Projection::new(
+        &req.projection,
+        req.prompt_length,
+        hidden,
+        engine.info().embedding_std,
+        p0,
+        engine.device(),
+        engine.dtype(),
+    )
+    .map_err(|e| CoreError::Invalid(format!("projection: {e:#}")))?;
+    let id = format!("ses_{:016x}", rand::random::<u64>());
+    Ok(Session::new(
+        id,
+        owner,
+        spec,
+        verbalizer,
+        encoded,
+        projection,
+        req.placement,
+        req.loss,
+        req.prompt_length,
+    ))
+}
+
+/// Candidates as rows of `d` finite numbers, at most `max`.
+fn decode_candidates(c: &Candidates, d: usize, max: usize) -> Result<Vec<Vec<f32>>, CoreError> {
+    let rows: Vec<Vec<f32>> = match c {
+        Candidates::Json(rows) => rows.clone(),
+        Candidates::Packed { dtype, count, data } => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| {
+                    CoreError::BadRequest(format!("candidates.data is not valid base64: {e}"))
+                })?;
+            let width = match dtype {
+                FloatType::F32 => 4,
+                FloatType::F16 => 2,
+            };
+            if bytes.len() != count * d * width {
+                return Err(CoreError::Invalid(format!(
+                    "candidates.data holds {} bytes; {count} candidates of d = {d} {dtype:?} need {}",
+                    bytes.len(),
+                    count * d * width
+                )));
+            }
+            let values: Vec<f32> = match dtype {
+                FloatType::F32 => bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                FloatType::F16 => bytes
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+            };
+            values.chunks(d.max(1)).map(<[f32]>::to_vec).collect()
+        }
+    };
+    if rows.is_empty() {
+        return Err(CoreError::Invalid("no candidates".into()));
+    }
+    if rows.len() > max {
+        return Err(CoreError::TooLarge(format!(
+            "{} candidates; this server's limit is {max} per call",
+            rows.len()
+        )));
+    }
+    for (i, r) in rows.iter().enumerate() {
+        if r.len() != d {
+            return Err(CoreError::Invalid(format!(
+                "candidate {i} has {} numbers; the session's d is {d}",
+                r.len()
+            )));
+        }
+        if r.iter().any(|x| !x.is_finite()) {
+            return Err(CoreError::Invalid(format!(
+                "candidate {i} contains NaN or infinite values"
+            )));
+        }
+    }
+    Ok(rows)
+}
+
+/// The model work of one `evaluate`: prompts from `z`, logits, scores.
+fn evaluate_on_worker(
+    engine: &Engine,
+    session: &Session,
+    split_name: SplitName,
+    flat: Vec<f32>,
+    count: usize,
+    return_logits: bool,
+) -> Result<Vec<CandidateResult>, CoreError> {
+    let split = &session.splits[&split_name];
+    let d = session.projection.intrinsic_dim();
+    let z = Tensor::from_vec(flat, (count, d), engine.device()).map_err(internal)?;
+    let prompts = session.projection.prompts(&z).map_err(internal)?;
+    let cache = match session.placement {
+        bbt::protocol::Placement::Suffix => {
+            let existing = session
+                .caches
+                .lock()
+                .expect("cache lock")
+                .get(&split_name)
+                .cloned();
+            Some(match existing {
+                Some(c) => c,
+                None => {
+                    let built = Arc::new(split.cache_heads(engine).map_err(internal)?);
+                    session
+                        .caches
+                        .lock()
+                        .expect("cache lock")
+                        .insert(split_name, built.clone());
+                    built
+                }
+            })
+        }
+        bbt::protocol::Placement::Prefix => None,
+    };
+    let logits = scoring::candidate_logits(
+        engine,
+        split,
+        &prompts,
+        session.placement,
+        cache.as_deref(),
+        &session.verbalizer,
+    )
+    .map_err(internal)?;
+    Ok(logits
+        .into_iter()
+        .map(|l| {
+            let mut r = scoring::score(&l, &split.labels, session.loss, session.spec.metric);
+            if return_logits {
+                r.logits = Some(l);
+            }
+            r
+        })
+        .collect())
+}

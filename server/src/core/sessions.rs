@@ -1,0 +1,220 @@
+//! Tuning sessions: a task's encoded splits, the projection `A`, and (suffix placement) the
+//! texts' key/value caches, owned by one API key, dropped when idle or evicted under the
+//! memory cap (oldest first; the owner is told on its next call).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bbt::model::decoder::KvCache;
+use bbt::projection::Projection;
+use bbt::protocol::{Loss, Placement, SessionInfo, SplitName};
+use bbt::scoring::EncodedSplit;
+use bbt::tasks::TaskSpec;
+
+use super::{CoreError, Limits};
+
+/// One tuning session.
+pub struct Session {
+    pub id: String,
+    /// The API key that created it (`None` when the server runs without keys).
+    pub owner: Option<String>,
+    pub spec: TaskSpec,
+    /// Token id of each class's label word.
+    pub verbalizer: Vec<u32>,
+    pub splits: HashMap<SplitName, EncodedSplit>,
+    pub projection: Projection,
+    pub placement: Placement,
+    pub loss: Loss,
+    pub prompt_length: usize,
+    /// Suffix placement: `[bos][head]` keys/values per split, built on first use.
+    pub caches: Mutex<HashMap<SplitName, Arc<KvCache>>>,
+    pub api_calls: std::sync::atomic::AtomicU64,
+    last_used: Mutex<Instant>,
+}
+
+impl Session {
+    /// Builds a session (the caches start empty).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        owner: Option<String>,
+        spec: TaskSpec,
+        verbalizer: Vec<u32>,
+        splits: HashMap<SplitName, EncodedSplit>,
+        projection: Projection,
+        placement: Placement,
+        loss: Loss,
+        prompt_length: usize,
+    ) -> Self {
+        Self {
+            id,
+            owner,
+            spec,
+            verbalizer,
+            splits,
+            projection,
+            placement,
+            loss,
+            prompt_length,
+            caches: Mutex::new(HashMap::new()),
+            api_calls: Default::default(),
+            last_used: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Bytes held: the projection plus any caches.
+    pub fn bytes(&self) -> usize {
+        let caches: usize = self
+            .caches
+            .lock()
+            .expect("cache lock")
+            .values()
+            .map(|c| c.bytes())
+            .sum();
+        self.projection.bytes() + caches
+    }
+
+    fn touch(&self) {
+        *self.last_used.lock().expect("time lock") = Instant::now();
+    }
+
+    fn idle_since(&self) -> Instant {
+        *self.last_used.lock().expect("time lock")
+    }
+
+    /// The public description.
+    pub fn info(&self) -> SessionInfo {
+        let size = |s: SplitName| self.splits.get(&s).map_or(0, EncodedSplit::len);
+        SessionInfo {
+            id: self.id.clone(),
+            task: self.spec.name.clone(),
+            classes: self.spec.classes.clone(),
+            verbalizer: self.spec.verbalizer.clone(),
+            metric: self.spec.metric,
+            prompt_length: self.prompt_length,
+            placement: self.placement,
+            intrinsic_dim: self.projection.intrinsic_dim(),
+            train_size: size(SplitName::Train),
+            dev_size: size(SplitName::Dev),
+            test_size: size(SplitName::Test),
+            api_calls: self.api_calls.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+/// All live sessions, plus the ids recently evicted (so their owners get a clear answer).
+pub struct SessionStore {
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    evicted: Mutex<HashSet<String>>,
+    limits: Limits,
+}
+
+impl SessionStore {
+    /// An empty store under `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            evicted: Mutex::new(HashSet::new()),
+            limits,
+        }
+    }
+
+    /// Adds a session, then evicts idle ones and, over the memory cap, the oldest others.
+    pub fn insert(&self, session: Session) -> Arc<Session> {
+        let session = Arc::new(session);
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .insert(session.id.clone(), session.clone());
+        self.enforce_limits(Some(&session.id));
+        session
+    }
+
+    /// The session `id` if `key` may use it. A session of another key is reported as missing.
+    pub fn get(&self, id: &str, key: Option<&str>) -> Result<Arc<Session>, CoreError> {
+        self.enforce_limits(None);
+        let found = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .get(id)
+            .cloned();
+        match found {
+            Some(s) if s.owner.as_deref() == key => {
+                s.touch();
+                Ok(s)
+            }
+            Some(_) => Err(CoreError::NotFound(format!("no session {id}"))),
+            None if self.evicted.lock().expect("evicted lock").contains(id) => Err(CoreError::Gone(format!(
+                "session {id} was dropped (idle for longer than {} s, or evicted to stay under the server's \
+                 session memory cap); create a new session",
+                self.limits.session_idle.as_secs()
+            ))),
+            None => Err(CoreError::NotFound(format!("no session {id}"))),
+        }
+    }
+
+    /// Deletes a session `key` owns.
+    pub fn remove(&self, id: &str, key: Option<&str>) -> Result<(), CoreError> {
+        self.get(id, key)?;
+        self.sessions.lock().expect("sessions lock").remove(id);
+        Ok(())
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.lock().expect("sessions lock").len()
+    }
+
+    /// Whether there are no live sessions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held by all sessions.
+    pub fn bytes(&self) -> usize {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .map(|s| s.bytes())
+            .sum()
+    }
+
+    /// Drops idle sessions, then the least recently used ones while over the memory cap
+    /// (never `keep`, the one just created or used).
+    pub fn enforce_limits(&self, keep: Option<&str>) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let mut dropped = Vec::new();
+        let now = Instant::now();
+        sessions.retain(|id, s| {
+            let idle = now.duration_since(s.idle_since()) > self.limits.session_idle;
+            if idle && Some(id.as_str()) != keep {
+                dropped.push(id.clone());
+            }
+            !idle || Some(id.as_str()) == keep
+        });
+        let mut total: usize = sessions.values().map(|s| s.bytes()).sum();
+        if total > self.limits.max_session_bytes {
+            let mut by_age: Vec<(Instant, String, usize)> = sessions
+                .values()
+                .filter(|s| Some(s.id.as_str()) != keep)
+                .map(|s| (s.idle_since(), s.id.clone(), s.bytes()))
+                .collect();
+            by_age.sort();
+            for (_, id, bytes) in by_age {
+                if total <= self.limits.max_session_bytes {
+                    break;
+                }
+                sessions.remove(&id);
+                total -= bytes;
+                dropped.push(id);
+            }
+        }
+        drop(sessions);
+        if !dropped.is_empty() {
+            self.evicted.lock().expect("evicted lock").extend(dropped);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The HTTP layer (axum): routes, authentication, errors, metrics and usage accounting.
+//! It only translates between HTTP and [`crate::core`].
+
+pub mod auth;
+pub mod errors;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::core::service::Service;
+use auth::ApiKeys;
+use errors::ApiError;
+
+/// State the middleware needs.
+#[derive(Clone)]
+struct Gate {
+    service: Arc<Service>,
+    keys: Arc<ApiKeys>,
+}
+
+/// The whole application: `/health`, `/metrics`, `/openapi.json`, and the `/v1` API behind auth.
+pub fn router(service: Arc<Service>, keys: ApiKeys) -> Router {
+    let gate = Gate {
+        service: service.clone(),
+        keys: Arc::new(keys),
+    };
+    let v1 = Router::new()
+        .route("/v1/models", get(routes::models))
+        .route("/v1/sessions", post(routes::create_session))
+        .route(
+            "/v1/sessions/{id}",
+            get(routes::get_session).delete(routes::delete_session),
+        )
+        .route("/v1/sessions/{id}/evaluate", post(routes::evaluate))
+        .route("/v1/forward", post(routes::forward))
+        .route("/v1/usage", get(routes::usage))
+        .route_layer(middleware::from_fn_with_state(gate.clone(), authenticate));
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
+        .route("/openapi.json", get(routes::openapi))
+        .merge(v1)
+        .fallback(routes::not_found)
+        .layer(middleware::from_fn_with_state(gate, observe))
+        .layer(DefaultBodyLimit::max(service.limits.max_body_bytes))
+        .with_state(service)
+}
+
+/// 401 unless the request carries a known key; the key travels on as a [`auth::Caller`].
+async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    match gate.keys.authenticate(header) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(why) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why).into_response(),
+    }
+}
+
+/// Request metrics by route and status, and bytes in/out per key.
+async fn observe(State(gate): State<Gate>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let bytes_in = content_length(req.headers());
+    let key = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| gate.keys.authenticate(Some(h)).ok())
+        .and_then(|c| c.0);
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    let m = &gate.service.metrics;
+    m.requests.with_label_values(&[&route, &status]).inc();
+    m.latency
+        .with_label_values(&[&route, &status])
+        .observe(started.elapsed().as_secs_f64());
+    if route.starts_with("/v1") {
+        let bytes_out = content_length(response.headers());
+        let account = key.as_deref().unwrap_or(crate::core::usage::ANONYMOUS);
+        gate.service.usage.record(account, 0, bytes_in, bytes_out);
+    }
+    response
+}
+
+fn content_length(headers: &axum::http::HeaderMap) -> u64 {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

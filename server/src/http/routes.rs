@@ -1,0 +1,116 @@
+//! Route handlers: parse, call the service, answer JSON. No business logic lives here.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use bbt::protocol::{CreateSessionRequest, EvaluateRequest, ForwardRequest};
+
+use super::auth::Caller;
+use super::errors::ApiError;
+use crate::core::service::Service;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// `GET /health`.
+pub async fn health(State(service): State<Arc<Service>>) -> impl IntoResponse {
+    service.refresh_gauges();
+    Json(serde_json::json!({"status": "ok", "sessions": service.sessions.len()}))
+}
+
+/// `GET /v1/models`.
+pub async fn models(State(service): State<Arc<Service>>) -> impl IntoResponse {
+    Json(service.models())
+}
+
+/// `POST /v1/sessions`.
+pub async fn create_session(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    body: std::result::Result<Json<CreateSessionRequest>, JsonRejection>,
+) -> Result<impl IntoResponse> {
+    let Json(req) = body?;
+    let info = service.create_session(caller.0.as_deref(), req).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// `GET /v1/sessions/{id}`.
+pub async fn get_session(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(service.session_info(caller.0.as_deref(), &id)?))
+}
+
+/// `DELETE /v1/sessions/{id}`.
+pub async fn delete_session(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse> {
+    service.delete_session(caller.0.as_deref(), &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/sessions/{id}/evaluate`.
+pub async fn evaluate(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: std::result::Result<Json<EvaluateRequest>, JsonRejection>,
+) -> Result<impl IntoResponse> {
+    let Json(req) = body?;
+    Ok(Json(service.evaluate(caller.0.as_deref(), &id, req).await?))
+}
+
+/// `POST /v1/forward`.
+pub async fn forward(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    body: std::result::Result<Json<ForwardRequest>, JsonRejection>,
+) -> Result<impl IntoResponse> {
+    let Json(req) = body?;
+    Ok(Json(service.forward(caller.0.as_deref(), req).await?))
+}
+
+/// `GET /v1/usage`: the caller's own usage.
+pub async fn usage(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+) -> impl IntoResponse {
+    Json(
+        service
+            .usage
+            .usage(caller.0.as_deref().unwrap_or(crate::core::usage::ANONYMOUS)),
+    )
+}
+
+/// `GET /metrics` (Prometheus text).
+pub async fn metrics(State(service): State<Arc<Service>>) -> impl IntoResponse {
+    service.refresh_gauges();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        service.metrics.render(),
+    )
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+}
+
+/// Any other path.
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see /openapi.json",
+    )
+}
