@@ -16,6 +16,20 @@ use crate::model::decoder::{Decoder, DeepAdd, KvCache, PackedInput};
 use crate::model::weights::DecoderWeights;
 use crate::tokenizer::Tokenizer;
 
+/// Positions per engine pass when a forward is split into chunks.
+const CHUNK_TOKENS: usize = 2048;
+
+/// Positions a row adds (its tokens and prompt vectors; unknown prompts count zero and fail later).
+fn row_positions(row: &Row, prompts: &[Prompt]) -> usize {
+    row.segments
+        .iter()
+        .map(|s| match s {
+            Segment::Tokens(ids) => ids.len(),
+            Segment::Prompt(i) => prompts.get(*i).map_or(0, Prompt::len),
+        })
+        .sum()
+}
+
 /// Longest sequence the engine prepares rotary tables for, whatever the model claims.
 const MAX_POSITIONS_CAP: usize = 32_768;
 
@@ -245,8 +259,6 @@ impl Engine {
         readout: &Readout,
         features: bool,
     ) -> anyhow::Result<ForwardOutput> {
-        let input = self.pack(rows, prompts, past, false)?;
-        let out = self.decoder.run(input)?;
         let ids = match readout {
             Readout::Tokens(ids) => {
                 self.check_ids(ids)?;
@@ -254,10 +266,27 @@ impl Engine {
             }
             Readout::FullVocabulary => None,
         };
-        let logits = self.decoder.logits(&out.last_hidden, ids)?;
+        // Large batches run in chunks of about CHUNK_TOKENS positions: activations then stay
+        // cache-sized, and results are the same (rows are independent).
+        let mut hidden = Vec::new();
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            let mut tokens = 0;
+            while end < rows.len() && (end == start || tokens + row_positions(&rows[end], prompts) <= CHUNK_TOKENS) {
+                tokens += row_positions(&rows[end], prompts);
+                end += 1;
+            }
+            let input = self.pack(&rows[start..end], prompts, past, false)?;
+            hidden.push(self.decoder.run(input)?.last_hidden);
+            start = end;
+        }
+        anyhow::ensure!(!hidden.is_empty(), "no rows to run");
+        let last_hidden = Tensor::cat(&hidden, 0)?;
+        let logits = self.decoder.logits(&last_hidden, ids)?;
         Ok(ForwardOutput {
             logits,
-            features: features.then_some(out.last_hidden),
+            features: features.then_some(last_hidden),
         })
     }
 

@@ -463,3 +463,27 @@ fn hf_safetensors_directory_loads_to_the_same_model() {
     assert_close(&run(&hf, &rows, &[]), &run(&gguf_style, &rows, &[]), 1e-4);
     assert_eq!(hf.tokenizer().encode("t5 t9").unwrap(), vec![5, 9]);
 }
+
+#[test]
+fn batches_larger_than_one_chunk_equal_one_at_a_time() {
+    // 120 rows of 30 positions = 3,600 positions: the engine splits this into several passes.
+    let engine = tiny_engine(Architecture::Llama);
+    let prompts = vec![prompt(4, 32)];
+    let tails: Vec<Vec<u32>> = (0..120).map(|i| ids(i, 26)).collect();
+    let all = engine
+        .score_prefix(&prompts, &tails, &Readout::FullVocabulary)
+        .unwrap()
+        .logits
+        .to_vec2::<f32>()
+        .unwrap();
+    assert_eq!(all.len(), 120);
+    for i in [0usize, 67, 68, 119] {
+        let alone = engine
+            .score_prefix(&prompts, &tails[i..i + 1], &Readout::FullVocabulary)
+            .unwrap()
+            .logits
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_close(&all[i..i + 1], &alone, 1e-4);
+    }
+}
