@@ -273,7 +273,9 @@ impl Engine {
         while start < rows.len() {
             let mut end = start;
             let mut tokens = 0;
-            while end < rows.len() && (end == start || tokens + row_positions(&rows[end], prompts) <= CHUNK_TOKENS) {
+            while end < rows.len()
+                && (end == start || tokens + row_positions(&rows[end], prompts) <= CHUNK_TOKENS)
+            {
                 tokens += row_positions(&rows[end], prompts);
                 end += 1;
             }

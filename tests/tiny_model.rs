@@ -1,101 +1,32 @@
 //! Edge cases of the engine on small random-weight models built here (milliseconds per test).
 
-use bbt::model::config::{Architecture, ModelConfig, RopeStyle};
-use bbt::model::weights::{DecoderWeights, LayerWeights};
+use bbt::model::config::{Architecture, ModelConfig};
+use bbt::model::random;
 use bbt::tokenizer::Tokenizer;
 use bbt::{Engine, Prompt, Readout, Row, Segment};
 use candle_core::{DType, Device, Tensor};
 
-const VOCAB: usize = 64;
-const BOS: u32 = 1;
+const VOCAB: usize = random::TINY_VOCAB;
+const BOS: u32 = random::TINY_BOS;
 
 fn config(architecture: Architecture) -> ModelConfig {
-    let gemma = architecture == Architecture::Gemma3;
-    let head_dim = if gemma { 16 } else { 8 };
-    ModelConfig {
-        architecture,
-        num_layers: 3,
-        hidden_size: 32,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim,
-        ffn_size: 48,
-        vocab_size: VOCAB,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_theta_local: 1_000.0,
-        rope_style: if gemma {
-            RopeStyle::Half
-        } else {
-            RopeStyle::Interleaved
-        },
-        sliding_window: gemma.then_some(4),
-        global_every: if gemma { 1000 } else { 1 },
-        attention_scale: 1.0 / (head_dim as f64).sqrt(),
-        max_position: 40,
-    }
+    random::tiny_config(architecture)
+}
+
+fn random_weights(cfg: &ModelConfig) -> bbt::model::weights::DecoderWeights {
+    random::random_weights(cfg, 7)
+}
+
+fn word_level_tokenizer() -> tokenizers::Tokenizer {
+    random::word_level_tokenizer(VOCAB)
+}
+
+fn tiny_engine(architecture: Architecture) -> Engine {
+    random::tiny_engine(architecture, 7)
 }
 
 fn randn(dims: &[usize], std: f64) -> Tensor {
     Tensor::randn(0f32, std as f32, dims, &Device::Cpu).unwrap()
-}
-
-fn norm_weight(n: usize) -> Tensor {
-    (Tensor::ones(n, DType::F32, &Device::Cpu).unwrap() + randn(&[n], 0.1)).unwrap()
-}
-
-fn random_weights(cfg: &ModelConfig) -> DecoderWeights {
-    let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-    let qkv_rows = (cfg.num_heads + 2 * cfg.num_kv_heads) * hd;
-    let gemma = cfg.architecture == Architecture::Gemma3;
-    let layers = (0..cfg.num_layers)
-        .map(|_| LayerWeights {
-            attn_norm: norm_weight(h),
-            wqkv: randn(&[qkv_rows, h], 0.2),
-            wo: randn(&[h, cfg.num_heads * hd], 0.2),
-            ffn_norm: norm_weight(h),
-            w_gate_up: randn(&[2 * cfg.ffn_size, h], 0.2),
-            w_down: randn(&[h, cfg.ffn_size], 0.2),
-            q_norm: gemma.then(|| norm_weight(hd)),
-            k_norm: gemma.then(|| norm_weight(hd)),
-            post_attn_norm: gemma.then(|| norm_weight(h)),
-            post_ffn_norm: gemma.then(|| norm_weight(h)),
-        })
-        .collect();
-    DecoderWeights {
-        embed: randn(&[VOCAB, h], 1.0),
-        layers,
-        final_norm: norm_weight(h),
-        lm_head: None,
-    }
-}
-
-/// A whitespace-split word-level tokenizer over the tiny vocabulary `t0 .. t63`.
-fn word_level_tokenizer() -> tokenizers::Tokenizer {
-    let vocab = (0..VOCAB as u32).map(|i| (format!("t{i}"), i)).collect();
-    let model = tokenizers::models::wordlevel::WordLevel::builder()
-        .vocab(vocab)
-        .unk_token("t0".into())
-        .build()
-        .unwrap();
-    let mut tk = tokenizers::Tokenizer::new(model);
-    tk.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-    tk
-}
-
-fn tiny_engine(architecture: Architecture) -> Engine {
-    let cfg = config(architecture);
-    let weights = random_weights(&cfg);
-    let tokenizer = Tokenizer::new(word_level_tokenizer(), Some(BOS), Some(2));
-    Engine::from_parts(
-        "tiny".into(),
-        cfg,
-        weights,
-        tokenizer,
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap()
 }
 
 fn ids(seed: u32, n: usize) -> Vec<u32> {

@@ -5,4 +5,5 @@ pub mod config;
 pub mod decoder;
 pub mod kernels;
 pub mod layers;
+pub mod random;
 pub mod weights;

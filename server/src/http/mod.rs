@@ -93,7 +93,11 @@ async fn observe(State(gate): State<Gate>, req: Request, next: Next) -> Response
         .with_label_values(&[&route, &status])
         .observe(started.elapsed().as_secs_f64());
     if route.starts_with("/v1") {
-        let bytes_out = response.body().size_hint().exact().unwrap_or_else(|| content_length(response.headers()));
+        let bytes_out = response
+            .body()
+            .size_hint()
+            .exact()
+            .unwrap_or_else(|| content_length(response.headers()));
         let account = key.as_deref().unwrap_or(crate::core::usage::ANONYMOUS);
         gate.service.usage.record(account, 0, bytes_in, bytes_out);
     }

@@ -1,0 +1,428 @@
+//! bbt-server over real HTTP on an ephemeral port, with a tiny random model (fast): the API,
+//! authentication, limits, bad input and determinism.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bbt::model::config::Architecture;
+use bbt::model::random::tiny_engine;
+use bbt_server::{ApiKeys, Limits, Service};
+use serde_json::{json, Value};
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(limits: Limits, keys: ApiKeys) -> Server {
+    let service = Arc::new(Service::new(
+        tiny_engine(Architecture::Llama, 3),
+        limits,
+        keys.quotas(),
+        bbt::tasks::default_data_dir(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(bbt_server::serve(listener, service, keys, async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        base,
+        client: reqwest::Client::new(),
+        _stop: stop,
+    }
+}
+
+impl Server {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            path,
+            key,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str, key: Option<&str>) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, key, None).await
+    }
+}
+
+/// Examples over the tiny vocabulary: class 0 texts use t10..t19, class 1 texts t20..t29.
+fn examples(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let label = i % 2;
+            let base = 10 + 10 * label;
+            json!({"text": format!("t{} t{} t{}", base + i % 10, base + (i + 3) % 10, base + (i + 7) % 10), "label": label})
+        })
+        .collect()
+}
+
+fn session_body(placement: &str) -> Value {
+    json!({
+        "task": {"kind": "explicit", "template": " <S> t40", "classes": ["a", "b"], "verbalizer": [" t50", " t51"],
+                 "train": examples(8), "dev": examples(4), "test": examples(6)},
+        "prompt_length": 3,
+        "placement": placement,
+        "projection": {"intrinsic_dim": 6, "seed": 11}
+    })
+}
+
+fn z(seed: u64, n: usize) -> Vec<Vec<f32>> {
+    (0..n)
+        .map(|i| {
+            (0..6)
+                .map(|j| ((seed as f32 + 1.0) * 0.37 * (i * 6 + j) as f32).sin())
+                .collect()
+        })
+        .collect()
+}
+
+async fn create(server: &Server, key: Option<&str>, placement: &str) -> String {
+    let (status, body) = server
+        .post("/v1/sessions", key, &session_body(placement))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+fn losses(body: &Value) -> Vec<f64> {
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn health_models_openapi_and_metrics() {
+    let s = start(Limits::default(), ApiKeys::open()).await;
+    assert_eq!(s.get("/health", None).await.0, 200);
+    let (status, models) = s.get("/v1/models", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(models["data"][0]["hidden_size"], 32);
+    assert!(models["data"][0]["embedding_std"].as_f64().unwrap() > 0.5);
+    let (status, doc) = s.get("/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/v1/sessions/{id}/evaluate"]["post"].is_object());
+    let (status, _) = s.get("/nope", None).await;
+    assert_eq!(status, 404);
+    let (_, metrics) = s.get("/metrics", None).await;
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("bbt_http_requests_total{route=\"/v1/models\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("bbt_queue_depth 0"));
+}
+
+#[tokio::test]
+async fn evaluate_is_deterministic_across_calls_and_batch_compositions() {
+    let s = start(Limits::default(), ApiKeys::open()).await;
+    for placement in ["prefix", "suffix"] {
+        let id = create(&s, None, placement).await;
+        let path = format!("/v1/sessions/{id}/evaluate");
+        let candidates = z(1, 5);
+        let (status, all) = s
+            .post(&path, None, &json!({"candidates": candidates}))
+            .await;
+        assert_eq!(status, 200, "{all}");
+        let all = losses(&all);
+        assert_eq!(all.len(), 5);
+        assert!(
+            all.iter().any(|l| (l - all[0]).abs() > 1e-6),
+            "candidates must differ: {all:?}"
+        );
+        // The same candidate alone, and inside another population, scores the same (1e-5).
+        for i in [0, 3] {
+            let (_, alone) = s
+                .post(&path, None, &json!({"candidates": [candidates[i].clone()]}))
+                .await;
+            assert!(
+                (losses(&alone)[0] - all[i]).abs() < 1e-5,
+                "{placement}: alone"
+            );
+            let mut mixed = z(9, 3);
+            mixed.insert(1, candidates[i].clone());
+            let (_, m) = s.post(&path, None, &json!({"candidates": mixed})).await;
+            assert!((losses(&m)[1] - all[i]).abs() < 1e-5, "{placement}: mixed");
+        }
+        // Packed f32 and f16 carry the same candidates.
+        let flat: Vec<u8> = candidates
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let packed = json!({"candidates": {"dtype": "f32", "count": 5,
+                            "data": base64::engine::general_purpose::STANDARD.encode(&flat)}});
+        let (_, p) = s.post(&path, None, &packed).await;
+        assert_eq!(losses(&p), all);
+        let flat16: Vec<u8> = candidates
+            .iter()
+            .flatten()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect();
+        let packed = json!({"candidates": {"dtype": "f16", "count": 5,
+                            "data": base64::engine::general_purpose::STANDARD.encode(&flat16)}});
+        let (_, p16) = s.post(&path, None, &packed).await;
+        assert!(losses(&p16)
+            .iter()
+            .zip(&all)
+            .all(|(a, b)| (a - b).abs() < 1e-2));
+        // Splits and logits.
+        let (_, dev) = s.post(&path, None, &json!({"candidates": [candidates[0].clone()], "split": "dev", "return_logits": true})).await;
+        assert_eq!(dev["results"][0]["logits"].as_array().unwrap().len(), 4);
+        let (_, info) = s.get(&format!("/v1/sessions/{id}"), None).await;
+        assert_eq!(info["api_calls"], 5 + 2 + 2 * 4 + 5 + 5 + 1);
+        assert_eq!(info["test_size"], 6);
+    }
+}
+
+#[tokio::test]
+async fn api_keys_ownership_and_quota() {
+    let keys = ApiKeys::parse("alice\nbob 3\n").unwrap();
+    let s = start(Limits::default(), keys).await;
+    let (status, body) = s.get("/v1/models", None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    assert_eq!(s.get("/v1/models", Some("mallory")).await.0, 401);
+    assert_eq!(s.get("/health", None).await.0, 200, "health needs no key");
+    let id = create(&s, Some("alice"), "prefix").await;
+    assert_eq!(
+        s.get(&format!("/v1/sessions/{id}"), Some("alice")).await.0,
+        200
+    );
+    let (status, body) = s.get(&format!("/v1/sessions/{id}"), Some("bob")).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let bobs = create(&s, Some("bob"), "prefix").await;
+    let path = format!("/v1/sessions/{bobs}/evaluate");
+    assert_eq!(
+        s.post(&path, Some("bob"), &json!({"candidates": z(1, 2)}))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = s
+        .post(&path, Some("bob"), &json!({"candidates": z(1, 2)}))
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("quota of 3 API calls is spent"));
+    let (_, usage) = s.get("/v1/usage", Some("bob")).await;
+    assert_eq!(
+        (
+            usage["api_calls"].as_u64(),
+            usage["quota_remaining"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert!(usage["bytes_in"].as_u64().unwrap() > 0 && usage["bytes_out"].as_u64().unwrap() > 0);
+    let (status, _) = s
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/sessions/{id}"),
+            Some("bob"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "bob cannot delete alice's session");
+    let (status, _) = s
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/sessions/{id}"),
+            Some("alice"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        s.get(&format!("/v1/sessions/{id}"), Some("alice")).await.0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_never_breaks_the_session() {
+    let limits = Limits {
+        max_body_bytes: 64 << 10,
+        max_candidates: 8,
+        max_examples: 20,
+        ..Limits::default()
+    };
+    let s = start(limits, ApiKeys::open()).await;
+    let id = create(&s, None, "prefix").await;
+    let path = format!("/v1/sessions/{id}/evaluate");
+    let (_, before) = s.post(&path, None, &json!({"candidates": z(2, 1)})).await;
+    let nan: Vec<u8> = [f32::NAN; 6].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let cases: Vec<(u16, &str, Vec<u8>)> = vec![
+        (422, "NaN or infinite", json!({"candidates": {"dtype": "f32", "count": 1, "data": base64::engine::general_purpose::STANDARD.encode(&nan)}}).to_string().into_bytes()),
+        (422, "has 5 numbers", json!({"candidates": [vec![0.0f32; 5]]}).to_string().into_bytes()),
+        (413, "limit is 8 per call", json!({"candidates": z(3, 9)}).to_string().into_bytes()),
+        (400, "base64", json!({"candidates": {"dtype": "f32", "count": 1, "data": "!!"}}).to_string().into_bytes()),
+        (422, "need 24", json!({"candidates": {"dtype": "f32", "count": 1, "data": "AAAA"}}).to_string().into_bytes()),
+        (400, "", b"{\"candidates\": [[0.0, ".to_vec()),
+        (400, "", b"{\"candidates\": \"\xff\xfe\"}".to_vec()),
+        (422, "", json!({"candidates": [vec![0.0f32; 6]], "split": "holdout"}).to_string().into_bytes()),
+        (413, "", vec![b' '; 70 << 10]),
+    ];
+    for (want, detail, body) in cases {
+        let (status, answer) = s.send(reqwest::Method::POST, &path, None, Some(body)).await;
+        assert_eq!(status, want, "{answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+        assert!(
+            answer["detail"].as_str().unwrap().contains(detail),
+            "{answer}"
+        );
+    }
+    let (status, _) = s
+        .post(
+            "/v1/sessions/ses_missing/evaluate",
+            None,
+            &json!({"candidates": z(2, 1)}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // Session creation: too many examples, unknown or multi-token label words, bad template.
+    let mut body = session_body("prefix");
+    body["task"]["train"] = json!(examples(21));
+    assert_eq!(s.post("/v1/sessions", None, &body).await.0, 413);
+    let mut body = session_body("prefix");
+    body["task"]["verbalizer"] = json!([" t50", " t51 t52"]);
+    let (status, answer) = s.post("/v1/sessions", None, &body).await;
+    assert_eq!(status, 422);
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("\" t51 t52\" is 2 tokens"),
+        "{answer}"
+    );
+    let mut body = session_body("prefix");
+    body["task"]["template"] = json!(" t40 only");
+    assert_eq!(s.post("/v1/sessions", None, &body).await.0, 422);
+    let mut body = session_body("prefix");
+    body["task"] = json!({"kind": "builtin", "name": "../../etc/passwd.toml"});
+    assert_eq!(s.post("/v1/sessions", None, &body).await.0, 422);
+    let mut body = session_body("prefix");
+    body["prompt_length"] = json!(40);
+    assert_eq!(
+        s.post("/v1/sessions", None, &body).await.0,
+        413,
+        "examples no longer fit the model"
+    );
+    // The session still answers exactly as before.
+    let (_, after) = s.post(&path, None, &json!({"candidates": z(2, 1)})).await;
+    assert_eq!(losses(&after), losses(&before));
+}
+
+#[tokio::test]
+async fn forward_is_stateless_and_matches_sessions_with_the_same_prompt() {
+    let s = start(Limits::default(), ApiKeys::open()).await;
+    let inputs: Vec<Value> = examples(3)
+        .iter()
+        .map(|e| json!({"text": e["text"]}))
+        .collect();
+    let prompt = vec![vec![0.0f32; 32]; 3];
+    let body = json!({"template": " <S> t40", "verbalizer": [" t50", " t51"], "inputs": inputs, "prompt": prompt});
+    let (status, a) = s.post("/v1/forward", None, &body).await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["logits"].as_array().unwrap().len(), 3);
+    let mut suffix = body.clone();
+    suffix["placement"] = json!("suffix");
+    assert_eq!(s.post("/v1/forward", None, &suffix).await.0, 200);
+    let mut bad = body.clone();
+    bad["prompt"] = json!([vec![0.0f32; 31]]);
+    let (status, answer) = s.post("/v1/forward", None, &bad).await;
+    assert_eq!(status, 422);
+    assert!(answer["detail"]
+        .as_str()
+        .unwrap()
+        .contains("hidden size is 32"));
+    // z = 0 in a session is the prompt p0 = 0: the same logits as /forward with a zero prompt.
+    let id = create(&s, None, "prefix").await;
+    let (_, e) = s
+        .post(
+            &format!("/v1/sessions/{id}/evaluate"),
+            None,
+            &json!({"candidates": [vec![0.0f32; 6]], "split": "train", "return_logits": true}),
+        )
+        .await;
+    let session_logits = &e["results"][0]["logits"];
+    for i in 0..3 {
+        for c in 0..2 {
+            let x = session_logits[i][c].as_f64().unwrap();
+            let y = a["logits"][i][c].as_f64().unwrap();
+            assert!((x - y).abs() < 1e-4);
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_and_evicted_sessions_get_a_clear_410() {
+    let limits = Limits {
+        session_idle: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let s = start(limits, ApiKeys::open()).await;
+    let id = create(&s, None, "prefix").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = s
+        .post(
+            &format!("/v1/sessions/{id}/evaluate"),
+            None,
+            &json!({"candidates": z(1, 1)}),
+        )
+        .await;
+    assert_eq!(status, 410, "{body}");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("create a new session"));
+    // Memory cap: a cap below two sessions' projections evicts the older one.
+    let one = 3 * 32 * 6 * 4;
+    let s = start(
+        Limits {
+            max_session_bytes: one + one / 2,
+            ..Limits::default()
+        },
+        ApiKeys::open(),
+    )
+    .await;
+    let first = create(&s, None, "prefix").await;
+    let second = create(&s, None, "prefix").await;
+    assert_eq!(s.get(&format!("/v1/sessions/{first}"), None).await.0, 410);
+    assert_eq!(s.get(&format!("/v1/sessions/{second}"), None).await.0, 200);
+}
