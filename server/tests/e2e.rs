@@ -1,0 +1,121 @@
+//! End to end with the real default model: a separately started `bbt-server` process, real HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+/// The server process; killed when dropped.
+struct ServerProcess {
+    child: Child,
+    base: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> ServerProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bbt-server"))
+        .args(["--bind", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bbt-server");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("bbt-server exited before listening")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("bbt-server: listening on ") {
+            break addr.trim().to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    ServerProcess { child, base }
+}
+
+#[tokio::test]
+async fn tunes_against_a_real_server_process() {
+    let server = start_server();
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let req = client.post(format!("{}{path}", server.base)).json(&body);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let models: Value = client
+        .get(format!("{}/v1/models", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["hidden_size"], 576);
+    assert_eq!(models["data"][0]["vocab_size"], 49152);
+
+    // The manual prompt through /v1/forward: clear sentiment is read correctly.
+    let (status, fwd) = post(
+        "/v1/forward",
+        json!({"template": " <S> It was", "verbalizer": [" bad", " great"],
+               "inputs": [{"text": "a gorgeous, witty, seductive movie."},
+                          {"text": "the movie was a complete waste of time."}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{fwd}");
+    let margin =
+        |i: usize| fwd["logits"][i][1].as_f64().unwrap() - fwd["logits"][i][0].as_f64().unwrap();
+    assert!(margin(0) > margin(1), "{fwd}");
+
+    // A session on MR (fetched from its package), both placements, deterministic scores.
+    for placement in ["prefix", "suffix"] {
+        let (status, session) = post(
+            "/v1/sessions",
+            json!({"task": {"kind": "builtin", "name": "mr", "k": 16, "seed": 42},
+                   "prompt_length": 5, "placement": placement,
+                   "projection": {"intrinsic_dim": 20, "seed": 7}}),
+        )
+        .await;
+        assert_eq!(status, 201, "{session}");
+        assert_eq!(
+            (
+                session["train_size"].as_u64(),
+                session["test_size"].as_u64()
+            ),
+            (Some(32), Some(1000))
+        );
+        let path = format!("/v1/sessions/{}/evaluate", session["id"].as_str().unwrap());
+        let candidates: Vec<Vec<f32>> = (0..3)
+            .map(|c| (0..20).map(|j| ((c * 20 + j) as f32).sin()).collect())
+            .collect();
+        let (status, a) = post(&path, json!({"candidates": candidates})).await;
+        assert_eq!(status, 200, "{a}");
+        let (_, b) = post(&path, json!({"candidates": [candidates[2].clone()]})).await;
+        let results = a["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3);
+        for r in results {
+            let (loss, acc) = (r["loss"].as_f64().unwrap(), r["accuracy"].as_f64().unwrap());
+            assert!(
+                loss.is_finite() && loss > 0.0 && (0.0..=1.0).contains(&acc),
+                "{r}"
+            );
+        }
+        let (l2, l2_alone) = (
+            results[2]["loss"].as_f64().unwrap(),
+            b["results"][0]["loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (l2 - l2_alone).abs() < 1e-5,
+            "{placement}: {l2} vs {l2_alone}"
+        );
+        assert_eq!(b["api_calls"], 4);
+    }
+}
