@@ -198,11 +198,41 @@ async fn evaluate_is_deterministic_across_calls_and_batch_compositions() {
             .iter()
             .zip(&all)
             .all(|(a, b)| (a - b).abs() < 1e-2));
+        // A raw octet-stream body carries the same candidates with no encoding overhead.
+        let resp = s
+            .client
+            .post(format!("{}{path}?split=train&dtype=f32", s.base))
+            .header("content-type", "application/octet-stream")
+            .body(flat.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let raw: Value = resp.json().await.unwrap();
+        assert_eq!(losses(&raw), all);
+        let resp = s
+            .client
+            .post(format!("{}{path}?dtype=f64", s.base))
+            .header("content-type", "application/octet-stream")
+            .body(flat.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "unknown dtype");
+        let resp = s
+            .client
+            .post(format!("{}{path}?dtype=f32", s.base))
+            .header("content-type", "application/octet-stream")
+            .body(flat[..10].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 422, "ragged bytes");
         // Splits and logits.
         let (_, dev) = s.post(&path, None, &json!({"candidates": [candidates[0].clone()], "split": "dev", "return_logits": true})).await;
         assert_eq!(dev["results"][0]["logits"].as_array().unwrap().len(), 4);
         let (_, info) = s.get(&format!("/v1/sessions/{id}"), None).await;
-        assert_eq!(info["api_calls"], 5 + 2 + 2 * 4 + 5 + 5 + 1);
+        assert_eq!(info["api_calls"], 5 + 2 + 2 * 4 + 5 + 5 + 5 + 1);
         assert_eq!(info["test_size"], 6);
     }
 }

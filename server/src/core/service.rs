@@ -10,9 +10,8 @@ use std::time::Instant;
 use base64::Engine as _;
 use bbt::projection::Projection;
 use bbt::protocol::{
-    CandidateResult, Candidates, CreateSessionRequest, EvaluateRequest, EvaluateResponse,
-    FloatType, ForwardRequest, ForwardResponse, ModelCard, ModelsResponse, PromptInit, SessionInfo,
-    SplitName, TaskRequest,
+    CandidateResult, Candidates, CreateSessionRequest, EvaluateResponse, FloatType, ForwardRequest,
+    ForwardResponse, ModelCard, ModelsResponse, PromptInit, SessionInfo, SplitName, TaskRequest,
 };
 use bbt::scoring::{self, EncodedSplit};
 use bbt::tasks::{self, Example, LoadOptions, MultiTokenWords, TaskSpec, Template};
@@ -250,26 +249,27 @@ impl Service {
         &self,
         key: Option<&str>,
         id: &str,
-        req: EvaluateRequest,
+        candidates: CandidatesIn,
+        split: SplitName,
+        return_logits: bool,
     ) -> Result<EvaluateResponse, CoreError> {
         let session = self.sessions.get(id, key)?;
         let d = session.projection.intrinsic_dim();
-        let z = decode_candidates(&req.candidates, d, self.limits.max_candidates)?;
+        let z = decode_candidates(&candidates, d, self.limits.max_candidates)?;
         let count = z.len();
+        let split_name = split;
         let split = session
             .splits
-            .get(&req.split)
+            .get(&split_name)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| {
-                CoreError::Invalid(format!("the session has no {:?} examples", req.split))
+                CoreError::Invalid(format!("the session has no {split_name:?} examples"))
             })?;
         let tokens = (split.tokens() + split.len() * session.prompt_length) as u64 * count as u64;
         let account = key.unwrap_or(super::usage::ANONYMOUS);
         self.usage.reserve_calls(account, count as u64)?;
         let flat: Vec<f32> = z.concat();
         let job_session = session.clone();
-        let split_name = req.split;
-        let return_logits = req.return_logits;
         let started = Instant::now();
         let result = self
             .worker
@@ -507,39 +507,59 @@ fn build_session(
     ))
 }
 
+/// Candidates as they arrived: in a JSON body, or as a raw `application/octet-stream` body of
+/// little-endian floats (the smallest upload: 4 or 2 bytes per number, no encoding overhead).
+pub enum CandidatesIn {
+    Json(Candidates),
+    Raw { dtype: FloatType, bytes: Vec<u8> },
+}
+
+/// Little-endian floats of `dtype` as rows of `d`; `count`, when the client stated it, must match.
+fn rows_from_le(
+    bytes: &[u8],
+    dtype: FloatType,
+    count: Option<usize>,
+    d: usize,
+) -> Result<Vec<Vec<f32>>, CoreError> {
+    let width = match dtype {
+        FloatType::F32 => 4,
+        FloatType::F16 => 2,
+    };
+    let per_candidate = d * width;
+    let count = count.unwrap_or(bytes.len() / per_candidate.max(1));
+    if bytes.len() != count * per_candidate {
+        return Err(CoreError::Invalid(format!(
+            "the candidates hold {} bytes; {count} candidate(s) of d = {d} {dtype:?} need {}",
+            bytes.len(),
+            count * per_candidate
+        )));
+    }
+    let values: Vec<f32> = match dtype {
+        FloatType::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        FloatType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+    };
+    Ok(values.chunks(d.max(1)).map(<[f32]>::to_vec).collect())
+}
+
 /// Candidates as rows of `d` finite numbers, at most `max`.
-fn decode_candidates(c: &Candidates, d: usize, max: usize) -> Result<Vec<Vec<f32>>, CoreError> {
+fn decode_candidates(c: &CandidatesIn, d: usize, max: usize) -> Result<Vec<Vec<f32>>, CoreError> {
     let rows: Vec<Vec<f32>> = match c {
-        Candidates::Json(rows) => rows.clone(),
-        Candidates::Packed { dtype, count, data } => {
+        CandidatesIn::Json(Candidates::Json(rows)) => rows.clone(),
+        CandidatesIn::Json(Candidates::Packed { dtype, count, data }) => {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(data)
                 .map_err(|e| {
                     CoreError::BadRequest(format!("candidates.data is not valid base64: {e}"))
                 })?;
-            let width = match dtype {
-                FloatType::F32 => 4,
-                FloatType::F16 => 2,
-            };
-            if bytes.len() != count * d * width {
-                return Err(CoreError::Invalid(format!(
-                    "candidates.data holds {} bytes; {count} candidates of d = {d} {dtype:?} need {}",
-                    bytes.len(),
-                    count * d * width
-                )));
-            }
-            let values: Vec<f32> = match dtype {
-                FloatType::F32 => bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                FloatType::F16 => bytes
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            };
-            values.chunks(d.max(1)).map(<[f32]>::to_vec).collect()
+            rows_from_le(&bytes, *dtype, Some(*count), d)?
         }
+        CandidatesIn::Raw { dtype, bytes } => rows_from_le(bytes, *dtype, None, d)?,
     };
     if rows.is_empty() {
         return Err(CoreError::Invalid("no candidates".into()));

@@ -2,16 +2,17 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
-use bbt::protocol::{CreateSessionRequest, EvaluateRequest, ForwardRequest};
+use bbt::protocol::{CreateSessionRequest, EvaluateRequest, FloatType, ForwardRequest, SplitName};
 
 use super::auth::Caller;
 use super::errors::ApiError;
-use crate::core::service::Service;
+use crate::core::service::{CandidatesIn, Service};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -56,15 +57,59 @@ pub async fn delete_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v1/sessions/{id}/evaluate`.
+/// Query of a binary `evaluate` (`?split=train&dtype=f32&return_logits=false`).
+#[derive(Debug, serde::Deserialize)]
+pub struct RawEvaluateQuery {
+    #[serde(default = "train")]
+    split: SplitName,
+    dtype: FloatType,
+    #[serde(default)]
+    return_logits: bool,
+}
+
+fn train() -> SplitName {
+    SplitName::Train
+}
+
+/// `POST /v1/sessions/{id}/evaluate`: a JSON [`EvaluateRequest`], or with
+/// `Content-Type: application/octet-stream` the candidates as raw little-endian floats and the
+/// rest in the query string.
 pub async fn evaluate(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    body: std::result::Result<Json<EvaluateRequest>, JsonRejection>,
+    request: Request,
 ) -> Result<impl IntoResponse> {
-    let Json(req) = body?;
-    Ok(Json(service.evaluate(caller.0.as_deref(), &id, req).await?))
+    let raw = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"));
+    let (candidates, split, return_logits) = if raw {
+        let Query(q) = Query::<RawEvaluateQuery>::try_from_uri(request.uri())
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+        let bytes = Bytes::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::new(e.status(), "too_large", e.body_text()))?;
+        let input = CandidatesIn::Raw {
+            dtype: q.dtype,
+            bytes: bytes.to_vec(),
+        };
+        (input, q.split, q.return_logits)
+    } else {
+        let Json(req) = Json::<EvaluateRequest>::from_request(request, &())
+            .await
+            .map_err(ApiError::from)?;
+        (
+            CandidatesIn::Json(req.candidates),
+            req.split,
+            req.return_logits,
+        )
+    };
+    Ok(Json(
+        service
+            .evaluate(caller.0.as_deref(), &id, candidates, split, return_logits)
+            .await?,
+    ))
 }
 
 /// `POST /v1/forward`.
