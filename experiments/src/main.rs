@@ -1,6 +1,7 @@
 //! `bbt-experiments`: benchmarks that print one JSON object per line.
 
 mod bench_forward;
+mod bench_server;
 
 use clap::{Parser, Subcommand};
 
@@ -19,12 +20,15 @@ struct Cli {
 enum Command {
     /// Forward-pass speed: f32 matmul rate, prefill, and the BBT call shapes (JSON lines).
     BenchForward(bench_forward::Args),
+    /// Server latency/throughput for 1, 4, 16 clients and upload bytes per API call (JSON lines).
+    BenchServer(bench_server::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::BenchForward(args) => bench_forward::run(&args),
+        Command::BenchServer(args) => bench_server::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,143 @@
+//! `bench-server`: latency and throughput of `/v1/sessions/{id}/evaluate` under 1, 4 and 16
+//! concurrent clients against an in-process server on loopback, and the bytes a client uploads
+//! per API call in each encoding. One JSON object per line.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine as _;
+use bbt_server::{ApiKeys, Limits, Service};
+use serde_json::{json, Value};
+
+/// Options of `bench-server`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: bbt::cli::ModelArgs,
+    /// Concurrent client counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    clients: Vec<usize>,
+    /// Requests each client sends per measurement.
+    #[arg(long, default_value_t = 1)]
+    requests_per_client: usize,
+    /// Candidates per request (the CMA-ES population).
+    #[arg(long, default_value_t = 20)]
+    population: usize,
+    /// Intrinsic dimension d.
+    #[arg(long, default_value_t = 500)]
+    dim: usize,
+    /// Prompt length L.
+    #[arg(long, default_value_t = 10)]
+    prompt_length: usize,
+    /// Prompt placement (suffix keeps a warm text cache per session).
+    #[arg(long, default_value = "suffix")]
+    placement: String,
+}
+
+fn candidates(seed: usize, population: usize, dim: usize) -> Vec<Vec<f32>> {
+    (0..population)
+        .map(|c| {
+            (0..dim)
+                .map(|j| (((seed * 7919 + c * dim + j) as f32) * 0.618).sin())
+                .collect()
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs the measurements.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let engine = args.model.load()?;
+    let service = Arc::new(Service::new(
+        engine,
+        Limits::default(),
+        Default::default(),
+        bbt::tasks::default_data_dir(),
+    ));
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(bbt_server::serve(listener, service, ApiKeys::open(), std::future::pending()));
+        let client = reqwest::Client::new();
+        let session_body = json!({
+            "task": {"kind": "builtin", "name": "mr", "k": 16, "seed": 42},
+            "prompt_length": args.prompt_length, "placement": args.placement,
+            "projection": {"intrinsic_dim": args.dim, "seed": 1}
+        });
+
+        // Bytes uploaded per API call, by encoding (bodies; HTTP headers add ~150 bytes per request).
+        let z = candidates(0, args.population, args.dim);
+        let flat32: Vec<u8> = z.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+        let flat16: Vec<u8> = z.iter().flatten().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let bodies = [
+            ("json_numbers", json!({"candidates": z}).to_string().len()),
+            ("json_base64_f32", json!({"candidates": {"dtype": "f32", "count": args.population, "data": b64(&flat32)}}).to_string().len()),
+            ("json_base64_f16", json!({"candidates": {"dtype": "f16", "count": args.population, "data": b64(&flat16)}}).to_string().len()),
+            ("raw_f32", flat32.len()),
+            ("raw_f16", flat16.len()),
+        ];
+        for (encoding, bytes) in bodies {
+            println!(
+                "{}",
+                json!({"bench": "server_upload", "encoding": encoding, "dim": args.dim, "population": args.population,
+                       "body_bytes_per_call": bytes as f64 / args.population as f64,
+                       "paper_bbt_bytes_per_call": 6000})
+            );
+        }
+
+        for &clients in &args.clients {
+            // One session per client, created and warmed (text cache) before timing.
+            let mut sessions = Vec::new();
+            for _ in 0..clients {
+                let resp: Value = client.post(format!("{base}/v1/sessions")).json(&session_body).send().await?.json().await?;
+                let id = resp["id"].as_str().ok_or_else(|| anyhow::anyhow!("session creation failed: {resp}"))?.to_string();
+                let url = format!("{base}/v1/sessions/{id}/evaluate?split=train&dtype=f32");
+                client.post(&url).header("content-type", "application/octet-stream").body(flat32[..args.dim * 4].to_vec()).send().await?;
+                sessions.push(url);
+            }
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for (c, url) in sessions.into_iter().enumerate() {
+                let client = client.clone();
+                let (population, dim, requests) = (args.population, args.dim, args.requests_per_client);
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    for r in 0..requests {
+                        let body: Vec<u8> = candidates(1 + c * 100 + r, population, dim)
+                            .iter()
+                            .flatten()
+                            .flat_map(|x| x.to_le_bytes())
+                            .collect();
+                        let t = Instant::now();
+                        let resp = client.post(&url).header("content-type", "application/octet-stream").body(body).send().await?;
+                        anyhow::ensure!(resp.status().is_success(), "evaluate failed: {}", resp.text().await?);
+                        resp.bytes().await?;
+                        latencies.push(t.elapsed().as_secs_f64());
+                    }
+                    Ok::<_, anyhow::Error>(latencies)
+                }));
+            }
+            let mut latencies = Vec::new();
+            for t in tasks {
+                latencies.extend(t.await??);
+            }
+            let wall = started.elapsed().as_secs_f64();
+            latencies.sort_by(f64::total_cmp);
+            let calls = (latencies.len() * args.population) as f64;
+            println!(
+                "{}",
+                json!({"bench": "server_evaluate", "clients": clients, "requests": latencies.len(),
+                       "population": args.population, "examples": 32, "prompt_length": args.prompt_length,
+                       "placement": args.placement, "p50_s": percentile(&latencies, 0.5),
+                       "p99_s": percentile(&latencies, 0.99), "wall_s": wall, "api_calls_per_s": calls / wall})
+            );
+        }
+        Ok(())
+    })
+}
