@@ -53,6 +53,12 @@ struct Cli {
     /// Requests waiting for the model before new ones get 503.
     #[arg(long, default_value_t = Limits::default().max_queue)]
     max_queue: usize,
+    /// Positions one merged engine pass may gather from queued evaluate requests.
+    #[arg(long, default_value_t = Limits::default().max_batch_tokens)]
+    max_batch_tokens: usize,
+    /// Milliseconds the model worker waits for more requests to join a batch.
+    #[arg(long, default_value_t = Limits::default().max_batch_wait.as_millis() as u64)]
+    max_batch_wait_ms: u64,
 }
 
 fn main() {
@@ -77,6 +83,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         session_idle: Duration::from_secs(cli.session_idle_secs),
         max_session_bytes: (cli.max_session_mb as usize) << 20,
         max_queue: cli.max_queue,
+        max_batch_tokens: cli.max_batch_tokens,
+        max_batch_wait: Duration::from_millis(cli.max_batch_wait_ms),
     };
     let engine = cli.model.load()?;
     eprintln!(

@@ -456,3 +456,70 @@ async fn idle_and_evicted_sessions_get_a_clear_410() {
     assert_eq!(s.get(&format!("/v1/sessions/{first}"), None).await.0, 410);
     assert_eq!(s.get(&format!("/v1/sessions/{second}"), None).await.0, 200);
 }
+
+#[tokio::test]
+async fn concurrent_requests_share_engine_passes_with_unchanged_results() {
+    let limits = Limits {
+        max_batch_wait: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let s = start(limits, ApiKeys::open()).await;
+    // Two prefix sessions with different tasks and label words, one suffix session.
+    let a = create(&s, None, "prefix").await;
+    let mut other = session_body("prefix");
+    other["task"]["verbalizer"] = json!([" t52", " t50", " t53"]);
+    other["task"]["classes"] = json!(["x", "y", "z"]);
+    other["prompt_length"] = json!(2);
+    let (status, b) = s.post("/v1/sessions", None, &other).await;
+    assert_eq!(status, 201, "{b}");
+    let b = b["id"].as_str().unwrap().to_string();
+    let c = create(&s, None, "suffix").await;
+    let requests: Vec<(String, Vec<Vec<f32>>)> = vec![
+        (a.clone(), z(1, 3)),
+        (b.clone(), z(2, 2)),
+        (a.clone(), z(3, 1)),
+        (c.clone(), z(4, 2)),
+        (b.clone(), z(5, 4)),
+    ];
+    let mut sequential = Vec::new();
+    for (id, cands) in &requests {
+        let (_, r) = s
+            .post(
+                &format!("/v1/sessions/{id}/evaluate"),
+                None,
+                &json!({"candidates": cands}),
+            )
+            .await;
+        sequential.push(losses(&r));
+    }
+    let concurrent = futures_join(&s, &requests).await;
+    for (seq, con) in sequential.iter().zip(&concurrent) {
+        assert_eq!(seq.len(), con.len());
+        for (x, y) in seq.iter().zip(con) {
+            assert!((x - y).abs() < 1e-5, "{seq:?} vs {con:?}");
+        }
+    }
+    let (_, metrics) = s.get("/metrics", None).await;
+    let merged: usize = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("bbt_merged_evaluations_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        merged >= 2,
+        "concurrent prefix requests should share a pass (merged = {merged})"
+    );
+}
+
+async fn futures_join(s: &Server, requests: &[(String, Vec<Vec<f32>>)]) -> Vec<Vec<f64>> {
+    // All requests are in flight before any answer is awaited.
+    futures::future::join_all(requests.iter().map(|(id, cands)| {
+        let path = format!("/v1/sessions/{id}/evaluate");
+        let body = json!({"candidates": cands});
+        async move { losses(&s.post(&path, None, &body).await.1) }
+    }))
+    .await
+}

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub latency: HistogramVec,
     pub queue_depth: IntGauge,
     pub sessions: IntGauge,
+    /// Evaluate requests that shared an engine pass with others (dynamic batching).
+    pub merged_evaluations: IntGauge,
     pub batch_rows: Histogram,
     pub tokens: IntCounter,
     pub forward_seconds: prometheus::Counter,
@@ -47,6 +49,11 @@ impl Metrics {
         )
         .expect("metric");
         let sessions = IntGauge::new("bbt_sessions", "Live tuning sessions").expect("metric");
+        let merged_evaluations = IntGauge::new(
+            "bbt_merged_evaluations_total",
+            "Evaluate requests that shared an engine pass with other requests",
+        )
+        .expect("metric");
         let batch_rows = Histogram::with_opts(
             HistogramOpts::new("bbt_batch_rows", "Sequences per engine call").buckets(vec![
                 1.0, 8.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
@@ -68,6 +75,7 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(queue_depth.clone()),
             Box::new(sessions.clone()),
+            Box::new(merged_evaluations.clone()),
             Box::new(batch_rows.clone()),
             Box::new(tokens.clone()),
             Box::new(forward_seconds.clone()),
@@ -80,6 +88,7 @@ impl Metrics {
             latency,
             queue_depth,
             sessions,
+            merged_evaluations,
             batch_rows,
             tokens,
             forward_seconds,

@@ -1,6 +1,7 @@
 //! Everything between HTTP and the engine: sessions, the model worker and its queue, usage and
 //! metrics. Nothing here knows about axum.
 
+pub mod batching;
 pub mod metrics;
 pub mod service;
 pub mod sessions;
@@ -72,6 +73,10 @@ pub struct Limits {
     pub max_session_bytes: usize,
     /// Jobs waiting for the model worker before new ones are refused with 503.
     pub max_queue: usize,
+    /// Positions one merged engine pass may gather from queued evaluate requests.
+    pub max_batch_tokens: usize,
+    /// How long the worker waits for more requests to join a batch.
+    pub max_batch_wait: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -86,6 +91,8 @@ impl Default for Limits {
             session_idle: std::time::Duration::from_secs(3600),
             max_session_bytes: 2 << 30,
             max_queue: 256,
+            max_batch_tokens: 65_536,
+            max_batch_wait: std::time::Duration::from_millis(2),
         }
     }
 }

@@ -10,8 +10,8 @@ use std::time::Instant;
 use base64::Engine as _;
 use bbt::projection::Projection;
 use bbt::protocol::{
-    CandidateResult, Candidates, CreateSessionRequest, EvaluateResponse, FloatType, ForwardRequest,
-    ForwardResponse, ModelCard, ModelsResponse, PromptInit, SessionInfo, SplitName, TaskRequest,
+    Candidates, CreateSessionRequest, EvaluateResponse, FloatType, ForwardRequest, ForwardResponse,
+    ModelCard, ModelsResponse, PromptInit, SessionInfo, SplitName, TaskRequest,
 };
 use bbt::scoring::{self, EncodedSplit};
 use bbt::tasks::{self, Example, LoadOptions, MultiTokenWords, TaskSpec, Template};
@@ -21,7 +21,7 @@ use candle_core::{DType, Tensor};
 use super::metrics::Metrics;
 use super::sessions::{Session, SessionStore};
 use super::usage::UsageBook;
-use super::worker::Worker;
+use super::worker::{BatchPolicy, EvaluateJob, Worker};
 use super::{CoreError, Limits};
 
 /// Shared state of a running server.
@@ -49,7 +49,14 @@ impl Service {
     ) -> Self {
         let engine = Arc::new(engine);
         Self {
-            worker: Worker::start(engine.clone(), limits.max_queue),
+            worker: Worker::start(
+                engine.clone(),
+                limits.max_queue,
+                BatchPolicy {
+                    max_batch_tokens: limits.max_batch_tokens,
+                    max_wait: limits.max_batch_wait,
+                },
+            ),
             engine,
             sessions: SessionStore::new(limits.clone()),
             usage: UsageBook::new(quotas),
@@ -81,6 +88,9 @@ impl Service {
     pub fn refresh_gauges(&self) {
         self.metrics.queue_depth.set(self.worker.depth() as i64);
         self.metrics.sessions.set(self.sessions.len() as i64);
+        self.metrics
+            .merged_evaluations
+            .set(self.worker.merged() as i64);
     }
 
     /// `POST /v1/sessions`.
@@ -269,12 +279,15 @@ impl Service {
         let account = key.unwrap_or(super::usage::ANONYMOUS);
         self.usage.reserve_calls(account, count as u64)?;
         let flat: Vec<f32> = z.concat();
-        let job_session = session.clone();
         let started = Instant::now();
         let result = self
             .worker
-            .run(move |engine| {
-                evaluate_on_worker(engine, &job_session, split_name, flat, count, return_logits)
+            .evaluate(EvaluateJob {
+                session: session.clone(),
+                split: split_name,
+                z: flat,
+                count,
+                return_logits,
             })
             .await;
         match result {
@@ -584,61 +597,4 @@ fn decode_candidates(c: &CandidatesIn, d: usize, max: usize) -> Result<Vec<Vec<f
         }
     }
     Ok(rows)
-}
-
-/// The model work of one `evaluate`: prompts from `z`, logits, scores.
-fn evaluate_on_worker(
-    engine: &Engine,
-    session: &Session,
-    split_name: SplitName,
-    flat: Vec<f32>,
-    count: usize,
-    return_logits: bool,
-) -> Result<Vec<CandidateResult>, CoreError> {
-    let split = &session.splits[&split_name];
-    let d = session.projection.intrinsic_dim();
-    let z = Tensor::from_vec(flat, (count, d), engine.device()).map_err(internal)?;
-    let prompts = session.projection.prompts(&z).map_err(internal)?;
-    let cache = match session.placement {
-        bbt::protocol::Placement::Suffix => {
-            let existing = session
-                .caches
-                .lock()
-                .expect("cache lock")
-                .get(&split_name)
-                .cloned();
-            Some(match existing {
-                Some(c) => c,
-                None => {
-                    let built = Arc::new(split.cache_heads(engine).map_err(internal)?);
-                    session
-                        .caches
-                        .lock()
-                        .expect("cache lock")
-                        .insert(split_name, built.clone());
-                    built
-                }
-            })
-        }
-        bbt::protocol::Placement::Prefix => None,
-    };
-    let logits = scoring::candidate_logits(
-        engine,
-        split,
-        &prompts,
-        session.placement,
-        cache.as_deref(),
-        &session.verbalizer,
-    )
-    .map_err(internal)?;
-    Ok(logits
-        .into_iter()
-        .map(|l| {
-            let mut r = scoring::score(&l, &split.labels, session.loss, session.spec.metric);
-            if return_logits {
-                r.logits = Some(l);
-            }
-            r
-        })
-        .collect())
 }

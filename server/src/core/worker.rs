@@ -1,39 +1,86 @@
-//! The model worker: one thread owns the engine's compute; requests queue for it in arrival
-//! order (so no client starves) and await their results.
+//! The model worker: one thread owns the engine's compute. Requests queue for it in arrival
+//! order (so no client starves); each time it picks up work it also takes whatever else is
+//! queued (waiting at most `max_wait`, up to `max_batch_tokens` positions) and runs the
+//! evaluations that can share an engine pass together ([`super::batching`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use bbt::protocol::{CandidateResult, Placement, SplitName};
 use bbt::Engine;
 
+use super::batching;
+use super::sessions::Session;
 use super::CoreError;
 
-type Job = Box<dyn FnOnce(&Engine) + Send>;
+/// How the worker gathers queued requests into one pass.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub max_batch_tokens: usize,
+    pub max_wait: Duration,
+}
+
+/// One `evaluate` request's model work.
+pub struct EvaluateJob {
+    pub session: Arc<Session>,
+    pub split: SplitName,
+    /// `count * d` numbers.
+    pub z: Vec<f32>,
+    pub count: usize,
+    pub return_logits: bool,
+}
+
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, CoreError>>;
+
+enum Job {
+    Evaluate(EvaluateJob, Reply<Vec<CandidateResult>>),
+    Run(Box<dyn FnOnce(&Engine) + Send>),
+}
+
+impl Job {
+    fn tokens(&self) -> usize {
+        match self {
+            Job::Evaluate(job, _) => batching::job_tokens(job),
+            Job::Run(_) => 0,
+        }
+    }
+}
 
 /// Handle to the model worker thread.
 #[derive(Clone)]
 pub struct Worker {
     tx: SyncSender<Job>,
     depth: Arc<AtomicUsize>,
+    merged: Arc<AtomicUsize>,
+}
+
+fn catch<T>(f: impl FnOnce() -> Result<T, CoreError>) -> Result<T, CoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(CoreError::Internal(
+            "the model worker panicked on this request".into(),
+        ))
+    })
 }
 
 impl Worker {
     /// Starts the worker thread; at most `max_queue` jobs wait at once.
-    pub fn start(engine: Arc<Engine>, max_queue: usize) -> Self {
+    pub fn start(engine: Arc<Engine>, max_queue: usize, policy: BatchPolicy) -> Self {
         let (tx, rx) = sync_channel::<Job>(max_queue);
         let depth = Arc::new(AtomicUsize::new(0));
-        let thread_depth = depth.clone();
+        let merged = Arc::new(AtomicUsize::new(0));
+        let (thread_depth, thread_merged) = (depth.clone(), merged.clone());
         std::thread::Builder::new()
             .name("bbt-model-worker".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    thread_depth.fetch_sub(1, Ordering::Relaxed);
-                    job(&engine);
-                }
-            })
+            .spawn(move || worker_loop(&engine, &rx, &thread_depth, &thread_merged, policy))
             .expect("spawn the model worker");
-        Self { tx, depth }
+        Self { tx, depth, merged }
+    }
+
+    /// Evaluate requests so far that shared an engine pass with others.
+    pub fn merged(&self) -> usize {
+        self.merged.load(Ordering::Relaxed)
     }
 
     /// Jobs waiting or running.
@@ -41,42 +88,114 @@ impl Worker {
         self.depth.load(Ordering::Relaxed)
     }
 
-    /// Runs `f` on the worker and returns its result; a panic inside `f` becomes a 500, not a
-    /// dead server.
+    fn submit(&self, job: Job) -> Result<(), CoreError> {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                Err(CoreError::Unavailable(match e {
+                    TrySendError::Full(_) => "the model queue is full; retry shortly".into(),
+                    TrySendError::Disconnected(_) => "the model worker has stopped".into(),
+                }))
+            }
+        }
+    }
+
+    /// Runs `f` on the worker and returns its result; a panic inside `f` becomes a 500.
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Engine) -> Result<T, CoreError> + Send + 'static,
     ) -> Result<T, CoreError> {
         let (reply, wait) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |engine: &Engine| {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(engine)))
-                .unwrap_or_else(|_| {
-                    Err(CoreError::Internal(
-                        "the model worker panicked on this request".into(),
-                    ))
-                });
-            let _ = reply.send(result);
-        });
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
-                return Err(CoreError::Unavailable(
-                    "the model queue is full; retry shortly".into(),
-                ));
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
-                return Err(CoreError::Unavailable(
-                    "the model worker has stopped".into(),
-                ));
-            }
-        }
+        self.submit(Job::Run(Box::new(move |engine: &Engine| {
+            let _ = reply.send(catch(|| f(engine)));
+        })))?;
         wait.await.unwrap_or_else(|_| {
             Err(CoreError::Unavailable(
                 "the model worker dropped the request".into(),
             ))
         })
+    }
+
+    /// Scores `job`'s candidates, possibly in one pass with other queued evaluations.
+    pub async fn evaluate(&self, job: EvaluateJob) -> Result<Vec<CandidateResult>, CoreError> {
+        let (reply, wait) = tokio::sync::oneshot::channel();
+        self.submit(Job::Evaluate(job, reply))?;
+        wait.await.unwrap_or_else(|_| {
+            Err(CoreError::Unavailable(
+                "the model worker dropped the request".into(),
+            ))
+        })
+    }
+}
+
+fn worker_loop(
+    engine: &Engine,
+    rx: &Receiver<Job>,
+    depth: &AtomicUsize,
+    merged: &AtomicUsize,
+    policy: BatchPolicy,
+) {
+    while let Ok(first) = rx.recv() {
+        depth.fetch_sub(1, Ordering::Relaxed);
+        let mut tokens = first.tokens();
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + policy.max_wait;
+        while tokens < policy.max_batch_tokens {
+            let next = match deadline.checked_duration_since(Instant::now()) {
+                Some(left) => rx.recv_timeout(left),
+                None => rx.try_recv().map_err(|_| RecvTimeoutError::Timeout),
+            };
+            match next {
+                Ok(job) => {
+                    depth.fetch_sub(1, Ordering::Relaxed);
+                    tokens += job.tokens();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        execute(engine, jobs, merged);
+    }
+}
+
+/// Runs a gathered batch: prefix evaluations merged, everything else one by one.
+fn execute(engine: &Engine, jobs: Vec<Job>, merged_count: &AtomicUsize) {
+    let mut merged = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Evaluate(job, reply) if job.session.placement == Placement::Prefix => {
+                merged.push((job, reply))
+            }
+            Job::Evaluate(job, reply) => {
+                let _ = reply.send(catch(|| batching::evaluate_one(engine, &job)));
+            }
+            Job::Run(f) => f(engine),
+        }
+    }
+    match merged.len() {
+        0 => {}
+        1 => {
+            let (job, reply) = merged.pop().expect("one job");
+            let _ = reply.send(catch(|| batching::evaluate_one(engine, &job)));
+        }
+        _ => {
+            let refs: Vec<&EvaluateJob> = merged.iter().map(|(j, _)| j).collect();
+            match catch(|| batching::evaluate_prefix_merged(engine, &refs)) {
+                Ok(results) => {
+                    merged_count.fetch_add(results.len(), Ordering::Relaxed);
+                    for ((_, reply), r) in merged.into_iter().zip(results) {
+                        let _ = reply.send(Ok(r));
+                    }
+                }
+                // A failed merged pass: retry each alone, so one bad job cannot fail the others.
+                Err(_) => {
+                    for (job, reply) in merged {
+                        let _ = reply.send(catch(|| batching::evaluate_one(engine, &job)));
+                    }
+                }
+            }
+        }
     }
 }
