@@ -152,11 +152,7 @@ pub fn load_builtin(name: &str, options: &LoadOptions) -> anyhow::Result<TaskDat
                 spec.name
             );
             let pool = read_pool()?;
-            let (ti, di) =
-                fewshot::sample_indices(&pool, spec.classes.len(), options.k, options.seed)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", spec.name))?;
-            let pick = |idx: &[usize]| idx.iter().map(|&i| pool[i].clone()).collect::<Vec<_>>();
-            let (train, dev) = (pick(&ti), pick(&di));
+            let (train, dev) = sample_train_dev(&spec, &pool, options)?;
             let files: Vec<&str> = layout.pool.iter().map(|(f, _)| *f).collect();
             pool_used = Some(pool);
             (
@@ -228,6 +224,18 @@ impl TaskData {
     }
 }
 
+/// `k` per class for train and for dev from `pool`, with the run's seed (see [`fewshot`]).
+pub fn sample_train_dev(
+    spec: &TaskSpec,
+    pool: &[Example],
+    options: &LoadOptions,
+) -> anyhow::Result<(Vec<Example>, Vec<Example>)> {
+    let (ti, di) = fewshot::sample_indices(pool, spec.classes.len(), options.k, options.seed)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.name))?;
+    let pick = |idx: &[usize]| idx.iter().map(|&i| pool[i].clone()).collect::<Vec<_>>();
+    Ok((pick(&ti), pick(&di)))
+}
+
 /// Size of the fixed evaluation set carved out of a task that has only one pool of examples.
 pub const HELD_OUT: usize = 1000;
 /// Seed of that carve-out: never the run's seed, so every run sees the same evaluation set.
@@ -262,14 +270,12 @@ pub fn split_pool(
         .filter(|(_, t)| !**t)
         .map(|(e, _)| e.clone())
         .collect();
-    let (ti, di) = fewshot::sample_indices(&rest, classes, options.k, options.seed)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.name))?;
-    let pick = |idx: &[usize]| idx.iter().map(|&i| rest[i].clone()).collect::<Vec<_>>();
+    let (train, dev) = sample_train_dev(&spec, &rest, options)?;
     Ok(TaskData {
         k: options.k,
         seed: options.seed,
-        train: pick(&ti),
-        dev: pick(&di),
+        train,
+        dev,
         test: test_idx.iter().map(|&i| all[i].clone()).collect(),
         train_dev_source: format!(
             "sampled from {source} ({} examples outside the evaluation set) with seed {}",

@@ -139,15 +139,12 @@ pub fn load(spec_path: &Path, options: &LoadOptions) -> anyhow::Result<TaskData>
         None => super::split_pool(spec, pool, &source, options),
         Some(test_file) => {
             let test = read(test_file)?;
-            let (ti, di) =
-                super::fewshot::sample_indices(&pool, spec.classes.len(), options.k, options.seed)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", spec.name))?;
-            let pick = |idx: &[usize]| idx.iter().map(|&i| pool[i].clone()).collect::<Vec<_>>();
+            let (train, dev) = super::sample_train_dev(&spec, &pool, options)?;
             Ok(TaskData {
                 k: options.k,
                 seed: options.seed,
-                train: pick(&ti),
-                dev: pick(&di),
+                train,
+                dev,
                 test,
                 train_dev_source: format!("sampled from {source} with seed {}", options.seed),
                 test_source: base.join(test_file).display().to_string(),
