@@ -29,7 +29,6 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Beginning-of-sequence id, when the model expects one in front of every input.
     bos: Option<u32>,
-    eos: Option<u32>,
 }
 
 impl Tokenizer {
@@ -111,12 +110,11 @@ impl Tokenizer {
             } else {
                 None
             },
-            eos: id("tokenizer.ggml.eos_token_id")?,
         })
     }
 
     /// The tokenizer of a model given as a `.gguf` file or a HF-style directory
-    /// (`tokenizer.json`, with BOS/EOS ids from `config.json`), without loading weights.
+    /// (`tokenizer.json`, with the BOS id from `config.json`), without loading weights.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         if path.is_dir() {
             let config_path = path.join("config.json");
@@ -125,11 +123,7 @@ impl Tokenizer {
             let config: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("parse {}", config_path.display()))?;
             let id = |k: &str| config.get(k).and_then(|x| x.as_u64()).map(|x| x as u32);
-            return Self::from_file(
-                &path.join("tokenizer.json"),
-                id("bos_token_id"),
-                id("eos_token_id"),
-            );
+            return Self::from_file(&path.join("tokenizer.json"), id("bos_token_id"));
         }
         let mut file =
             std::fs::File::open(path).with_context(|| format!("open model {}", path.display()))?;
@@ -139,15 +133,15 @@ impl Tokenizer {
     }
 
     /// Wraps an already-built `tokenizers` pipeline (e.g. for small test models).
-    pub fn new(inner: tokenizers::Tokenizer, bos: Option<u32>, eos: Option<u32>) -> Self {
-        Self { inner, bos, eos }
+    pub fn new(inner: tokenizers::Tokenizer, bos: Option<u32>) -> Self {
+        Self { inner, bos }
     }
 
     /// Loads a Hugging Face `tokenizer.json`; `bos` is prepended to inputs when given.
-    pub fn from_file(path: &Path, bos: Option<u32>, eos: Option<u32>) -> anyhow::Result<Self> {
+    pub fn from_file(path: &Path, bos: Option<u32>) -> anyhow::Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
-        Ok(Self { inner, bos, eos })
+        Ok(Self { inner, bos })
     }
 
     /// Token ids of `text`, without BOS (the engine places BOS itself).
@@ -166,24 +160,9 @@ impl Tokenizer {
             .map_err(|e| anyhow::anyhow!("decoding failed: {e}"))
     }
 
-    /// The id of a token given by its exact vocabulary string, if present.
-    pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
-    }
-
     /// Beginning-of-sequence id the model expects in front of every input, if any.
     pub fn bos(&self) -> Option<u32> {
         self.bos
-    }
-
-    /// End-of-sequence id.
-    pub fn eos(&self) -> Option<u32> {
-        self.eos
-    }
-
-    /// Vocabulary size including added tokens.
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
     }
 }
 

@@ -382,7 +382,6 @@ fn hf_safetensors_directory_loads_to_the_same_model() {
         Tokenizer::new(
             tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap(),
             Some(BOS),
-            Some(2),
         ),
         &Device::Cpu,
         DType::F32,

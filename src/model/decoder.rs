@@ -33,29 +33,6 @@ impl KvCache {
             .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
             .sum()
     }
-
-    /// A cache holding only the given rows, in that order.
-    pub fn select_rows(&self, rows: &[usize]) -> candle_core::Result<Self> {
-        let device = self
-            .layers
-            .first()
-            .map(|(k, _)| k.device().clone())
-            .unwrap_or(Device::Cpu);
-        let idx = Tensor::from_vec(
-            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
-            rows.len(),
-            &device,
-        )?;
-        let layers = self
-            .layers
-            .iter()
-            .map(|(k, v)| Ok((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?)))
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Self {
-            layers,
-            lengths: rows.iter().map(|&r| self.lengths[r]).collect(),
-        })
-    }
 }
 
 /// Per-layer vectors added to the hidden states at some positions (BBTv2 deep prompts).

@@ -97,7 +97,7 @@ pub fn word_level_tokenizer(vocab: usize) -> tokenizers::Tokenizer {
 pub fn tiny_engine(architecture: Architecture, seed: u64) -> Engine {
     let cfg = tiny_config(architecture);
     let weights = random_weights(&cfg, seed);
-    let tokenizer = Tokenizer::new(word_level_tokenizer(TINY_VOCAB), Some(TINY_BOS), Some(2));
+    let tokenizer = Tokenizer::new(word_level_tokenizer(TINY_VOCAB), Some(TINY_BOS));
     Engine::from_parts(
         "tiny-random".into(),
         cfg,
