@@ -1,11 +1,16 @@
-//! `bbt demo`: zero-shot sentiment with a manual prompt, straight through the engine.
+//! `bbt demo`: zero-shot sentiment with the MR task's manual prompt, straight through the engine.
 //!
-//! Shows the pieces BBT tunes around: a template (" <S> It was"), a verbalizer (" bad" /
-//! " great") and logits read out only for the label words.
+//! Shows the pieces BBT tunes around: the task's template (" <S> It was"), its verbalizer
+//! (" bad" / " great") and logits read out only for the label words — here with no continuous
+//! prompt at all (L = 0).
 
 use std::time::Instant;
 
-use bbt::{Readout, Row, Segment};
+use bbt::protocol::Placement;
+use bbt::scoring::{self, EncodedSplit};
+use bbt::tasks::{self, Example, MultiTokenWords};
+use bbt::Prompt;
+use candle_core::Tensor;
 
 /// Options of `bbt demo`.
 #[derive(clap::Args)]
@@ -16,13 +21,14 @@ pub struct Args {
     sentences: Vec<String>,
 }
 
-const BUILT_IN: &[(&str, &str)] = &[
-    ("a gorgeous, witty, seductive movie.", "great"),
-    ("the movie was a complete waste of time.", "bad"),
-    ("an utterly charming and hilarious film.", "great"),
-    ("bland, boring and far too long.", "bad"),
-    ("one of the best films of the year.", "great"),
-    ("the plot makes no sense and the acting is wooden.", "bad"),
+/// (sentence, class: 0 negative, 1 positive)
+const BUILT_IN: &[(&str, usize)] = &[
+    ("a gorgeous, witty, seductive movie.", 1),
+    ("the movie was a complete waste of time.", 0),
+    ("an utterly charming and hilarious film.", 1),
+    ("bland, boring and far too long.", 0),
+    ("one of the best films of the year.", 1),
+    ("the plot makes no sense and the acting is wooden.", 0),
 ];
 
 /// Runs the demo and prints one line per sentence plus the accuracy on the built-in set.
@@ -34,56 +40,73 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         engine.info().name,
         start.elapsed().as_secs_f64()
     );
-    let tok = engine.tokenizer();
-    let label_word = |w: &str| -> anyhow::Result<u32> {
-        match tok.encode(w)?.as_slice() {
-            [id] => Ok(*id),
-            ids => anyhow::bail!("label word {w:?} is {} tokens, not one", ids.len()),
-        }
-    };
-    let labels = ["bad", "great"];
-    let verbalizer = labels
-        .iter()
-        .map(|w| label_word(&format!(" {w}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let items: Vec<(String, Option<&str>)> = if args.sentences.is_empty() {
+    let (spec, _) = tasks::registry::lookup("mr").expect("mr is a built-in task");
+    let (verbalizer, _) = spec.verbalizer_ids(engine.tokenizer(), MultiTokenWords::Reject)?;
+    let labelled = args.sentences.is_empty();
+    let examples: Vec<Example> = if labelled {
         BUILT_IN
             .iter()
-            .map(|(s, l)| (s.to_string(), Some(*l)))
+            .map(|(s, l)| Example {
+                text_a: s.to_string(),
+                text_b: None,
+                label: *l,
+            })
             .collect()
     } else {
-        args.sentences.iter().map(|s| (s.clone(), None)).collect()
+        args.sentences
+            .iter()
+            .map(|s| Example {
+                text_a: s.clone(),
+                text_b: None,
+                label: 0,
+            })
+            .collect()
     };
-    let rows = items
-        .iter()
-        .map(|(s, _)| {
-            let mut ids = engine.bos_segment();
-            ids.extend(tok.encode(&format!(" {s} It was"))?);
-            Ok(Row::new(vec![Segment::Tokens(ids)]))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let split = EncodedSplit::new(&engine, &spec, &examples)?;
+    let no_prompt = Prompt::new(Tensor::zeros(
+        (0, engine.config().hidden_size),
+        engine.dtype(),
+        engine.device(),
+    )?);
     let start = Instant::now();
-    let out = engine.forward(&rows, &[], None, &Readout::Tokens(verbalizer), false)?;
-    let logits: Vec<Vec<f32>> = out.logits.to_vec2()?;
+    let logits = scoring::candidate_logits(
+        &engine,
+        &split,
+        &[no_prompt],
+        Placement::Prefix,
+        None,
+        &verbalizer,
+    )?
+    .remove(0);
     let elapsed = start.elapsed().as_secs_f64();
-    println!("template: \" <S> It was\" -> \" bad\" / \" great\"");
+    println!(
+        "template {:?} -> {}",
+        spec.template.as_str(),
+        spec.verbalizer
+            .iter()
+            .map(|w| format!("{w:?}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
     let mut correct = 0;
-    for ((sentence, gold), l) in items.iter().zip(&logits) {
-        let pred = if l[1] > l[0] { labels[1] } else { labels[0] };
-        correct += usize::from(*gold == Some(pred));
-        let mark = match gold {
-            Some(g) if *g == pred => "ok",
-            Some(_) => "WRONG",
-            None => "",
+    for (ex, l) in examples.iter().zip(&logits) {
+        let pred = usize::from(l[1] > l[0]);
+        correct += usize::from(pred == ex.label);
+        let mark = match (labelled, pred == ex.label) {
+            (false, _) => "",
+            (true, true) => "ok",
+            (true, false) => "WRONG",
         };
         println!(
-            "{pred:>5}  margin {:+6.2}  {mark:>5}  {sentence}",
-            l[1] - l[0]
+            "{:>9}  margin {:+6.2}  {mark:>5}  {}",
+            spec.classes[pred],
+            l[1] - l[0],
+            ex.text_a
         );
     }
-    if items.iter().all(|(_, g)| g.is_some()) {
-        println!("zero-shot accuracy: {correct}/{}", items.len());
+    if labelled {
+        println!("zero-shot accuracy: {correct}/{}", examples.len());
     }
-    println!("{} sentences in {:.2}s", items.len(), elapsed);
+    println!("{} sentences in {:.2}s", examples.len(), elapsed);
     Ok(())
 }
