@@ -2,8 +2,10 @@
 //! metrics. Nothing here knows about axum.
 
 pub mod batching;
+pub mod candidates;
 pub mod metrics;
 pub mod service;
+pub mod session_builder;
 pub mod sessions;
 pub mod usage;
 pub mod worker;

@@ -7,19 +7,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use base64::Engine as _;
-use bbt::projection::Projection;
 use bbt::protocol::{
-    Candidates, CreateSessionRequest, EvaluateResponse, FloatType, ForwardRequest, ForwardResponse,
-    ModelCard, ModelsResponse, PromptInit, SessionInfo, SplitName, TaskRequest,
+    CreateSessionRequest, EvaluateResponse, ForwardRequest, ForwardResponse, ModelCard,
+    ModelsResponse, SessionInfo, SplitName, TaskRequest,
 };
-use bbt::scoring::{self, EncodedSplit};
-use bbt::tasks::{self, Example, LoadOptions, MultiTokenWords, TaskSpec, Template};
+use bbt::scoring;
+use bbt::tasks::{self, Example, LoadOptions, TaskSpec, Template};
 use bbt::{Engine, Prompt};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
+use super::candidates::{decode_candidates, CandidatesIn};
 use super::metrics::Metrics;
-use super::sessions::{Session, SessionStore};
+use super::session_builder::{build_session, encode_split, verbalizer_ids};
+use super::sessions::SessionStore;
 use super::usage::UsageBook;
 use super::worker::{BatchPolicy, EvaluateJob, Worker};
 use super::{CoreError, Limits};
@@ -417,184 +417,4 @@ impl Service {
             }
         }
     }
-}
-
-/// Token ids of the verbalizer; a multi-token or unknown word is a 422 naming it.
-fn verbalizer_ids(engine: &Engine, spec: &TaskSpec) -> Result<Vec<u32>, CoreError> {
-    spec.verbalizer_ids(engine.tokenizer(), MultiTokenWords::Reject)
-        .map(|(ids, _)| ids)
-        .map_err(|e| CoreError::Invalid(format!("{e:#}")))
-}
-
-/// Tokenises a split, refusing examples longer than the limit.
-fn encode_split(
-    engine: &Engine,
-    limits: &Limits,
-    spec: &TaskSpec,
-    examples: &[Example],
-) -> Result<EncodedSplit, CoreError> {
-    let split = EncodedSplit::new(engine, spec, examples)
-        .map_err(|e| CoreError::Invalid(format!("{e:#}")))?;
-    if let Some((i, len)) = split
-        .heads
-        .iter()
-        .zip(&split.tails)
-        .map(|(h, t)| h.len() + t.len())
-        .enumerate()
-        .find(|(_, len)| *len > limits.max_example_tokens)
-    {
-        return Err(CoreError::TooLarge(format!(
-            "example {i} is {len} tokens with its template; this server's limit is {}",
-            limits.max_example_tokens
-        )));
-    }
-    Ok(split)
-}
-
-/// Everything a session needs, built off the async runtime.
-fn build_session(
-    engine: &Engine,
-    limits: &Limits,
-    owner: Option<String>,
-    spec: TaskSpec,
-    splits: HashMap<SplitName, Vec<Example>>,
-    req: CreateSessionRequest,
-) -> Result<Session, CoreError> {
-    let verbalizer = verbalizer_ids(engine, &spec)?;
-    let mut encoded = HashMap::new();
-    for (name, examples) in &splits {
-        encoded.insert(*name, encode_split(engine, limits, &spec, examples)?);
-    }
-    let longest = encoded
-        .values()
-        .flat_map(|s| s.heads.iter().zip(&s.tails).map(|(h, t)| h.len() + t.len()))
-        .max()
-        .unwrap_or(0);
-    let positions = longest + req.prompt_length + engine.bos_segment().len();
-    if positions > engine.max_positions() {
-        return Err(CoreError::TooLarge(format!(
-            "the longest example needs {positions} positions with the prompt; the model allows {}",
-            engine.max_positions()
-        )));
-    }
-    let hidden = engine.config().hidden_size;
-    let p0 = match &req.p0 {
-        PromptInit::Zeros => {
-            Tensor::zeros((req.prompt_length, hidden), DType::F32, engine.device())
-                .map_err(internal)?
-        }
-        PromptInit::Tokens { ids } => {
-            if ids.len() != req.prompt_length {
-                return Err(CoreError::Invalid(format!(
-                    "p0 has {} token ids, prompt_length is {}",
-                    ids.len(),
-                    req.prompt_length
-                )));
-            }
-            engine
-                .embed_tokens(ids)
-                .map_err(|e| CoreError::Invalid(format!("p0: {e:#}")))?
-        }
-    };
-    let projection = Projection::new(
-        &req.projection,
-        req.prompt_length,
-        hidden,
-        engine.info().embedding_std,
-        p0,
-        engine.device(),
-        engine.dtype(),
-    )
-    .map_err(|e| CoreError::Invalid(format!("projection: {e:#}")))?;
-    let id = format!("ses_{:016x}", rand::random::<u64>());
-    Ok(Session::new(
-        id,
-        owner,
-        spec,
-        verbalizer,
-        encoded,
-        projection,
-        req.placement,
-        req.loss,
-        req.prompt_length,
-    ))
-}
-
-/// Candidates as they arrived: in a JSON body, or as a raw `application/octet-stream` body of
-/// little-endian floats (the smallest upload: 4 or 2 bytes per number, no encoding overhead).
-pub enum CandidatesIn {
-    Json(Candidates),
-    Raw { dtype: FloatType, bytes: Vec<u8> },
-}
-
-/// Little-endian floats of `dtype` as rows of `d`; `count`, when the client stated it, must match.
-fn rows_from_le(
-    bytes: &[u8],
-    dtype: FloatType,
-    count: Option<usize>,
-    d: usize,
-) -> Result<Vec<Vec<f32>>, CoreError> {
-    let width = match dtype {
-        FloatType::F32 => 4,
-        FloatType::F16 => 2,
-    };
-    let per_candidate = d * width;
-    let count = count.unwrap_or(bytes.len() / per_candidate.max(1));
-    if bytes.len() != count * per_candidate {
-        return Err(CoreError::Invalid(format!(
-            "the candidates hold {} bytes; {count} candidate(s) of d = {d} {dtype:?} need {}",
-            bytes.len(),
-            count * per_candidate
-        )));
-    }
-    let values: Vec<f32> = match dtype {
-        FloatType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        FloatType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-    };
-    Ok(values.chunks(d.max(1)).map(<[f32]>::to_vec).collect())
-}
-
-/// Candidates as rows of `d` finite numbers, at most `max`.
-fn decode_candidates(c: &CandidatesIn, d: usize, max: usize) -> Result<Vec<Vec<f32>>, CoreError> {
-    let rows: Vec<Vec<f32>> = match c {
-        CandidatesIn::Json(Candidates::Json(rows)) => rows.clone(),
-        CandidatesIn::Json(Candidates::Packed { dtype, count, data }) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .map_err(|e| {
-                    CoreError::BadRequest(format!("candidates.data is not valid base64: {e}"))
-                })?;
-            rows_from_le(&bytes, *dtype, Some(*count), d)?
-        }
-        CandidatesIn::Raw { dtype, bytes } => rows_from_le(bytes, *dtype, None, d)?,
-    };
-    if rows.is_empty() {
-        return Err(CoreError::Invalid("no candidates".into()));
-    }
-    if rows.len() > max {
-        return Err(CoreError::TooLarge(format!(
-            "{} candidates; this server's limit is {max} per call",
-            rows.len()
-        )));
-    }
-    for (i, r) in rows.iter().enumerate() {
-        if r.len() != d {
-            return Err(CoreError::Invalid(format!(
-                "candidate {i} has {} numbers; the session's d is {d}",
-                r.len()
-            )));
-        }
-        if r.iter().any(|x| !x.is_finite()) {
-            return Err(CoreError::Invalid(format!(
-                "candidate {i} contains NaN or infinite values"
-            )));
-        }
-    }
-    Ok(rows)
 }

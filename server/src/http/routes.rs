@@ -12,7 +12,8 @@ use bbt::protocol::{CreateSessionRequest, EvaluateRequest, FloatType, ForwardReq
 
 use super::auth::Caller;
 use super::errors::ApiError;
-use crate::core::service::{CandidatesIn, Service};
+use crate::core::candidates::CandidatesIn;
+use crate::core::service::Service;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
