@@ -126,31 +126,19 @@ mod tests {
         Tensor::zeros((l, h), DType::F32, &Device::Cpu).unwrap()
     }
 
+    /// `A` for 4 prompt vectors of width 30, embedding std 0.5, and its entries.
+    fn draw(dist: Distribution, seed: u64, p0: Tensor) -> (Projection, Vec<f32>) {
+        let p =
+            Projection::new(&spec(dist, seed), 4, 30, 0.5, p0, &Device::Cpu, DType::F32).unwrap();
+        let entries = p.matrix.flatten_all().unwrap().to_vec1().unwrap();
+        (p, entries)
+    }
+
     #[test]
     fn seeded_scaled_and_affine_in_z() {
         for dist in [Distribution::Normal, Distribution::Uniform] {
-            let p = Projection::new(
-                &spec(dist, 7),
-                4,
-                30,
-                0.5,
-                zeros(4, 30),
-                &Device::Cpu,
-                DType::F32,
-            )
-            .unwrap();
-            let a: Vec<f32> = p.matrix.flatten_all().unwrap().to_vec1().unwrap();
-            let q = Projection::new(
-                &spec(dist, 7),
-                4,
-                30,
-                0.5,
-                zeros(4, 30),
-                &Device::Cpu,
-                DType::F32,
-            )
-            .unwrap();
-            assert_eq!(a, q.matrix.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let (_, a) = draw(dist, 7, zeros(4, 30));
+            assert_eq!(a, draw(dist, 7, zeros(4, 30)).1);
             let mean = a.iter().sum::<f32>() / a.len() as f32;
             let std = (a.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / a.len() as f32).sqrt();
             let want = 0.5 / 50f32.sqrt();
@@ -158,38 +146,14 @@ mod tests {
                 (std - want).abs() < 0.05 * want,
                 "{dist:?}: std {std} vs {want}"
             );
-            let other = Projection::new(
-                &spec(dist, 8),
-                4,
-                30,
-                0.5,
-                zeros(4, 30),
-                &Device::Cpu,
-                DType::F32,
-            )
-            .unwrap();
-            assert_ne!(
-                a,
-                other
-                    .matrix
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-            );
+            assert_ne!(a, draw(dist, 8, zeros(4, 30)).1);
         }
         // With z = 0 the prompt is p0.
-        let p0 = Tensor::ones((4, 30), DType::F32, &Device::Cpu).unwrap();
-        let p = Projection::new(
-            &spec(Distribution::Normal, 1),
-            4,
-            30,
-            0.5,
-            p0,
-            &Device::Cpu,
-            DType::F32,
-        )
-        .unwrap();
+        let (p, _) = draw(
+            Distribution::Normal,
+            1,
+            Tensor::ones((4, 30), DType::F32, &Device::Cpu).unwrap(),
+        );
         let z = Tensor::zeros((2, 50), DType::F32, &Device::Cpu).unwrap();
         let prompts = p.prompts(&z).unwrap();
         assert_eq!(prompts.len(), 2);
