@@ -504,7 +504,8 @@ impl Engine {
         let embeddings = if identity {
             table
         } else {
-            table.index_select(&Tensor::from_vec(gather.clone(), gather.len(), device)?, 0)?
+            let n = gather.len();
+            table.index_select(&Tensor::from_vec(gather, n, device)?, 0)?
         };
         let deep = if deep_positions.is_empty() {
             None

@@ -183,7 +183,10 @@ impl Decoder {
             offsets.push(acc);
             acc += l;
         }
-        let u32s = |v: Vec<u32>| Tensor::from_vec(v.clone(), v.len(), &self.device);
+        let u32s = |v: Vec<u32>| {
+            let n = v.len();
+            Tensor::from_vec(v, n, &self.device)
+        };
         let mut pad_idx = Vec::with_capacity(b * t);
         let mut positions = Vec::with_capacity(b * t);
         for row in 0..b {
