@@ -2,6 +2,7 @@
 
 mod bench_forward;
 mod bench_server;
+mod cma_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ enum Command {
     BenchForward(bench_forward::Args),
     /// Server latency/throughput for 1, 4, 16 clients and upload bytes per API call (JSON lines).
     BenchServer(bench_server::Args),
+    /// CMA-ES evaluations to f < 1e-8 vs pycma, and time per generation at d = 500 (JSON lines).
+    CmaBench(cma_bench::Args),
 }
 
 fn main() {
@@ -29,6 +32,7 @@ fn main() {
     let result = match cli.command {
         Command::BenchForward(args) => bench_forward::run(&args),
         Command::BenchServer(args) => bench_server::run(&args),
+        Command::CmaBench(args) => cma_bench::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
