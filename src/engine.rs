@@ -382,6 +382,38 @@ impl Engine {
         self.forward(&rows, prompts, Some(texts), readout, false)
     }
 
+    /// The suffix placement in one pass with no cache, `[bos][text_e][prompt_c][tail_e]`: for
+    /// a split scored once (a test set), where building and keeping a cache would not pay off.
+    pub fn score_inline(
+        &self,
+        prompts: &[Prompt],
+        texts: &[Vec<u32>],
+        tails: &[Vec<u32>],
+        readout: &Readout,
+    ) -> anyhow::Result<ForwardOutput> {
+        anyhow::ensure!(
+            texts.len() == tails.len(),
+            "{} texts for {} tails",
+            texts.len(),
+            tails.len()
+        );
+        let bos = self.bos_segment();
+        let rows: Vec<Row> = (0..prompts.len())
+            .flat_map(|c| {
+                let bos = &bos;
+                texts.iter().zip(tails).map(move |(text, tail)| {
+                    let head: Vec<u32> = bos.iter().chain(text).copied().collect();
+                    Row::new(vec![
+                        Segment::Tokens(head),
+                        Segment::Prompt(c),
+                        Segment::Tokens(tail.clone()),
+                    ])
+                })
+            })
+            .collect();
+        self.forward(&rows, prompts, None, readout, false)
+    }
+
     fn check_ids(&self, ids: &[u32]) -> anyhow::Result<()> {
         let vocab = self.decoder.cfg.vocab_size;
         match ids.iter().find(|&&i| i as usize >= vocab) {

@@ -229,6 +229,19 @@ pub struct EvaluateResponse {
     pub api_calls: u64,
 }
 
+/// `POST /v1/sessions/{id}/prompt`: the full prompt `A·z + p0` for one `z`, so a tuned prompt
+/// can be kept and used without the session (with `/v1/forward`). Not an API call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptRequest {
+    pub z: Vec<f32>,
+}
+
+/// Answer to `prompt`: `L` rows of `hidden` numbers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromptResponse {
+    pub prompt: Vec<Vec<f32>>,
+}
+
 /// `POST /v1/forward`: stateless scoring with a full prompt matrix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForwardRequest {

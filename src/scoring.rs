@@ -75,8 +75,9 @@ impl EncodedSplit {
 
 /// Verbalizer logits `[candidates][examples][classes]` of `prompts` on `split`.
 ///
-/// `cache` must be `split.cache_heads(engine)` for the suffix placement (it is reused across
-/// calls); it is ignored for the prefix placement.
+/// `cache`, for the suffix placement, is `split.cache_heads(engine)` (it is reused across
+/// calls); without it the suffix rows run whole, in one pass. It is ignored for the prefix
+/// placement.
 pub fn candidate_logits(
     engine: &Engine,
     split: &EncodedSplit,
@@ -99,15 +100,12 @@ pub fn candidate_logits(
                 .logits
                 .to_vec2()?
         }
-        Placement::Suffix => {
-            let cache = cache.ok_or_else(|| {
-                anyhow::anyhow!("the suffix placement needs the split's text cache")
-            })?;
-            engine
-                .score_suffix(cache, prompts, &split.tails, &readout)?
-                .logits
-                .to_vec2()?
+        Placement::Suffix => match cache {
+            Some(cache) => engine.score_suffix(cache, prompts, &split.tails, &readout)?,
+            None => engine.score_inline(prompts, &split.heads, &split.tails, &readout)?,
         }
+        .logits
+        .to_vec2()?,
     };
     Ok(flat
         .chunks(split.len().max(1))

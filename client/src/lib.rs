@@ -1,4 +1,6 @@
-//! The bbt client: CMA-ES ([`cmaes`]), and the black-box tuner that drives a bbt-server over
-//! HTTP.
+//! The bbt client: CMA-ES ([`cmaes`]), an HTTP client for bbt-server ([`http`]), and the
+//! black-box tuner that joins them ([`tune`]).
 
 pub mod cmaes;
+pub mod http;
+pub mod tune;

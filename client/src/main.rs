@@ -1,5 +1,6 @@
 //! `bbt`: the user's command line.
 
+mod commands;
 mod data;
 mod demo;
 
@@ -28,6 +29,14 @@ enum Command {
     Data(DataCommand),
     /// Zero-shot sentiment with the default model: a demo of the forward pass and verbalizer.
     Demo(demo::Args),
+    /// Start a local server with the default model, tune MR 16-shot, compare with zero-shot.
+    Quickstart(commands::quickstart::Args),
+    /// Tune a continuous prompt for a task against a bbt-server (black-box: CMA-ES on z).
+    Tune(commands::tune::Args),
+    /// Score a tuned prompt (best_prompt.json) on a task's split.
+    Eval(commands::eval::Args),
+    /// Run a bbt-server in this process (the same server as the `bbt-server` binary).
+    Serve(bbt_server::cli::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -41,6 +50,10 @@ fn main() {
     let result = match cli.command {
         Command::Fetch { names } => fetch(&names),
         Command::Demo(args) => demo::run(&args),
+        Command::Quickstart(args) => commands::quickstart::run(&args),
+        Command::Tune(args) => commands::tune::run(&args),
+        Command::Eval(args) => commands::eval::run(&args),
+        Command::Serve(args) => bbt_server::cli::run(args),
         Command::Data(DataCommand::Show(args)) => data::show(&args).map(|text| emit(&text)),
     };
     if let Err(e) = result {

@@ -3,6 +3,7 @@
 //! Layers, each pointing down: [`http`] (axum routes, auth, errors) → [`core`] (sessions, the
 //! model worker and its queue, usage, metrics) → the `bbt` engine.
 
+pub mod cli;
 pub mod core;
 pub mod http;
 

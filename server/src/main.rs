@@ -1,11 +1,5 @@
 //! `bbt-server`: serve forward passes of a language model for black-box prompt tuning.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
-
-use bbt_server::{ApiKeys, Limits, Service};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -16,96 +10,12 @@ use clap::Parser;
 )]
 struct Cli {
     #[command(flatten)]
-    model: bbt::cli::ModelArgs,
-    /// Address to listen on (loopback by default).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    bind: SocketAddr,
-    /// File of API keys (`KEY` or `KEY QUOTA` per line); without it, no authentication.
-    #[arg(long)]
-    api_keys: Option<PathBuf>,
-    /// Data directory for the paper's tasks (default: $BBT_DATA_DIR or ../shared/datasets).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Largest request body, bytes.
-    #[arg(long, default_value_t = Limits::default().max_body_bytes)]
-    max_body_bytes: usize,
-    /// Candidates per evaluate call.
-    #[arg(long, default_value_t = Limits::default().max_candidates)]
-    max_candidates: usize,
-    /// Examples per split / inputs per forward.
-    #[arg(long, default_value_t = Limits::default().max_examples)]
-    max_examples: usize,
-    /// Tokens per example, template included.
-    #[arg(long, default_value_t = Limits::default().max_example_tokens)]
-    max_example_tokens: usize,
-    /// Prompt length L.
-    #[arg(long, default_value_t = Limits::default().max_prompt_length)]
-    max_prompt_length: usize,
-    /// Intrinsic dimension d.
-    #[arg(long, default_value_t = Limits::default().max_intrinsic_dim)]
-    max_intrinsic_dim: usize,
-    /// Seconds a session may stay idle before it is dropped.
-    #[arg(long, default_value_t = Limits::default().session_idle.as_secs())]
-    session_idle_secs: u64,
-    /// Memory all sessions (projections, caches) may hold, MiB; the oldest are evicted beyond it.
-    #[arg(long, default_value_t = (Limits::default().max_session_bytes >> 20) as u64)]
-    max_session_mb: u64,
-    /// Requests waiting for the model before new ones get 503.
-    #[arg(long, default_value_t = Limits::default().max_queue)]
-    max_queue: usize,
-    /// Positions one merged engine pass may gather from queued evaluate requests.
-    #[arg(long, default_value_t = Limits::default().max_batch_tokens)]
-    max_batch_tokens: usize,
-    /// Milliseconds the model worker waits for more requests to join a batch.
-    #[arg(long, default_value_t = Limits::default().max_batch_wait.as_millis() as u64)]
-    max_batch_wait_ms: u64,
+    serve: bbt_server::cli::ServeArgs,
 }
 
 fn main() {
-    if let Err(e) = run(Cli::parse()) {
+    if let Err(e) = bbt_server::cli::run(Cli::parse().serve) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let keys = match &cli.api_keys {
-        Some(path) => ApiKeys::from_file(path)?,
-        None => ApiKeys::open(),
-    };
-    let limits = Limits {
-        max_body_bytes: cli.max_body_bytes,
-        max_candidates: cli.max_candidates,
-        max_examples: cli.max_examples,
-        max_example_tokens: cli.max_example_tokens,
-        max_prompt_length: cli.max_prompt_length,
-        max_intrinsic_dim: cli.max_intrinsic_dim,
-        session_idle: Duration::from_secs(cli.session_idle_secs),
-        max_session_bytes: (cli.max_session_mb as usize) << 20,
-        max_queue: cli.max_queue,
-        max_batch_tokens: cli.max_batch_tokens,
-        max_batch_wait: Duration::from_millis(cli.max_batch_wait_ms),
-    };
-    let engine = cli.model.load()?;
-    eprintln!(
-        "bbt-server: {} ({:?}, hidden {}) on {:?}",
-        engine.info().name,
-        engine.config().architecture,
-        engine.config().hidden_size,
-        engine.device()
-    );
-    let data_dir = cli.data_dir.unwrap_or_else(bbt::tasks::default_data_dir);
-    let service = Arc::new(Service::new(engine, limits, keys.quotas(), data_dir));
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cli.bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.bind))?;
-        eprintln!("bbt-server: listening on http://{}", listener.local_addr()?);
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        bbt_server::serve(listener, service, keys, shutdown).await?;
-        Ok(())
-    })
 }

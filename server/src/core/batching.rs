@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bbt::protocol::{CandidateResult, Placement};
+use bbt::protocol::{CandidateResult, Placement, SplitName};
 use bbt::scoring;
 use bbt::{Engine, Prompt, Readout, Row, Segment};
 use candle_core::Tensor;
@@ -56,9 +56,12 @@ pub fn evaluate_one(engine: &Engine, job: &EvaluateJob) -> Result<Vec<CandidateR
     let session = &job.session;
     let split = &session.splits[&job.split];
     let prompts = prompts(engine, job)?;
+    // A test split is scored once: one uncached pass is cheaper than building a cache.
     let cache = match session.placement {
-        Placement::Suffix => Some(text_cache(engine, session, job)?),
-        Placement::Prefix => None,
+        Placement::Suffix if job.split != SplitName::Test => {
+            Some(text_cache(engine, session, job)?)
+        }
+        Placement::Suffix | Placement::Prefix => None,
     };
     let logits = scoring::candidate_logits(
         engine,

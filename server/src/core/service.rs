@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bbt::protocol::{
     CreateSessionRequest, EvaluateResponse, ForwardRequest, ForwardResponse, ModelCard,
-    ModelsResponse, SessionInfo, SplitName, TaskRequest,
+    ModelsResponse, PromptResponse, SessionInfo, SplitName, TaskRequest,
 };
 use bbt::scoring;
 use bbt::tasks::{self, Example, LoadOptions, TaskSpec, Template};
@@ -312,6 +312,33 @@ impl Service {
                 Err(e)
             }
         }
+    }
+
+    /// `POST /v1/sessions/{id}/prompt`: `A·z + p0` as rows of numbers (no forward pass).
+    pub fn prompt(
+        &self,
+        key: Option<&str>,
+        id: &str,
+        z: &[f32],
+    ) -> Result<PromptResponse, CoreError> {
+        let session = self.sessions.get(id, key)?;
+        let d = session.projection.intrinsic_dim();
+        let z = decode_candidates(
+            &CandidatesIn::Json(bbt::protocol::Candidates::Json(vec![z.to_vec()])),
+            d,
+            1,
+        )?;
+        let z =
+            Tensor::from_vec(z.concat(), (1, d), &candle_core::Device::Cpu).map_err(internal)?;
+        let prompt = session
+            .projection
+            .prompts(&z)
+            .and_then(|mut prompts| {
+                let embeddings = prompts.remove(0).embeddings;
+                Ok(embeddings.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+            })
+            .map_err(internal)?;
+        Ok(PromptResponse { prompt })
     }
 
     /// `POST /v1/forward`: one API call, no session.

@@ -41,6 +41,7 @@ pub fn router(service: Arc<Service>, keys: ApiKeys) -> Router {
             get(routes::get_session).delete(routes::delete_session),
         )
         .route("/v1/sessions/{id}/evaluate", post(routes::evaluate))
+        .route("/v1/sessions/{id}/prompt", post(routes::prompt))
         .route("/v1/forward", post(routes::forward))
         .route("/v1/usage", get(routes::usage))
         .route_layer(middleware::from_fn_with_state(gate.clone(), authenticate));

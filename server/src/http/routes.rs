@@ -8,7 +8,9 @@ use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
-use bbt::protocol::{CreateSessionRequest, EvaluateRequest, FloatType, ForwardRequest, SplitName};
+use bbt::protocol::{
+    CreateSessionRequest, EvaluateRequest, FloatType, ForwardRequest, PromptRequest, SplitName,
+};
 
 use super::auth::Caller;
 use super::errors::ApiError;
@@ -111,6 +113,17 @@ pub async fn evaluate(
             .evaluate(caller.0.as_deref(), &id, candidates, split, return_logits)
             .await?,
     ))
+}
+
+/// `POST /v1/sessions/{id}/prompt`.
+pub async fn prompt(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: std::result::Result<Json<PromptRequest>, JsonRejection>,
+) -> Result<impl IntoResponse> {
+    let Json(req) = body?;
+    Ok(Json(service.prompt(caller.0.as_deref(), &id, &req.z)?))
 }
 
 /// `POST /v1/forward`.

@@ -1,0 +1,80 @@
+//! `bbt eval`: score a saved prompt on a task's split.
+
+use std::path::PathBuf;
+
+use bbt::protocol::SplitName;
+use bbt_client::tune::outputs::SavedPrompt;
+use bbt_client::tune::task_request;
+
+use super::tune::ServerArgs;
+
+/// Options of `bbt eval`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// A `best_prompt.json` written by `bbt tune`.
+    #[arg(long)]
+    prompt: PathBuf,
+    /// Task to score on (default: the prompt's own); a name or a local spec file.
+    #[arg(long)]
+    task: Option<String>,
+    /// Few-shot examples per class (for the train/dev sample of a named task).
+    #[arg(long, default_value_t = 16)]
+    k: usize,
+    /// Seed of the few-shot sample.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Split: test, dev or train.
+    #[arg(long, default_value = "test", value_parser = ["test", "dev", "train"])]
+    split: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `bbt eval`.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.prompt)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.prompt.display()))?;
+    let saved: SavedPrompt = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a bbt best_prompt.json: {e}",
+            args.prompt.display()
+        )
+    })?;
+    let mut session = saved.session.clone();
+    if let Some(task) = &args.task {
+        session.task = task_request(task, args.k, args.seed)?;
+    }
+    let split: SplitName = serde_json::from_value(serde_json::json!(args.split))?;
+    let mut client = args.server.connect()?;
+    let info = client.create_session(&session)?;
+    let scored = client.evaluate(&info.id, &saved.z, split);
+    let _ = client.delete_session(&info.id);
+    let result = scored?
+        .results
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the server returned no result"))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"task": info.task, "split": args.split, "examples": match split {
+                SplitName::Train => info.train_size, SplitName::Dev => info.dev_size, SplitName::Test => info.test_size,
+            }, "accuracy": result.accuracy, "f1": result.f1, "loss": result.loss})
+        );
+    } else {
+        let f1 = result
+            .f1
+            .map_or(String::new(), |f| format!(", F1 {:.1}%", 100.0 * f));
+        println!(
+            "{} {}: accuracy {:.1}%{f1}, loss {:.4}",
+            info.task,
+            args.split,
+            100.0 * result.accuracy,
+            result.loss
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! The commands that talk to a bbt-server: `tune`, `eval` and `quickstart`.
+
+pub mod eval;
+pub mod quickstart;
+pub mod tune;

@@ -1,0 +1,177 @@
+//! `bbt quickstart`: the whole product in one command. Starts a local bbt-server with the
+//! default model as a child process (unless `--server` is given), tunes the MR task 16-shot
+//! with the `quick` preset, and prints the manual prompt's zero-shot test accuracy next to
+//! BBT's.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bbt_client::http::{RetryPolicy, ServerClient};
+use bbt_client::tune::checkpoint::CHECKPOINT_FILE;
+use bbt_client::tune::config::TuneConfig;
+use bbt_client::tune::outputs::{peak_rss_mb_of, TuneResult};
+use bbt_client::tune::{self, Start};
+
+use super::tune::{human_bytes, OutputArgs, SettingArgs};
+
+/// Options of `bbt quickstart`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Use this server instead of starting one.
+    #[arg(long)]
+    server: Option<String>,
+    /// API key for --server; also read from $BBT_API_KEY.
+    #[arg(long, env = "BBT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Model for the local server: a known asset name, a .gguf file or a HF-style directory.
+    #[arg(long, default_value = bbt::cli::DEFAULT_MODEL)]
+    model: String,
+    /// Task.
+    #[arg(long, default_value = "mr")]
+    task: String,
+    /// Output folder; a run already there is continued.
+    #[arg(long, default_value = "bbt-quickstart")]
+    out: PathBuf,
+    #[command(flatten)]
+    settings: SettingArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// A child bbt-server, killed when dropped.
+struct LocalServer {
+    child: Child,
+    url: String,
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `bbt serve` on a free loopback port and waits for it to listen.
+fn start_server(model: &str, quiet: bool) -> anyhow::Result<LocalServer> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--bind", "127.0.0.1:0", "--model", model])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start the local server: {e}"))?;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                let _ = tx.send(addr.trim().to_string());
+            } else if !quiet || line.starts_with("error") {
+                eprintln!("  server | {line}");
+            }
+        }
+    });
+    let mut server = LocalServer {
+        child,
+        url: String::new(),
+    };
+    // Model downloads on first use can take a while; the server prints its address when ready.
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(url) => {
+                server.url = url;
+                return Ok(server);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(status) = server.child.try_wait()? {
+                    anyhow::bail!("the local server exited ({status}) before listening");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = server.child.wait()?;
+                anyhow::bail!("the local server exited ({status}) before listening");
+            }
+        }
+    }
+}
+
+/// Runs `bbt quickstart`.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let quiet = args.output.quiet;
+    let local = match &args.server {
+        Some(_) => None,
+        None => {
+            if !quiet {
+                eprintln!("starting a local bbt-server with {} ...", args.model);
+            }
+            Some(start_server(&args.model, quiet)?)
+        }
+    };
+    let url = match (&args.server, &local) {
+        (Some(url), _) => url.clone(),
+        (None, Some(server)) => server.url.clone(),
+        (None, None) => unreachable!("a server is started when none is given"),
+    };
+    let mut client = ServerClient::new(&url, args.api_key.clone(), RetryPolicy::default())?;
+    let start = if args.out.join(CHECKPOINT_FILE).exists() {
+        if !quiet {
+            eprintln!("continuing the run in {}", args.out.display());
+        }
+        Start::Resume
+    } else {
+        Start::Fresh(args.settings.apply(TuneConfig::quick(&args.task)))
+    };
+    let result = tune::run(&mut client, start, &args.out, args.output.progress())?;
+    let server_rss = local
+        .as_ref()
+        .and_then(|s| peak_rss_mb_of(&s.child.id().to_string()));
+    if args.output.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print_table(&result, server_rss);
+        println!(
+            "results, best prompt and curve.svg in {}",
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn print_table(r: &TuneResult, server_rss: Option<f64>) {
+    let pct = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
+    let c = &r.config;
+    println!();
+    println!(
+        "{} {}-shot (seed {}), {} test examples",
+        r.task, c.k, c.seed, "held-out"
+    );
+    println!("{:<44} {:>14}", "method", "test accuracy");
+    println!(
+        "{:<44} {:>14}",
+        "manual prompt, zero-shot",
+        pct(r.zero_shot_test_accuracy)
+    );
+    let label = format!(
+        "BBT (L={} {:?}, d={}, pop {})",
+        c.prompt_length, c.placement, c.intrinsic_dim, c.popsize
+    );
+    println!("{:<44} {:>14}", label, pct(r.test_accuracy));
+    if let (Some(zs), Some(t)) = (r.zero_shot_test_accuracy, r.test_accuracy) {
+        println!("{:<44} {:>+13.1}", "gain (points)", 100.0 * (t - zs));
+    }
+    println!();
+    println!(
+        "API calls {} ({} training), wall {:.0} s, {} up, {} down, peak memory: client {:.0} MB{}",
+        r.api_calls,
+        r.train_api_calls,
+        r.wall_seconds,
+        human_bytes(r.bytes_up),
+        human_bytes(r.bytes_down),
+        r.peak_rss_mb.unwrap_or(0.0),
+        server_rss.map_or(String::new(), |m| format!(", server {m:.0} MB"))
+    );
+}

@@ -1,0 +1,243 @@
+//! `bbt tune`: tune a prompt against a bbt-server.
+
+use std::path::PathBuf;
+
+use bbt::protocol::{Distribution, Loss, Placement};
+use bbt_client::http::{RetryPolicy, ServerClient};
+use bbt_client::tune::config::TuneConfig;
+use bbt_client::tune::outputs::TuneResult;
+use bbt_client::tune::progress::ProgressOptions;
+use bbt_client::tune::{self, Start};
+
+/// Connection flags shared by the commands that talk to a server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// The bbt-server, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub server: String,
+    /// API key (sent as a bearer token); also read from $BBT_API_KEY.
+    #[arg(long, env = "BBT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Attempts per request on connection errors, 5xx and 429 (exponential backoff).
+    #[arg(long, default_value_t = RetryPolicy::default().max_attempts)]
+    pub attempts: u32,
+}
+
+impl ServerArgs {
+    /// A client for the server.
+    pub fn connect(&self) -> anyhow::Result<ServerClient> {
+        let retry = RetryPolicy {
+            max_attempts: self.attempts.max(1),
+            ..Default::default()
+        };
+        Ok(ServerClient::new(
+            &self.server,
+            self.api_key.clone(),
+            retry,
+        )?)
+    }
+}
+
+/// Settings of a run; each overrides the preset's value.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SettingArgs {
+    /// Few-shot examples per class.
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Seed of the few-shot sample, the projection and CMA-ES.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Training API calls.
+    #[arg(long)]
+    pub budget: Option<u64>,
+    /// Prompt vectors L.
+    #[arg(long)]
+    pub prompt_length: Option<usize>,
+    /// prefix or suffix.
+    #[arg(long, value_parser = parse_placement)]
+    pub placement: Option<Placement>,
+    /// Intrinsic dimension d.
+    #[arg(long)]
+    pub intrinsic_dim: Option<usize>,
+    /// CMA-ES population.
+    #[arg(long)]
+    pub popsize: Option<usize>,
+    /// CMA-ES initial step size.
+    #[arg(long)]
+    pub sigma: Option<f64>,
+    /// Projection scale factor alpha.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// normal or uniform projection entries.
+    #[arg(long, value_parser = parse_distribution)]
+    pub distribution: Option<Distribution>,
+    /// ce (cross-entropy) or hinge.
+    #[arg(long, value_parser = ["ce", "hinge"])]
+    pub loss: Option<String>,
+    /// Margin of the hinge loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub margin: f64,
+    /// Evaluate on dev every this many training calls.
+    #[arg(long)]
+    pub dev_every: Option<u64>,
+    /// Separable CMA-ES (diagonal covariance).
+    #[arg(long)]
+    pub diagonal: bool,
+    /// Box bound on |z_i|.
+    #[arg(long)]
+    pub bound: Option<f64>,
+    /// Also measure the manual prompt's zero-shot test accuracy.
+    #[arg(long)]
+    pub zero_shot: bool,
+}
+
+fn parse_placement(s: &str) -> Result<Placement, String> {
+    match s {
+        "prefix" => Ok(Placement::Prefix),
+        "suffix" => Ok(Placement::Suffix),
+        _ => Err(format!("`{s}`: expected prefix or suffix")),
+    }
+}
+
+fn parse_distribution(s: &str) -> Result<Distribution, String> {
+    match s {
+        "normal" => Ok(Distribution::Normal),
+        "uniform" => Ok(Distribution::Uniform),
+        _ => Err(format!("`{s}`: expected normal or uniform")),
+    }
+}
+
+impl SettingArgs {
+    /// The preset with these overrides.
+    pub fn apply(&self, mut c: TuneConfig) -> TuneConfig {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { c.$field = v; } )* };
+        }
+        set!(
+            k,
+            seed,
+            budget,
+            prompt_length,
+            placement,
+            intrinsic_dim,
+            popsize,
+            sigma,
+            alpha
+        );
+        set!(distribution, dev_every);
+        if let Some(loss) = &self.loss {
+            c.loss = match loss.as_str() {
+                "hinge" => Loss::Hinge {
+                    margin: self.margin,
+                },
+                _ => Loss::CrossEntropy,
+            };
+        }
+        c.diagonal |= self.diagonal;
+        c.zero_shot |= self.zero_shot;
+        if self.bound.is_some() {
+            c.bound = self.bound;
+        }
+        c
+    }
+}
+
+/// How a run reports and where it writes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// One JSON object per generation on stdout (and the result at the end).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    pub fn progress(&self) -> ProgressOptions {
+        ProgressOptions {
+            quiet: self.quiet,
+            json_lines: self.json,
+        }
+    }
+}
+
+/// Options of `bbt tune`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Task: a name the server knows (mr, sst2, agnews, ...) or a local task spec (.toml/.json).
+    #[arg(long, required_unless_present = "resume")]
+    task: Option<String>,
+    /// Starting settings: `paper` (BBT's: L=50 prefix, d=500, 8000 calls) or `quick`
+    /// (bbt quickstart's); flags below override single values.
+    #[arg(long, default_value = "paper", value_parser = ["paper", "quick"])]
+    preset: String,
+    #[command(flatten)]
+    settings: SettingArgs,
+    /// Output folder (default runs/TASK-seedSEED).
+    #[arg(long, conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run checkpointed in this folder (its settings are used).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Runs `bbt tune`.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let mut client = args.server.connect()?;
+    let (start, out) = match (&args.resume, &args.task) {
+        (Some(dir), _) => (Start::Resume, dir.clone()),
+        (None, Some(task)) => {
+            let preset = match args.preset.as_str() {
+                "quick" => TuneConfig::quick(task),
+                _ => TuneConfig::paper(task),
+            };
+            let config = args.settings.apply(preset);
+            let out = args.out.clone().unwrap_or_else(|| {
+                let name = std::path::Path::new(task)
+                    .file_stem()
+                    .map_or(task.clone(), |s| s.to_string_lossy().into_owned());
+                PathBuf::from(format!("runs/{name}-seed{}", config.seed))
+            });
+            (Start::Fresh(config), out)
+        }
+        (None, None) => anyhow::bail!("give --task, or --resume DIR"),
+    };
+    let result = tune::run(&mut client, start, &out, args.output.progress())?;
+    report(&result, &out, args.output.json);
+    Ok(())
+}
+
+/// Prints the outcome of a run.
+pub fn report(result: &TuneResult, out: &std::path::Path, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(result).expect("serialises"));
+        return;
+    }
+    let pct = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
+    println!(
+        "{}: best dev {}, test {} after {} training calls ({} in all), {:.0} s, {} up / {} down",
+        result.task,
+        pct(result.best_dev_accuracy),
+        pct(result.test_accuracy),
+        result.train_api_calls,
+        result.api_calls,
+        result.wall_seconds,
+        human_bytes(result.bytes_up),
+        human_bytes(result.bytes_down)
+    );
+    println!("results in {}", out.display());
+}
+
+/// `1.2 MB`-style sizes.
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        0..1_000 => format!("{b} B"),
+        1_000..1_000_000 => format!("{:.1} kB", b as f64 / 1e3),
+        _ => format!("{:.1} MB", b as f64 / 1e6),
+    }
+}

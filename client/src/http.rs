@@ -1,0 +1,305 @@
+//! A blocking HTTP client for bbt-server: the protocol types from `bbt::protocol`, candidates
+//! uploaded as raw little-endian f32, retries with exponential backoff on connection errors,
+//! 5xx and 429, and a count of the body bytes sent and received.
+
+use std::time::Duration;
+
+use bbt::protocol::{
+    CreateSessionRequest, ErrorBody, EvaluateResponse, ModelsResponse, PromptRequest,
+    PromptResponse, SessionInfo, SplitName,
+};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled after each.
+    pub initial_delay: Duration,
+    /// Longest delay between attempts.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The server answered with an error status (after any retries).
+    #[error("server answered {status}: {kind}: {detail}")]
+    Status {
+        status: u16,
+        kind: String,
+        detail: String,
+    },
+    /// The server could not be reached, or the answer was cut off (after any retries).
+    #[error("cannot reach the server at {url}: {message}")]
+    Transport { url: String, message: String },
+    /// The answer was not what the protocol says.
+    #[error("unexpected answer from {url}: {message}")]
+    Protocol { url: String, message: String },
+}
+
+impl CallError {
+    /// Whether the session is unknown to the server (it restarted, or the session expired).
+    pub fn session_lost(&self) -> bool {
+        matches!(
+            self,
+            Self::Status {
+                status: 404 | 410,
+                ..
+            }
+        )
+    }
+}
+
+/// A connection to one bbt-server.
+pub struct ServerClient {
+    base: String,
+    api_key: Option<String>,
+    http: Client,
+    retry: RetryPolicy,
+    /// Request body bytes sent so far.
+    pub bytes_up: u64,
+    /// Response body bytes received so far.
+    pub bytes_down: u64,
+}
+
+impl ServerClient {
+    /// A client for `base` (e.g. `http://127.0.0.1:8080`), with an optional API key.
+    pub fn new(base: &str, api_key: Option<String>, retry: RetryPolicy) -> Result<Self, CallError> {
+        let url = reqwest::Url::parse(base).map_err(|e| CallError::Transport {
+            url: base.into(),
+            message: format!("not a URL: {e}"),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(CallError::Transport {
+                url: base.into(),
+                message: "the server URL must start with http:// or https://".into(),
+            });
+        }
+        let http = Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // A test split of thousands of examples can take minutes on a CPU server.
+            .timeout(Duration::from_secs(3600))
+            .build()
+            .map_err(|e| CallError::Transport {
+                url: base.into(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            api_key,
+            http,
+            retry,
+            bytes_up: 0,
+            bytes_down: 0,
+        })
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /v1/models`.
+    pub fn models(&mut self) -> Result<ModelsResponse, CallError> {
+        self.call("/v1/models", |http, url| http.get(url), 0)
+    }
+
+    /// `POST /v1/sessions`.
+    pub fn create_session(&mut self, req: &CreateSessionRequest) -> Result<SessionInfo, CallError> {
+        let body = serde_json::to_vec(req).expect("a request serialises");
+        let len = body.len() as u64;
+        self.call(
+            "/v1/sessions",
+            move |http, url| {
+                http.post(url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            },
+            len,
+        )
+    }
+
+    /// `GET /v1/sessions/{id}`.
+    pub fn session(&mut self, id: &str) -> Result<SessionInfo, CallError> {
+        self.call(&format!("/v1/sessions/{id}"), |http, url| http.get(url), 0)
+    }
+
+    /// `POST /v1/sessions/{id}/evaluate` with `count` candidates of `z.len() / count` floats,
+    /// sent as raw little-endian f32.
+    pub fn evaluate(
+        &mut self,
+        id: &str,
+        z: &[f32],
+        split: SplitName,
+    ) -> Result<EvaluateResponse, CallError> {
+        let body: Vec<u8> = z.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let len = body.len() as u64;
+        let split = serde_json::to_value(split).expect("split serialises");
+        let path = format!(
+            "/v1/sessions/{id}/evaluate?dtype=f32&split={}",
+            split.as_str().unwrap_or("train")
+        );
+        self.call(
+            &path,
+            move |http, url| {
+                http.post(url)
+                    .header("content-type", "application/octet-stream")
+                    .body(body.clone())
+            },
+            len,
+        )
+    }
+
+    /// `POST /v1/sessions/{id}/prompt`: the full prompt for `z`.
+    pub fn prompt(&mut self, id: &str, z: &[f32]) -> Result<PromptResponse, CallError> {
+        let body = serde_json::to_vec(&PromptRequest { z: z.to_vec() }).expect("serialises");
+        let len = body.len() as u64;
+        self.call(
+            &format!("/v1/sessions/{id}/prompt"),
+            move |http, url| {
+                http.post(url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            },
+            len,
+        )
+    }
+
+    /// `DELETE /v1/sessions/{id}`; a session already gone is not an error.
+    pub fn delete_session(&mut self, id: &str) -> Result<(), CallError> {
+        let url = format!("{}/v1/sessions/{id}", self.base);
+        match self.send(&url, |http, url| http.delete(url), 0) {
+            Ok(_) => Ok(()),
+            Err(e) if e.session_lost() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a request (rebuilt for each attempt) and decodes its JSON answer.
+    fn call<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        build: impl Fn(&Client, &str) -> RequestBuilder,
+        body_len: u64,
+    ) -> Result<T, CallError> {
+        let url = format!("{}{path}", self.base);
+        let bytes = self.send(&url, build, body_len)?;
+        serde_json::from_slice(&bytes).map_err(|e| CallError::Protocol {
+            url,
+            message: e.to_string(),
+        })
+    }
+
+    /// One request with retries; returns the body of a 2xx answer.
+    fn send(
+        &mut self,
+        url: &str,
+        build: impl Fn(&Client, &str) -> RequestBuilder,
+        body_len: u64,
+    ) -> Result<Vec<u8>, CallError> {
+        let mut delay = self.retry.initial_delay;
+        let mut attempt = 1;
+        loop {
+            let mut request = build(&self.http, url);
+            if let Some(key) = &self.api_key {
+                request = request.bearer_auth(key);
+            }
+            self.bytes_up += body_len;
+            let outcome = request.send().and_then(|r| {
+                let status = r.status();
+                let retry_after = retry_after(&r);
+                r.bytes().map(|b| (status, retry_after, b))
+            });
+            let error = match outcome {
+                Ok((status, retry_after, body)) => {
+                    self.bytes_down += body.len() as u64;
+                    if status.is_success() {
+                        return Ok(body.to_vec());
+                    }
+                    let error = status_error(status, &body);
+                    let retryable =
+                        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                    if !retryable || attempt >= self.retry.max_attempts {
+                        return Err(error);
+                    }
+                    if let Some(wait) = retry_after {
+                        delay = delay.max(wait);
+                    }
+                    error
+                }
+                Err(e) => {
+                    let error = CallError::Transport {
+                        url: url.to_string(),
+                        message: error_chain(&e),
+                    };
+                    if attempt >= self.retry.max_attempts {
+                        return Err(error);
+                    }
+                    error
+                }
+            };
+            eprintln!(
+                "bbt: {error}; retrying in {:.1} s (attempt {}/{})",
+                delay.as_secs_f64(),
+                attempt + 1,
+                self.retry.max_attempts
+            );
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(self.retry.max_delay);
+            attempt += 1;
+        }
+    }
+}
+
+/// The server's `Retry-After` in seconds, if any.
+fn retry_after(r: &Response) -> Option<Duration> {
+    r.headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The error status as a [`CallError`], with the server's JSON error body when it sent one.
+fn status_error(status: StatusCode, body: &[u8]) -> CallError {
+    let (kind, detail) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => (e.error, e.detail),
+        Err(_) => (
+            status.canonical_reason().unwrap_or("error").to_string(),
+            String::from_utf8_lossy(body).chars().take(200).collect(),
+        ),
+    };
+    CallError::Status {
+        status: status.as_u16(),
+        kind,
+        detail,
+    }
+}
+
+/// An error with its causes, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,76 @@
+//! The whole state of a run after each generation, written atomically to `checkpoint.json`, so
+//! `--resume` continues exactly where a killed run left off.
+
+use std::path::Path;
+
+use bbt::protocol::CreateSessionRequest;
+use serde::{Deserialize, Serialize};
+
+use super::config::TuneConfig;
+use crate::cmaes::Ipop;
+
+/// File name of the checkpoint in the output folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+
+/// One point of the learning curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// Training calls so far.
+    pub api_calls: u64,
+    /// Best training loss of this generation.
+    pub train_loss: f64,
+    /// Dev accuracy of the prompt kept at this point, when dev was evaluated.
+    pub dev_accuracy: Option<f64>,
+}
+
+/// The best-dev prompt so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestPrompt {
+    pub z: Vec<f32>,
+    pub dev_accuracy: f64,
+    pub dev_loss: f64,
+    /// Training calls when it was found.
+    pub api_calls: u64,
+}
+
+/// Everything needed to continue a run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub config: TuneConfig,
+    /// The session as created (examples included for local tasks), recreated when lost.
+    pub session_request: CreateSessionRequest,
+    pub session_id: Option<String>,
+    pub es: Ipop,
+    pub train_calls: u64,
+    /// Dev, test and zero-shot calls.
+    pub other_calls: u64,
+    pub curve: Vec<CurvePoint>,
+    pub best: Option<BestPrompt>,
+    pub best_train_loss: f64,
+    pub zero_shot_test_accuracy: Option<f64>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Wall time spent by earlier processes of this run.
+    pub wall_seconds: f64,
+}
+
+impl Checkpoint {
+    /// Writes to a temporary file and renames it over the old checkpoint: a kill mid-write
+    /// leaves the previous one intact.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE))?;
+        Ok(())
+    }
+
+    /// Reads `dir/checkpoint.json`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(CHECKPOINT_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            anyhow::anyhow!("cannot resume: no checkpoint at {}: {e}", path.display())
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{} is not a bbt checkpoint: {e}", path.display()))
+    }
+}

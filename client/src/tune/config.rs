@@ -1,0 +1,127 @@
+//! Every setting of a tuning run in one place, with its default and why. Two presets:
+//! [`TuneConfig::paper`] (BBT, Sun et al. 2022, as its reference code runs it; `bbt tune`'s
+//! default) and [`TuneConfig::quick`] (what `bbt quickstart` runs; chosen by the measurements in
+//! `docs/TUNING.md`).
+
+use bbt::protocol::{Distribution, Loss, Placement};
+use serde::{Deserialize, Serialize};
+
+/// The settings of one tuning run; saved in every checkpoint and in `result.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneConfig {
+    /// A task name the server knows (`mr`, `sst2`, ...) or a local task spec file (TOML/JSON),
+    /// whose examples are then sent to the server.
+    pub task: String,
+    /// Few-shot examples per class in train and in dev.
+    pub k: usize,
+    /// Seed of the few-shot sample, the projection and CMA-ES.
+    pub seed: u64,
+    /// Training API calls (candidates evaluated on the train split). Paper: 8,000.
+    pub budget: u64,
+    /// Prompt vectors L. Paper: 50.
+    pub prompt_length: usize,
+    /// Where the prompt goes. Paper: before the text (prefix).
+    pub placement: Placement,
+    /// Intrinsic dimension d of z. Paper: 500.
+    pub intrinsic_dim: usize,
+    /// CMA-ES population (one HTTP request per generation). Paper: 20.
+    pub popsize: usize,
+    /// CMA-ES initial step size. Paper: 1.
+    pub sigma: f64,
+    /// Scale of the projection: entries have std `alpha * std(embeddings) / (sqrt(d) * sigma)`
+    /// (the BBT reference code). Paper: 1.
+    pub alpha: f64,
+    /// Distribution of the projection's entries. Paper: normal.
+    pub distribution: Distribution,
+    /// Training loss. Paper: cross-entropy.
+    pub loss: Loss,
+    /// Evaluate on the dev split every this many training calls, keeping the best-dev prompt.
+    /// Paper: 100.
+    pub dev_every: u64,
+    /// Separable CMA-ES (diagonal covariance).
+    pub diagonal: bool,
+    /// Box bound `|z_i| <= bound` for CMA-ES, none if absent. Paper: none.
+    pub bound: Option<f64>,
+    /// Measure the manual prompt's zero-shot test accuracy (L = 0) before tuning.
+    pub zero_shot: bool,
+}
+
+impl TuneConfig {
+    /// BBT's settings: L = 50 prefix, d = 500, population 20, sigma 1, normal A with alpha 1,
+    /// cross-entropy, 8,000 calls, dev every 100 calls.
+    pub fn paper(task: &str) -> Self {
+        Self {
+            task: task.to_string(),
+            k: 16,
+            seed: 42,
+            budget: 8000,
+            prompt_length: 50,
+            placement: Placement::Prefix,
+            intrinsic_dim: 500,
+            popsize: 20,
+            sigma: 1.0,
+            alpha: 1.0,
+            distribution: Distribution::Normal,
+            loss: Loss::CrossEntropy,
+            dev_every: 100,
+            diagonal: false,
+            bound: None,
+            zero_shot: false,
+        }
+    }
+
+    /// `bbt quickstart`'s settings: a few prompt vectors right before the template's tail, so
+    /// each call reuses the cached texts and costs a few positions per example; see
+    /// `docs/TUNING.md` for what was tried and measured.
+    pub fn quick(task: &str) -> Self {
+        Self {
+            budget: 600,
+            prompt_length: 5,
+            placement: Placement::Suffix,
+            intrinsic_dim: 100,
+            popsize: 20,
+            dev_every: 60,
+            zero_shot: true,
+            ..Self::paper(task)
+        }
+    }
+
+    /// Checks the numbers; a message naming the setting for each mistake.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("k", self.k as f64),
+            ("budget", self.budget as f64),
+            ("intrinsic_dim", self.intrinsic_dim as f64),
+            ("dev_every", self.dev_every as f64),
+            ("sigma", self.sigma),
+            ("alpha", self.alpha),
+        ];
+        if let Some((name, value)) = positive.iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
+            return Err(format!("{name} must be positive, got {value}"));
+        }
+        if self.popsize < 2 {
+            return Err(format!("popsize must be at least 2, got {}", self.popsize));
+        }
+        if self.budget < self.popsize as u64 {
+            return Err(format!(
+                "budget {} is less than one generation (popsize {})",
+                self.budget, self.popsize
+            ));
+        }
+        if self.prompt_length == 0 {
+            return Err("prompt_length must be at least 1".into());
+        }
+        if let Some(b) = self.bound {
+            if !(b > 0.0 && b.is_finite()) {
+                return Err(format!("bound must be positive, got {b}"));
+            }
+        }
+        if let Loss::Hinge { margin } = self.loss {
+            if !(margin >= 0.0 && margin.is_finite()) {
+                return Err(format!("hinge margin must be >= 0, got {margin}"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,384 @@
+//! The black-box tuner: CMA-ES searches `z` while a bbt-server scores each generation's
+//! prompts `A·z + p0` on the train split; the best-dev prompt is kept and finally scored on
+//! the test split. A checkpoint after every generation makes a killed run resumable exactly.
+
+pub mod checkpoint;
+pub mod config;
+pub mod outputs;
+pub mod progress;
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use bbt::protocol::{
+    CandidateResult, CreateSessionRequest, ExampleIn, ModelCard, Placement, ProjectionSpec,
+    PromptInit, SplitName, TaskRequest,
+};
+use bbt::tasks::{self, LoadOptions};
+
+use crate::cmaes::{CmaOptions, Ipop};
+use crate::http::{CallError, ServerClient};
+use checkpoint::{BestPrompt, Checkpoint, CurvePoint, CHECKPOINT_FILE};
+use config::TuneConfig;
+use outputs::TuneResult;
+use progress::{Event, Progress, ProgressOptions};
+
+/// Where a run starts from.
+pub enum Start {
+    /// A new run; refuses a folder that already holds one.
+    Fresh(TuneConfig),
+    /// Continue the run checkpointed in the output folder.
+    Resume,
+}
+
+/// Runs (or resumes) a tuning run against `client`'s server, writing everything to `out`.
+pub fn run(
+    client: &mut ServerClient,
+    start: Start,
+    out: &Path,
+    progress: ProgressOptions,
+) -> anyhow::Result<TuneResult> {
+    let started = Instant::now();
+    let mut state = match start {
+        Start::Resume => Checkpoint::load(out)?,
+        Start::Fresh(config) => {
+            config
+                .validate()
+                .map_err(|e| anyhow::anyhow!("invalid setting: {e}"))?;
+            if out.join(CHECKPOINT_FILE).exists() {
+                anyhow::bail!(
+                    "{} already holds a run; continue it with --resume {0}, or choose another --out",
+                    out.display()
+                );
+            }
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            new_checkpoint(client, config)?
+        }
+    };
+    let mut tuner = Tuner {
+        progress: Progress::new(out, progress, state.config.budget, state.train_calls)?,
+        base_bytes: (state.bytes_up, state.bytes_down),
+        client,
+        out,
+        started,
+        info: None,
+    };
+    tuner.progress.event(&Event::Start {
+        task: &state.config.task,
+        budget: state.config.budget,
+        resumed_at: state.train_calls,
+    });
+    tuner.run(&mut state)
+}
+
+/// A fresh run's state: the session request and CMA-ES at z = 0.
+fn new_checkpoint(client: &mut ServerClient, config: TuneConfig) -> anyhow::Result<Checkpoint> {
+    let models = client.models()?;
+    let card = models.data.first().context("the server lists no model")?;
+    let session_request = session_request(&config, card)?;
+    let generations = config.budget / config.popsize as u64;
+    let options = CmaOptions {
+        popsize: Some(config.popsize),
+        seed: config.seed,
+        diagonal: config.diagonal,
+        bounds: config.bound.map(|b| [-b, b]),
+        max_evals: Some(generations * config.popsize as u64),
+        ..Default::default()
+    };
+    let es = Ipop::new(&vec![0.0; config.intrinsic_dim], config.sigma, options)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Checkpoint {
+        config,
+        session_request,
+        session_id: None,
+        es,
+        train_calls: 0,
+        other_calls: 0,
+        curve: Vec::new(),
+        best: None,
+        best_train_loss: f64::INFINITY,
+        zero_shot_test_accuracy: None,
+        bytes_up: 0,
+        bytes_down: 0,
+        wall_seconds: 0.0,
+    })
+}
+
+/// The session for `config`: a task name goes to the server as is; a local spec file is loaded
+/// here and its examples are sent.
+pub fn session_request(
+    config: &TuneConfig,
+    card: &ModelCard,
+) -> anyhow::Result<CreateSessionRequest> {
+    Ok(CreateSessionRequest {
+        task: task_request(&config.task, config.k, config.seed)?,
+        prompt_length: config.prompt_length,
+        placement: config.placement,
+        projection: ProjectionSpec {
+            intrinsic_dim: config.intrinsic_dim,
+            seed: config.seed,
+            distribution: config.distribution,
+            scale: Some(
+                config.alpha * card.embedding_std
+                    / ((config.intrinsic_dim as f64).sqrt() * config.sigma),
+            ),
+        },
+        p0: PromptInit::Zeros,
+        loss: config.loss,
+    })
+}
+
+/// The task as the server takes it.
+pub fn task_request(task: &str, k: usize, seed: u64) -> anyhow::Result<TaskRequest> {
+    let is_file = task.ends_with(".toml") || task.ends_with(".json");
+    if !is_file {
+        return Ok(TaskRequest::Builtin {
+            name: task.to_string(),
+            k,
+            seed,
+        });
+    }
+    let options = LoadOptions {
+        data_dir: tasks::default_data_dir(),
+        k,
+        seed,
+        resample: false,
+    };
+    let data = tasks::load_task(task, &options)?;
+    let convert = |xs: &[tasks::Example]| -> Vec<ExampleIn> {
+        xs.iter()
+            .map(|x| ExampleIn {
+                text: x.text_a.clone(),
+                text_b: x.text_b.clone(),
+                label: x.label,
+            })
+            .collect()
+    };
+    Ok(TaskRequest::Explicit {
+        name: Some(data.spec.name.clone()),
+        template: data.spec.template.as_str().to_string(),
+        classes: data.spec.classes.clone(),
+        verbalizer: data.spec.verbalizer.clone(),
+        metric: data.spec.metric,
+        train: convert(&data.train),
+        dev: convert(&data.dev),
+        test: convert(&data.test),
+    })
+}
+
+/// One running tuner.
+struct Tuner<'a> {
+    client: &'a mut ServerClient,
+    out: &'a Path,
+    progress: Progress,
+    started: Instant,
+    /// Bytes moved by earlier processes of this run.
+    base_bytes: (u64, u64),
+    /// The session's split sizes, once asked.
+    info: Option<bbt::protocol::SessionInfo>,
+}
+
+impl Tuner<'_> {
+    fn run(&mut self, state: &mut Checkpoint) -> anyhow::Result<TuneResult> {
+        if state.config.zero_shot && state.zero_shot_test_accuracy.is_none() {
+            let accuracy = self.zero_shot(state)?;
+            state.zero_shot_test_accuracy = accuracy;
+            if let Some(test_accuracy) = accuracy {
+                self.progress.event(&Event::ZeroShot { test_accuracy });
+            }
+            self.save(state)?;
+        }
+        while state.es.stop_reason().is_none() {
+            self.generation(state)?;
+            self.save(state)?;
+        }
+        let best = match &state.best {
+            Some(b) => b.z.clone(),
+            None => state
+                .es
+                .current()
+                .mean()
+                .iter()
+                .map(|&v| v as f32)
+                .collect(),
+        };
+        let test = self.evaluate(state, &best, 1, SplitName::Test)?;
+        if let Some(t) = &test {
+            self.progress.event(&Event::Test {
+                test_accuracy: t[0].accuracy,
+            });
+        }
+        let prompt = self.with_session(state, |client, id| client.prompt(id, &best))?;
+        self.save(state)?;
+        self.progress.finish();
+        let result = TuneResult::new(state, &best, test.map(|mut t| t.remove(0)));
+        outputs::write_all(self.out, &result, state, &best, &prompt.prompt)?;
+        if let Some(id) = state.session_id.take() {
+            let _ = self.client.delete_session(&id);
+        }
+        Ok(result)
+    }
+
+    /// One generation: ask, score on train, tell; dev when due; the curve.
+    fn generation(&mut self, state: &mut Checkpoint) -> anyhow::Result<()> {
+        let xs = state.es.ask().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let count = xs.nrows();
+        let z: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
+        let results = self
+            .evaluate(state, &z, count, SplitName::Train)?
+            .context("the session has no training examples")?;
+        let losses: Vec<f64> = results.iter().map(|r| r.loss).collect();
+        state.es.tell(&losses).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let before = state.train_calls;
+        state.train_calls += count as u64;
+        let (best_index, train_loss) = losses
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("a population");
+        state.best_train_loss = state.best_train_loss.min(train_loss);
+        let every = state.config.dev_every;
+        let dev_due =
+            before / every != state.train_calls / every || state.es.stop_reason().is_some();
+        let mut dev_accuracy = None;
+        if dev_due {
+            let d = state.config.intrinsic_dim;
+            let mean: Vec<f32> = state
+                .es
+                .current()
+                .mean()
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let generation_best = z[best_index * d..(best_index + 1) * d].to_vec();
+            let candidates = [mean, generation_best];
+            if let Some(scores) = self.evaluate(state, &candidates.concat(), 2, SplitName::Dev)? {
+                for (z, score) in candidates.into_iter().zip(scores) {
+                    consider(state, z, &score);
+                }
+                dev_accuracy = state.best.as_ref().map(|b| b.dev_accuracy);
+            }
+        }
+        state.curve.push(CurvePoint {
+            api_calls: state.train_calls,
+            train_loss,
+            dev_accuracy,
+        });
+        self.progress.event(&Event::Generation {
+            generation: state.es.current().generation(),
+            api_calls: state.train_calls,
+            train_loss,
+            best_train_loss: state.best_train_loss,
+            sigma: state.es.current().sigma(),
+            dev_accuracy,
+            best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
+            elapsed_seconds: state.wall_seconds + self.started.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    }
+
+    /// The manual prompt's test accuracy: a session with no prompt vectors (L = 0).
+    fn zero_shot(&mut self, state: &mut Checkpoint) -> anyhow::Result<Option<f64>> {
+        let request = CreateSessionRequest {
+            prompt_length: 0,
+            placement: Placement::Prefix,
+            projection: ProjectionSpec {
+                intrinsic_dim: 1,
+                ..state.session_request.projection.clone()
+            },
+            ..state.session_request.clone()
+        };
+        let info = self.client.create_session(&request)?;
+        if info.test_size == 0 {
+            return Ok(None);
+        }
+        let scores = self.client.evaluate(&info.id, &[0.0], SplitName::Test)?;
+        state.other_calls += 1;
+        let _ = self.client.delete_session(&info.id);
+        Ok(scores.results.first().map(|r| r.accuracy))
+    }
+
+    /// Scores `count` candidates on a split; `None` when the session has no such examples.
+    fn evaluate(
+        &mut self,
+        state: &mut Checkpoint,
+        z: &[f32],
+        count: usize,
+        split: SplitName,
+    ) -> anyhow::Result<Option<Vec<CandidateResult>>> {
+        let info = match self.info.clone() {
+            Some(info) => info,
+            None => self.with_session(state, |client, id| client.session(id))?,
+        };
+        self.info = Some(info.clone());
+        let size = match split {
+            SplitName::Train => info.train_size,
+            SplitName::Dev => info.dev_size,
+            SplitName::Test => info.test_size,
+        };
+        if size == 0 {
+            return Ok(None);
+        }
+        let answer = self.with_session(state, |client, id| client.evaluate(id, z, split))?;
+        if split != SplitName::Train {
+            state.other_calls += count as u64;
+        }
+        Ok(Some(answer.results))
+    }
+
+    /// Runs `call` on the run's session, creating it first if needed and once more if the
+    /// server has lost it (restarted, or expired it).
+    fn with_session<T>(
+        &mut self,
+        state: &mut Checkpoint,
+        mut call: impl FnMut(&mut ServerClient, &str) -> Result<T, CallError>,
+    ) -> anyhow::Result<T> {
+        for _ in 0..2 {
+            let id = match &state.session_id {
+                Some(id) => id.clone(),
+                None => {
+                    let info = self.client.create_session(&state.session_request)?;
+                    state.session_id = Some(info.id.clone());
+                    info.id
+                }
+            };
+            match call(self.client, &id) {
+                Err(e) if e.session_lost() => {
+                    self.progress
+                        .note("the server no longer has the session; creating it again");
+                    state.session_id = None;
+                }
+                other => return Ok(other?),
+            }
+        }
+        anyhow::bail!("the server lost the session twice in a row")
+    }
+
+    fn save(&mut self, state: &mut Checkpoint) -> anyhow::Result<()> {
+        state.bytes_up = self.base_bytes.0 + self.client.bytes_up;
+        state.bytes_down = self.base_bytes.1 + self.client.bytes_down;
+        let now = self.started.elapsed().as_secs_f64();
+        state.wall_seconds += now;
+        self.started = Instant::now();
+        state.save(self.out)
+    }
+}
+
+/// Keeps `z` if it beats the best dev accuracy (ties: lower dev loss).
+fn consider(state: &mut Checkpoint, z: Vec<f32>, score: &CandidateResult) {
+    let better = state.best.as_ref().is_none_or(|b| {
+        score.accuracy > b.dev_accuracy
+            || (score.accuracy == b.dev_accuracy && score.loss < b.dev_loss)
+    });
+    if better {
+        state.best = Some(BestPrompt {
+            z,
+            dev_accuracy: score.accuracy,
+            dev_loss: score.loss,
+            api_calls: state.train_calls,
+        });
+    }
+}

@@ -1,0 +1,191 @@
+//! What a run leaves in its output folder: `result.json`, the best prompt (`best_prompt.json`
+//! with z and the session settings; `best_prompt.safetensors` with the full L x hidden prompt)
+//! and `curve.svg` (training loss and dev accuracy against API calls).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bbt::protocol::{CandidateResult, CreateSessionRequest};
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{Checkpoint, CurvePoint};
+use super::config::TuneConfig;
+
+/// `result.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TuneResult {
+    pub method: String,
+    pub task: String,
+    pub seed: u64,
+    pub budget: u64,
+    /// All API calls: training, dev, test and zero-shot.
+    pub api_calls: u64,
+    pub train_api_calls: u64,
+    pub best_dev_accuracy: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub test_f1: Option<f64>,
+    pub zero_shot_test_accuracy: Option<f64>,
+    pub best_train_loss: f64,
+    pub wall_seconds: f64,
+    /// HTTP body bytes sent and received.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Peak resident memory of this process.
+    pub peak_rss_mb: Option<f64>,
+    pub curve: Vec<CurvePoint>,
+    pub config: TuneConfig,
+}
+
+impl TuneResult {
+    /// The summary of a finished run.
+    pub fn new(state: &Checkpoint, _best: &[f32], test: Option<CandidateResult>) -> Self {
+        Self {
+            method: "bbt".into(),
+            task: state.config.task.clone(),
+            seed: state.config.seed,
+            budget: state.config.budget,
+            api_calls: state.train_calls + state.other_calls,
+            train_api_calls: state.train_calls,
+            best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
+            test_accuracy: test.as_ref().map(|t| t.accuracy),
+            test_f1: test.and_then(|t| t.f1),
+            zero_shot_test_accuracy: state.zero_shot_test_accuracy,
+            best_train_loss: state.best_train_loss,
+            wall_seconds: state.wall_seconds,
+            bytes_up: state.bytes_up,
+            bytes_down: state.bytes_down,
+            peak_rss_mb: peak_rss_mb(),
+            curve: state.curve.clone(),
+            config: state.config.clone(),
+        }
+    }
+}
+
+/// `best_prompt.json`: enough to use the prompt again with `bbt eval`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedPrompt {
+    /// The session settings the prompt belongs to (its task is replaced by `bbt eval --task`).
+    pub session: CreateSessionRequest,
+    pub z: Vec<f32>,
+    pub best_dev_accuracy: Option<f64>,
+}
+
+/// Peak resident set size (`VmHWM`) in MiB, where /proc tells it.
+pub fn peak_rss_mb() -> Option<f64> {
+    peak_rss_mb_of("self")
+}
+
+/// `VmHWM` of a process (`self` or a pid) in MiB.
+pub fn peak_rss_mb_of(process: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Writes `result.json`, the best prompt files and `curve.svg`.
+pub fn write_all(
+    dir: &Path,
+    result: &TuneResult,
+    state: &Checkpoint,
+    z: &[f32],
+    prompt: &[Vec<f32>],
+) -> anyhow::Result<()> {
+    write_json(&dir.join("result.json"), result)?;
+    let saved = SavedPrompt {
+        session: state.session_request.clone(),
+        z: z.to_vec(),
+        best_dev_accuracy: result.best_dev_accuracy,
+    };
+    write_json(&dir.join("best_prompt.json"), &saved)?;
+    write_prompt_safetensors(&dir.join("best_prompt.safetensors"), prompt, &result.task)?;
+    plot_curve(&dir.join("curve.svg"), &result.curve, &result.task)?;
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The prompt as one f32 tensor `prompt` of shape `[L, hidden]`.
+fn write_prompt_safetensors(path: &Path, prompt: &[Vec<f32>], task: &str) -> anyhow::Result<()> {
+    let rows = prompt.len();
+    let hidden = prompt.first().map_or(0, Vec::len);
+    let bytes: Vec<u8> = prompt
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, hidden], &bytes)?;
+    let metadata = HashMap::from([("task".to_string(), task.to_string())]);
+    safetensors::serialize_to_file([("prompt", view)], Some(metadata), path)?;
+    Ok(())
+}
+
+/// Training loss (left axis) and dev accuracy (right axis) against API calls.
+pub fn plot_curve(path: &Path, curve: &[CurvePoint], task: &str) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_calls = curve.last().map_or(1, |p| p.api_calls).max(1) as f64;
+    let losses: Vec<(f64, f64)> = curve
+        .iter()
+        .map(|p| (p.api_calls as f64, p.train_loss))
+        .collect();
+    let (lo, hi) = losses
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p.1), hi.max(p.1))
+        });
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        (lo, hi)
+    } else {
+        (0.0, 1.0)
+    };
+    let pad = (hi - lo) * 0.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("bbt on {task}: training loss and dev accuracy"),
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .right_y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_calls, (lo - pad)..(hi + pad))?
+        .set_secondary_coord(0.0..max_calls, 0.0..100.0);
+    chart
+        .configure_mesh()
+        .x_desc("API calls (training)")
+        .y_desc("best training loss of the generation")
+        .draw()?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("dev accuracy (%)")
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(losses, &BLUE))?
+        .label("training loss")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    let dev: Vec<(f64, f64)> = curve
+        .iter()
+        .filter_map(|p| p.dev_accuracy.map(|a| (p.api_calls as f64, 100.0 * a)))
+        .collect();
+    chart
+        .draw_secondary_series(LineSeries::new(dev.clone(), &RED))?
+        .label("best dev accuracy")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    chart.draw_secondary_series(dev.into_iter().map(|p| Circle::new(p, 3, RED.filled())))?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::MiddleRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

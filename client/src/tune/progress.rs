@@ -1,0 +1,122 @@
+//! What a run shows while it works: an indicatif bar (calls, best training loss, dev accuracy,
+//! ETA) unless quiet, JSON lines on stdout when asked, and always `log.jsonl` in the output
+//! folder.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+/// How a run reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProgressOptions {
+    /// No bar and no notes on stderr.
+    pub quiet: bool,
+    /// One JSON object per generation on stdout.
+    pub json_lines: bool,
+}
+
+/// One event of the run, as logged.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event<'a> {
+    Start {
+        task: &'a str,
+        budget: u64,
+        resumed_at: u64,
+    },
+    ZeroShot {
+        test_accuracy: f64,
+    },
+    Generation {
+        generation: u64,
+        api_calls: u64,
+        train_loss: f64,
+        best_train_loss: f64,
+        sigma: f64,
+        dev_accuracy: Option<f64>,
+        best_dev_accuracy: Option<f64>,
+        elapsed_seconds: f64,
+    },
+    Test {
+        test_accuracy: f64,
+    },
+}
+
+/// The reporter of one run.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    json_lines: bool,
+    log: File,
+}
+
+impl Progress {
+    /// Appends to `dir/log.jsonl`; draws a bar of `budget` calls starting at `done`.
+    pub fn new(
+        dir: &Path,
+        options: ProgressOptions,
+        budget: u64,
+        done: u64,
+    ) -> std::io::Result<Self> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log.jsonl"))?;
+        let bar = (!options.quiet).then(|| {
+            let bar = ProgressBar::with_draw_target(Some(budget), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} calls  {msg}  ETA {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(done);
+            bar.reset_eta();
+            bar
+        });
+        Ok(Self {
+            bar,
+            json_lines: options.json_lines,
+            log,
+        })
+    }
+
+    /// Records an event: log file, JSON line, bar.
+    pub fn event(&mut self, event: &Event) {
+        let line = serde_json::to_string(event).expect("events serialise");
+        let _ = writeln!(self.log, "{line}");
+        if self.json_lines {
+            println!("{line}");
+        }
+        if let (
+            Some(bar),
+            Event::Generation {
+                api_calls,
+                best_train_loss,
+                best_dev_accuracy,
+                ..
+            },
+        ) = (&self.bar, event)
+        {
+            bar.set_position(*api_calls);
+            let dev = best_dev_accuracy.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a));
+            bar.set_message(format!("loss {best_train_loss:.4}  dev {dev}"));
+        }
+    }
+
+    /// A note for a person (hidden when quiet).
+    pub fn note(&self, text: &str) {
+        if let Some(bar) = &self.bar {
+            bar.println(text);
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
