@@ -292,14 +292,14 @@ fn status_error(status: StatusCode, body: &[u8]) -> CallError {
     }
 }
 
-/// An error with its causes, one line.
+/// The root causes of a transport error, one line (reqwest's top level repeats the URL).
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
+    let mut causes = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        causes.push(s.to_string());
         source = s.source();
     }
-    text
+    let skip = causes.len().saturating_sub(2);
+    causes[skip..].join(": ")
 }

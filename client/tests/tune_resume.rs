@@ -1,0 +1,280 @@
+//! `bbt tune` end to end with real processes: a `bbt serve` child with the real default model,
+//! real HTTP, a small task of real SST-2 sentences. A run killed midway (client and server) and
+//! resumed with `--resume` ends with exactly the result of an uninterrupted run; so does a run
+//! whose server is killed and restarted under it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BBT: &str = env!("CARGO_BIN_EXE_bbt");
+
+/// A `bbt serve` child, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(bind: &str) -> Server {
+    let mut child = Command::new(BBT)
+        .args(["serve", "--bind", bind])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bbt serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the server prints its address")
+            .unwrap();
+        if let Some(addr) = line.split("listening on ").nth(1) {
+            break addr.trim().to_string();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url }
+}
+
+/// A task spec over 40 real SST-2 sentences per class (k = 4: 8 train, 8 dev) and a 24-sentence
+/// test file.
+fn write_task(dir: &Path) -> PathBuf {
+    let data_dir = std::env::var_os("BBT_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets"));
+    let data = data_dir.join("SST-2/train.tsv");
+    let text = std::fs::read_to_string(&data)
+        .unwrap_or_else(|e| panic!("{}: {e} (tests read ../shared/datasets)", data.display()));
+    let mut by_label: [Vec<&str>; 2] = [Vec::new(), Vec::new()];
+    for line in text.lines().skip(1) {
+        let Some((sentence, label)) = line.rsplit_once('\t') else {
+            continue;
+        };
+        let label: usize = label.trim().parse().unwrap();
+        if sentence.split_whitespace().count() >= 6 && by_label[label].len() < 52 {
+            by_label[label].push(sentence.trim());
+        }
+    }
+    let rows = |range: std::ops::Range<usize>| -> String {
+        let mut out = String::from("sentence\tlabel\n");
+        for i in range {
+            for (label, sentences) in by_label.iter().enumerate() {
+                out.push_str(&format!("{}\t{label}\n", sentences[i]));
+            }
+        }
+        out
+    };
+    std::fs::write(dir.join("pool.tsv"), rows(0..40)).unwrap();
+    std::fs::write(dir.join("test.tsv"), rows(40..52)).unwrap();
+    let spec = dir.join("sst2-small.toml");
+    std::fs::write(
+        &spec,
+        r#"name = "sst2-small"
+template = " <S> It was"
+classes = ["negative", "positive"]
+verbalizer = [" bad", " great"]
+
+[data]
+train = "pool.tsv"
+test = "test.tsv"
+text = "sentence"
+label = "label"
+labels = { negative = ["0"], positive = ["1"] }
+"#,
+    )
+    .unwrap();
+    spec
+}
+
+/// `bbt tune` flags of the small run: 8 generations of 6, dev every 12 calls.
+fn tune_args(server: &str, task: &Path, out: &Path) -> Vec<String> {
+    [
+        "tune",
+        "--server",
+        server,
+        "--task",
+        task.to_str().unwrap(),
+        "--preset",
+        "quick",
+        "--k",
+        "4",
+        "--budget",
+        "48",
+        "--popsize",
+        "6",
+        "--intrinsic-dim",
+        "16",
+        "--prompt-length",
+        "2",
+        "--dev-every",
+        "12",
+        "--quiet",
+        "--attempts",
+        "10",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn generations_logged(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("log.jsonl"))
+        .map(|t| t.lines().filter(|l| l.contains("\"generation\"")).count())
+        .unwrap_or(0)
+}
+
+fn wait_for_generations(out: &Path, n: usize) {
+    let start = Instant::now();
+    while generations_logged(out) < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the run stalled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The parts of a result that must not depend on interruptions.
+fn outcome(out: &Path) -> (Value, Value) {
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    let prompt: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("best_prompt.json")).unwrap())
+            .unwrap();
+    let keep = |keys: &[&str]| -> Value {
+        keys.iter()
+            .map(|k| (k.to_string(), result[*k].clone()))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    (
+        keep(&[
+            "test_accuracy",
+            "best_dev_accuracy",
+            "zero_shot_test_accuracy",
+            "best_train_loss",
+            "curve",
+            "train_api_calls",
+            "api_calls",
+        ]),
+        prompt["z"].clone(),
+    )
+}
+
+fn run_to_end(args: &[String]) {
+    let status = Command::new(BBT).args(args).status().unwrap();
+    assert!(status.success(), "bbt {args:?} failed");
+}
+
+#[test]
+fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = write_task(dir.path());
+
+    // Reference: uninterrupted.
+    let server = serve("127.0.0.1:0");
+    let reference = dir.path().join("reference");
+    run_to_end(&tune_args(&server.url, &task, &reference));
+    let expected = outcome(&reference);
+    let curve = expected.0["curve"].as_array().unwrap();
+    assert_eq!(curve.len(), 8);
+    assert!(expected.0["test_accuracy"].as_f64().is_some());
+    for file in ["curve.svg", "best_prompt.safetensors", "checkpoint.json"] {
+        assert!(reference.join(file).exists(), "{file} written");
+    }
+
+    // Kill the client and the server after 3 generations; resume against a new server.
+    let interrupted = dir.path().join("interrupted");
+    let mut client = Command::new(BBT)
+        .args(tune_args(&server.url, &task, &interrupted))
+        .spawn()
+        .unwrap();
+    wait_for_generations(&interrupted, 3);
+    client.kill().unwrap();
+    client.wait().unwrap();
+    drop(server);
+    let done = generations_logged(&interrupted);
+    assert!(done < 8, "killed before the end ({done} generations)");
+    let server = serve("127.0.0.1:0");
+    let resume = [
+        "tune",
+        "--server",
+        &server.url,
+        "--resume",
+        interrupted.to_str().unwrap(),
+        "--quiet",
+    ]
+    .map(String::from);
+    run_to_end(&resume);
+    assert_eq!(outcome(&interrupted), expected, "resumed run differs");
+
+    // Kill only the server mid-run and bring it back on the same address: the client retries,
+    // recreates its session and finishes with the same result.
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let flaky = dir.path().join("flaky");
+    let mut client = Command::new(BBT)
+        .args(tune_args(&server.url, &task, &flaky))
+        .spawn()
+        .unwrap();
+    wait_for_generations(&flaky, 2);
+    drop(server);
+    let _server = serve(&addr);
+    assert!(client.wait().unwrap().success(), "the client survived");
+    assert_eq!(
+        outcome(&flaky),
+        expected,
+        "run across a server restart differs"
+    );
+}
+
+#[test]
+fn bad_flags_and_files_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = |args: &[&str]| {
+        let out = Command::new(BBT).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = fail(&["tune", "--server", "not a url", "--task", "mr"]);
+    assert!(err.contains("not a URL"), "{err}");
+    let err = fail(&[
+        "tune",
+        "--server",
+        "http://127.0.0.1:9",
+        "--resume",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(err.contains("no checkpoint"), "{err}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{").unwrap();
+    let err = fail(&[
+        "eval",
+        "--server",
+        "http://127.0.0.1:9",
+        "--prompt",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(err.contains("not a bbt best_prompt.json"), "{err}");
+    let err = fail(&[
+        "tune",
+        "--server",
+        "http://127.0.0.1:9",
+        "--task",
+        "mr",
+        "--budget",
+        "0",
+    ]);
+    assert!(err.contains("budget"), "{err}");
+}
