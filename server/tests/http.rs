@@ -523,3 +523,53 @@ async fn futures_join(s: &Server, requests: &[(String, Vec<Vec<f32>>)]) -> Vec<V
     }))
     .await
 }
+
+/// `/prompt` materialises `A·z + p0`; with `/forward` it scores the test split exactly as the
+/// session does (whose suffix test pass runs uncached).
+#[tokio::test]
+async fn materialised_prompt_scores_like_its_session() {
+    let s = start(Limits::default(), ApiKeys::open()).await;
+    let id = create(&s, None, "suffix").await;
+    let z = z(5, 1).remove(0);
+    let (status, p) = s
+        .post(&format!("/v1/sessions/{id}/prompt"), None, &json!({"z": z}))
+        .await;
+    assert_eq!(status, 200, "{p}");
+    let prompt = p["prompt"].as_array().unwrap();
+    assert_eq!(prompt.len(), 3);
+    assert!(prompt.iter().all(|r| r.as_array().unwrap().len() == 32));
+    let (_, e) = s
+        .post(
+            &format!("/v1/sessions/{id}/evaluate"),
+            None,
+            &json!({"candidates": [z], "split": "test", "return_logits": true}),
+        )
+        .await;
+    let inputs: Vec<Value> = examples(6)
+        .iter()
+        .map(|e| json!({"text": e["text"]}))
+        .collect();
+    let body = json!({"template": " <S> t40", "verbalizer": [" t50", " t51"], "inputs": inputs,
+                      "prompt": p["prompt"], "placement": "suffix"});
+    let (status, f) = s.post("/v1/forward", None, &body).await;
+    assert_eq!(status, 200, "{f}");
+    for i in 0..6 {
+        for c in 0..2 {
+            let x = e["results"][0]["logits"][i][c].as_f64().unwrap();
+            let y = f["logits"][i][c].as_f64().unwrap();
+            assert!((x - y).abs() < 1e-4, "example {i} class {c}: {x} vs {y}");
+        }
+    }
+    let (status, _) = s
+        .post(
+            &format!("/v1/sessions/{id}/prompt"),
+            None,
+            &json!({"z": [1.0]}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, _) = s
+        .post("/v1/sessions/ses_missing/prompt", None, &json!({"z": z}))
+        .await;
+    assert_eq!(status, 404);
+}

@@ -303,6 +303,7 @@ pub fn prefix_placement_shared_prefix_equals_one_at_a_time(engine: &Engine) {
     }
 }
 
+/// Suffix placement: cached texts, and the uncached single pass, equal one row at a time.
 pub fn suffix_placement_cached_texts_equal_one_at_a_time(engine: &Engine) {
     let prompts = candidate_prompts(engine);
     let texts = examples(engine);
@@ -322,6 +323,17 @@ pub fn suffix_placement_cached_texts_equal_one_at_a_time(engine: &Engine) {
             .logits
             .to_vec2()
             .unwrap();
+        // The uncached single pass (used for test splits) gives the same logits.
+        let inline: Vec<Vec<f32>> = engine
+            .score_inline(&prompts, &texts, &tails, &verbalizer(engine))
+            .unwrap()
+            .logits
+            .to_vec2()
+            .unwrap();
+        for (row, (a, b)) in cached.iter().zip(&inline).enumerate() {
+            let d = max_abs_diff(a, b);
+            assert!(d < 1e-4, "round {round} row {row}: inline vs cached {d}");
+        }
         for (c, prompt) in prompts.iter().enumerate() {
             for (e, text) in texts.iter().enumerate() {
                 let mut head = engine.bos_segment();
