@@ -145,9 +145,10 @@ fn print_table(r: &TuneResult, server_rss: Option<f64>) {
     let pct = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
     let c = &r.config;
     println!();
+    let test = r.test_examples.map_or("-".to_string(), |n| n.to_string());
     println!(
-        "{} {}-shot (seed {}), {} test examples",
-        r.task, c.k, c.seed, "held-out"
+        "{} {}-shot (seed {}), {test} test examples",
+        r.task, c.k, c.seed
     );
     println!("{:<44} {:>14}", "method", "test accuracy");
     println!(

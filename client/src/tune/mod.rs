@@ -213,7 +213,8 @@ impl Tuner<'_> {
         let prompt = self.with_session(state, |client, id| client.prompt(id, &best))?;
         self.save(state)?;
         self.progress.finish();
-        let result = TuneResult::new(state, &best, test.map(|mut t| t.remove(0)));
+        let test_examples = self.info.as_ref().map(|i| i.test_size).filter(|&n| n > 0);
+        let result = TuneResult::new(state, test.map(|mut t| t.remove(0)), test_examples);
         outputs::write_all(self.out, &result, state, &best, &prompt.prompt)?;
         if let Some(id) = state.session_id.take() {
             let _ = self.client.delete_session(&id);

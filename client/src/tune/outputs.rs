@@ -25,6 +25,8 @@ pub struct TuneResult {
     pub best_dev_accuracy: Option<f64>,
     pub test_accuracy: Option<f64>,
     pub test_f1: Option<f64>,
+    /// Size of the test split.
+    pub test_examples: Option<usize>,
     pub zero_shot_test_accuracy: Option<f64>,
     pub best_train_loss: f64,
     pub wall_seconds: f64,
@@ -39,7 +41,11 @@ pub struct TuneResult {
 
 impl TuneResult {
     /// The summary of a finished run.
-    pub fn new(state: &Checkpoint, _best: &[f32], test: Option<CandidateResult>) -> Self {
+    pub fn new(
+        state: &Checkpoint,
+        test: Option<CandidateResult>,
+        test_examples: Option<usize>,
+    ) -> Self {
         Self {
             method: "bbt".into(),
             task: state.config.task.clone(),
@@ -50,6 +56,7 @@ impl TuneResult {
             best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
             test_accuracy: test.as_ref().map(|t| t.accuracy),
             test_f1: test.and_then(|t| t.f1),
+            test_examples,
             zero_shot_test_accuracy: state.zero_shot_test_accuracy,
             best_train_loss: state.best_train_loss,
             wall_seconds: state.wall_seconds,
