@@ -194,6 +194,27 @@ fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
     for file in ["curve.svg", "best_prompt.safetensors", "checkpoint.json"] {
         assert!(reference.join(file).exists(), "{file} written");
     }
+    // `bbt eval` scores the saved prompt on the test split exactly as the run did.
+    let prompt_file = reference.join("best_prompt.json");
+    let eval = Command::new(BBT)
+        .args([
+            "eval",
+            "--server",
+            &server.url,
+            "--prompt",
+            prompt_file.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let scored: Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(scored["accuracy"], expected.0["test_accuracy"]);
+    assert_eq!(scored["examples"], 24);
 
     // Kill the client and the server after 3 generations; resume against a new server.
     let interrupted = dir.path().join("interrupted");
