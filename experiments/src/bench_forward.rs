@@ -179,22 +179,13 @@ fn run_llama_cpp_peer(
     reps: usize,
     threads: usize,
 ) -> anyhow::Result<()> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/llama_cpp_prefill.py");
-    let python = std::env::var("BBT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(&python)
-        .arg(script)
-        .arg(model)
-        .args([batch, tokens, reps, threads].map(|n| n.to_string()))
-        .output();
-    match out {
-        Ok(out) if out.status.success() => print!("{}", String::from_utf8_lossy(&out.stdout)),
-        Ok(out) => println!(
+    let mut args = vec![model.display().to_string()];
+    args.extend([batch, tokens, reps, threads].map(|n| n.to_string()));
+    match crate::peers::run_python("llama_cpp_prefill.py", &args) {
+        Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+        Err(reason) => println!(
             "{}",
-            json!({"bench": "peer_llama_cpp_prefill", "skipped": String::from_utf8_lossy(&out.stderr).trim()})
-        ),
-        Err(e) => println!(
-            "{}",
-            json!({"bench": "peer_llama_cpp_prefill", "skipped": format!("{python}: {e}")})
+            json!({"bench": "peer_llama_cpp_prefill", "skipped": reason})
         ),
     }
     Ok(())

@@ -3,6 +3,7 @@
 mod bench_forward;
 mod bench_server;
 mod cma_bench;
+mod peers;
 
 use clap::{Parser, Subcommand};
 
