@@ -3,48 +3,19 @@
 //! resumed with `--resume` ends with exactly the result of an uninterrupted run; so does a run
 //! whose server is killed and restarted under it.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bbt_server::process::ServerProcess;
 use serde_json::Value;
 
 const BBT: &str = env!("CARGO_BIN_EXE_bbt");
 
-/// A `bbt serve` child, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(bind: &str) -> Server {
-    let mut child = Command::new(BBT)
-        .args(["serve", "--bind", bind])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bbt serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("the server prints its address")
-            .unwrap();
-        if let Some(addr) = line.split("listening on ").nth(1) {
-            break addr.trim().to_string();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, url }
+fn serve(bind: &str) -> ServerProcess {
+    let mut command = Command::new(BBT);
+    command.args(["serve", "--bind", bind]);
+    ServerProcess::spawn(command, false).expect("bbt serve starts")
 }
 
 /// A task spec over 40 real SST-2 sentences per class (k = 4: 8 train, 8 dev) and a 24-sentence
@@ -186,7 +157,7 @@ fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
     // Reference: uninterrupted.
     let server = serve("127.0.0.1:0");
     let reference = dir.path().join("reference");
-    run_to_end(&tune_args(&server.url, &task, &reference));
+    run_to_end(&tune_args(server.url(), &task, &reference));
     let expected = outcome(&reference);
     let curve = expected.0["curve"].as_array().unwrap();
     assert_eq!(curve.len(), 8);
@@ -200,7 +171,7 @@ fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
         .args([
             "eval",
             "--server",
-            &server.url,
+            server.url(),
             "--prompt",
             prompt_file.to_str().unwrap(),
             "--json",
@@ -219,7 +190,7 @@ fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
     // Kill the client and the server after 3 generations; resume against a new server.
     let interrupted = dir.path().join("interrupted");
     let mut client = Command::new(BBT)
-        .args(tune_args(&server.url, &task, &interrupted))
+        .args(tune_args(server.url(), &task, &interrupted))
         .spawn()
         .unwrap();
     wait_for_generations(&interrupted, 3);
@@ -232,7 +203,7 @@ fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
     let resume = [
         "tune",
         "--server",
-        &server.url,
+        server.url(),
         "--resume",
         interrupted.to_str().unwrap(),
         "--quiet",
@@ -243,10 +214,10 @@ fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
 
     // Kill only the server mid-run and bring it back on the same address: the client retries,
     // recreates its session and finishes with the same result.
-    let addr = server.url.trim_start_matches("http://").to_string();
+    let addr = server.url().trim_start_matches("http://").to_string();
     let flaky = dir.path().join("flaky");
     let mut client = Command::new(BBT)
-        .args(tune_args(&server.url, &task, &flaky))
+        .args(tune_args(server.url(), &task, &flaky))
         .spawn()
         .unwrap();
     wait_for_generations(&flaky, 2);

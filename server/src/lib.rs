@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod core;
 pub mod http;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,43 +1,11 @@
 //! End to end with the real default model: a separately started `bbt-server` process, real HTTP.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use serde_json::{json, Value};
 
-/// The server process; killed when dropped.
-struct ServerProcess {
-    child: Child,
-    base: String,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bbt-server"))
-        .args(["--bind", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bbt-server");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("bbt-server exited before listening")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("bbt-server: listening on ") {
-            break addr.trim().to_string();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    ServerProcess { child, base }
+fn start_server() -> bbt_server::process::ServerProcess {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bbt-server"));
+    command.args(["--bind", "127.0.0.1:0"]);
+    bbt_server::process::ServerProcess::spawn(command, false).expect("bbt-server starts")
 }
 
 #[tokio::test]
@@ -45,14 +13,14 @@ async fn tunes_against_a_real_server_process() {
     let server = start_server();
     let client = reqwest::Client::new();
     let post = |path: &str, body: Value| {
-        let req = client.post(format!("{}{path}", server.base)).json(&body);
+        let req = client.post(format!("{}{path}", server.url())).json(&body);
         async move {
             let resp = req.send().await.unwrap();
             (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
         }
     };
     let models: Value = client
-        .get(format!("{}/v1/models", server.base))
+        .get(format!("{}/v1/models", server.url()))
         .send()
         .await
         .unwrap()

@@ -3,11 +3,10 @@
 //! with the `quick` preset, and prints the manual prompt's zero-shot test accuracy next to
 //! BBT's.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
+
+use bbt_server::process::ServerProcess;
 
 use bbt_client::http::{RetryPolicy, ServerClient};
 use bbt_client::tune::checkpoint::CHECKPOINT_FILE;
@@ -41,62 +40,11 @@ pub struct Args {
     output: OutputArgs,
 }
 
-/// A child bbt-server, killed when dropped.
-struct LocalServer {
-    child: Child,
-    url: String,
-}
-
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `bbt serve` on a free loopback port and waits for it to listen.
-fn start_server(model: &str, quiet: bool) -> anyhow::Result<LocalServer> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args(["serve", "--bind", "127.0.0.1:0", "--model", model])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start the local server: {e}"))?;
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on ").nth(1) {
-                let _ = tx.send(addr.trim().to_string());
-            } else if !quiet || line.starts_with("error") {
-                eprintln!("  server | {line}");
-            }
-        }
-    });
-    let mut server = LocalServer {
-        child,
-        url: String::new(),
-    };
-    // Model downloads on first use can take a while; the server prints its address when ready.
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(url) => {
-                server.url = url;
-                return Ok(server);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(status) = server.child.try_wait()? {
-                    anyhow::bail!("the local server exited ({status}) before listening");
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = server.child.wait()?;
-                anyhow::bail!("the local server exited ({status}) before listening");
-            }
-        }
-    }
+/// Starts `bbt serve` (this binary) on a free loopback port.
+fn start_server(model: &str, quiet: bool) -> anyhow::Result<ServerProcess> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["serve", "--bind", "127.0.0.1:0", "--model", model]);
+    ServerProcess::spawn(command, !quiet)
 }
 
 /// Runs `bbt quickstart`.
@@ -113,7 +61,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let url = match (&args.server, &local) {
         (Some(url), _) => url.clone(),
-        (None, Some(server)) => server.url.clone(),
+        (None, Some(server)) => server.url().to_string(),
         (None, None) => unreachable!("a server is started when none is given"),
     };
     let mut client = ServerClient::new(&url, args.api_key.clone(), RetryPolicy::default())?;
@@ -128,7 +76,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let result = tune::run(&mut client, start, &args.out, args.output.progress())?;
     let server_rss = local
         .as_ref()
-        .and_then(|s| peak_rss_mb_of(&s.child.id().to_string()));
+        .and_then(|s| peak_rss_mb_of(&s.pid().to_string()));
     if args.output.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
