@@ -104,9 +104,13 @@ fn print_table(r: &TuneResult, server_rss: Option<f64>) {
         "manual prompt, zero-shot",
         pct(r.zero_shot_test_accuracy)
     );
+    let placement = serde_json::to_value(c.placement).unwrap_or_default();
     let label = format!(
-        "BBT (L={} {:?}, d={}, pop {})",
-        c.prompt_length, c.placement, c.intrinsic_dim, c.popsize
+        "BBT (L={} {}, d={}, pop {})",
+        c.prompt_length,
+        placement.as_str().unwrap_or("?"),
+        c.intrinsic_dim,
+        c.popsize
     );
     println!("{:<44} {:>14}", label, pct(r.test_accuracy));
     if let (Some(zs), Some(t)) = (r.zero_shot_test_accuracy, r.test_accuracy) {

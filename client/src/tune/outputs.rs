@@ -168,6 +168,7 @@ pub fn plot_curve(path: &Path, curve: &[CurvePoint], task: &str) -> anyhow::Resu
     chart
         .configure_mesh()
         .x_desc("API calls (training)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("best training loss of the generation")
         .draw()?;
     chart
