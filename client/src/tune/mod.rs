@@ -196,13 +196,7 @@ impl Tuner<'_> {
         }
         let best = match &state.best {
             Some(b) => b.z.clone(),
-            None => state
-                .es
-                .current()
-                .mean()
-                .iter()
-                .map(|&v| v as f32)
-                .collect(),
+            None => mean_z(state),
         };
         let test = self.evaluate(state, &best, 1, SplitName::Test)?;
         if let Some(t) = &test {
@@ -247,13 +241,7 @@ impl Tuner<'_> {
         let mut dev_accuracy = None;
         if dev_due {
             let d = state.config.intrinsic_dim;
-            let mean: Vec<f32> = state
-                .es
-                .current()
-                .mean()
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
+            let mean = mean_z(state);
             let generation_best = z[best_index * d..(best_index + 1) * d].to_vec();
             let candidates = [mean, generation_best];
             if let Some(scores) = self.evaluate(state, &candidates.concat(), 2, SplitName::Dev)? {
@@ -366,6 +354,17 @@ impl Tuner<'_> {
         self.started = Instant::now();
         state.save(self.out)
     }
+}
+
+/// The CMA-ES mean, the search's current estimate, as a candidate.
+fn mean_z(state: &Checkpoint) -> Vec<f32> {
+    state
+        .es
+        .current()
+        .mean()
+        .iter()
+        .map(|&v| v as f32)
+        .collect()
 }
 
 /// Keeps `z` if it beats the best dev accuracy (ties: lower dev loss).
