@@ -217,6 +217,25 @@ impl Engine {
         &self.decoder.cfg
     }
 
+    /// The model's weights (cloning them shares the tensors).
+    pub fn weights(&self) -> &DecoderWeights {
+        &self.decoder.weights
+    }
+
+    /// Swaps in weights of the same architecture and shapes (a training method's version of the
+    /// model: trainable copies, attached LoRA factors, adapters, biases), returning the ones
+    /// that were in use. Every forward then runs them.
+    pub fn replace_weights(&mut self, weights: DecoderWeights) -> anyhow::Result<DecoderWeights> {
+        let old = &self.decoder.weights;
+        anyhow::ensure!(
+            weights.layers.len() == old.layers.len()
+                && weights.embed.dims() == old.embed.dims()
+                && weights.lm_head.is_some() == old.lm_head.is_some(),
+            "replacement weights do not match the loaded model's shapes"
+        );
+        Ok(std::mem::replace(&mut self.decoder.weights, weights))
+    }
+
     /// The model's tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer

@@ -7,6 +7,7 @@
 //!   readout.
 //! - [`projection`], [`protocol`]: BBT's `A·z + p0`; the HTTP types shared by client and server.
 //! - [`scoring`]: a task's examples under candidate prompts -> loss, accuracy, F1.
+//! - [`peft`]: the gradient-based methods the experiments compare BBT with, on the same forward.
 //! - [`tasks`]: task definitions, data readers, built-in tasks, the few-shot protocol.
 //! - [`device`], [`cli`]: `--device` parsing and the `--model/--device` flags of every binary.
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod device;
 pub mod engine;
 pub mod model;
+pub mod peft;
 pub mod projection;
 pub mod protocol;
 pub mod scoring;

@@ -2,6 +2,8 @@
 //! placement, and turn verbalizer logits into loss, accuracy and F1. Used by the server's
 //! sessions and by anything else that evaluates prompts (zero-shot baselines, experiments).
 
+use candle_core::Tensor;
+
 use crate::engine::{Engine, Prompt, Readout};
 use crate::model::decoder::KvCache;
 use crate::protocol::{CandidateResult, Loss, Placement};
@@ -113,6 +115,43 @@ pub fn candidate_logits(
         .collect())
 }
 
+/// The mean training loss over verbalizer logits `[n, classes]` as candle ops, so gradients flow
+/// into whatever produced the logits: the same values [`score`] computes on the host.
+pub fn loss_tensor(logits: &Tensor, labels: &[usize], loss: Loss) -> anyhow::Result<Tensor> {
+    let (n, classes) = logits.dims2()?;
+    anyhow::ensure!(
+        labels.len() == n && labels.iter().all(|&y| y < classes),
+        "{} labels (each below {classes}) needed for {n} rows of logits",
+        labels.len()
+    );
+    let ids: Vec<u32> = labels.iter().map(|&y| y as u32).collect();
+    let ids = Tensor::from_vec(ids, (n, 1), logits.device())?;
+    let per_row = match loss {
+        Loss::CrossEntropy => candle_nn::ops::log_softmax(logits, 1)?
+            .gather(&ids, 1)?
+            .neg()?,
+        Loss::Hinge { margin } => {
+            let gold = logits.gather(&ids, 1)?;
+            // The gold entry is pushed far below every other before taking the max.
+            let one_hot: Vec<f32> = (0..n * classes)
+                .map(|i| {
+                    if i % classes == labels[i / classes] {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let one_hot = Tensor::from_vec(one_hot, (n, classes), logits.device())?
+                .to_dtype(logits.dtype())?;
+            let others = (logits - (one_hot * 1e9)?)?;
+            let best_other = others.max_keepdim(1)?;
+            ((best_other - gold)? + margin)?.relu()?
+        }
+    };
+    Ok(per_row.mean_all()?)
+}
+
 /// Loss, accuracy and (for [`Metric::AccuracyAndF1`]) the F1 of class 1 from per-example logits.
 pub fn score(logits: &[Vec<f32>], labels: &[usize], loss: Loss, metric: Metric) -> CandidateResult {
     let n = labels.len().max(1) as f64;
@@ -192,5 +231,25 @@ mod tests {
         // margins: 2, 1, -3, -1 -> hinge 0, 0, 4, 2
         assert!((h.loss - 1.5).abs() < 1e-9);
         assert_eq!(h.f1, None);
+    }
+
+    #[test]
+    fn loss_tensor_equals_host_scores() {
+        let logits = vec![
+            vec![2.0f32, 0.0, -1.0],
+            vec![0.5, 1.0, 3.0],
+            vec![0.0, 0.0, 0.0],
+        ];
+        let labels = [0, 1, 2];
+        let t = Tensor::new(logits.clone(), &candle_core::Device::Cpu).unwrap();
+        for loss in [Loss::CrossEntropy, Loss::Hinge { margin: 1.0 }] {
+            let host = score(&logits, &labels, loss, Metric::Accuracy).loss;
+            let graph: f32 = loss_tensor(&t, &labels, loss).unwrap().to_scalar().unwrap();
+            assert!(
+                (host - graph as f64).abs() < 1e-5,
+                "{loss:?}: {host} vs {graph}"
+            );
+        }
+        assert!(loss_tensor(&t, &[0, 3, 1], Loss::CrossEntropy).is_err());
     }
 }

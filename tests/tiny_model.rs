@@ -311,17 +311,9 @@ fn features_are_the_final_hidden_state_behind_the_logits() {
     assert_close(&recomputed, &out.logits.to_vec2().unwrap(), 1e-4);
 }
 
-/// HF checkpoints keep q/k rows in `rotate_half` order; GGUF llama files (and our tiny
-/// "GGUF-style" model) interleave each head's pairs. Undo llama.cpp's permutation per head.
+/// GGUF-style q/k rows (our tiny models are GGUF-style) in HF's order.
 fn to_hf_rows(w: &Tensor, heads: usize) -> Tensor {
-    let (rows, cols) = w.dims2().unwrap();
-    let hd = rows / heads;
-    w.reshape((heads, hd / 2, 2, cols))
-        .unwrap()
-        .transpose(1, 2)
-        .unwrap()
-        .reshape((rows, cols))
-        .unwrap()
+    bbt::model::weights::interleaved_to_half_rows(w, heads).unwrap()
 }
 
 #[test]
@@ -343,24 +335,27 @@ fn hf_safetensors_directory_loads_to_the_same_model() {
     tensors.insert("model.norm.weight".to_string(), weights.final_norm.clone());
     for (i, l) in weights.layers.iter().enumerate() {
         let p = |name: &str| format!("model.layers.{i}.{name}.weight");
-        let q = l.wqkv.narrow(0, 0, nh * hd).unwrap();
-        let k = l.wqkv.narrow(0, nh * hd, nkv * hd).unwrap();
-        let v = l.wqkv.narrow(0, (nh + nkv) * hd, nkv * hd).unwrap();
+        let q = l.wqkv.weight.narrow(0, 0, nh * hd).unwrap();
+        let k = l.wqkv.weight.narrow(0, nh * hd, nkv * hd).unwrap();
+        let v = l.wqkv.weight.narrow(0, (nh + nkv) * hd, nkv * hd).unwrap();
         tensors.insert(p("self_attn.q_proj"), to_hf_rows(&q, nh));
         tensors.insert(p("self_attn.k_proj"), to_hf_rows(&k, nkv));
         tensors.insert(p("self_attn.v_proj"), v);
-        tensors.insert(p("self_attn.o_proj"), l.wo.clone());
+        tensors.insert(p("self_attn.o_proj"), l.wo.weight.clone());
         tensors.insert(p("input_layernorm"), l.attn_norm.clone());
         tensors.insert(p("post_attention_layernorm"), l.ffn_norm.clone());
         tensors.insert(
             p("mlp.gate_proj"),
-            l.w_gate_up.narrow(0, 0, cfg.ffn_size).unwrap(),
+            l.w_gate_up.weight.narrow(0, 0, cfg.ffn_size).unwrap(),
         );
         tensors.insert(
             p("mlp.up_proj"),
-            l.w_gate_up.narrow(0, cfg.ffn_size, cfg.ffn_size).unwrap(),
+            l.w_gate_up
+                .weight
+                .narrow(0, cfg.ffn_size, cfg.ffn_size)
+                .unwrap(),
         );
-        tensors.insert(p("mlp.down_proj"), l.w_down.clone());
+        tensors.insert(p("mlp.down_proj"), l.w_down.weight.clone());
     }
     candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
     let config = serde_json::json!({

@@ -1,9 +1,11 @@
-//! `bbt-experiments`: benchmarks that print one JSON object per line.
+//! `bbt-experiments`: benchmarks that print one JSON object per line, and the gradient-method
+//! trainer the comparisons run.
 
 mod bench_forward;
 mod bench_server;
 mod cma_bench;
 mod peers;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +28,9 @@ enum Command {
     BenchServer(bench_server::Args),
     /// CMA-ES evaluations to f < 1e-8 vs pycma, and time per generation at d = 500 (JSON lines).
     CmaBench(cma_bench::Args),
+    /// Train a gradient-based method (LoRA, prompt tuning, adapters, ...) on a task's few-shot
+    /// split, on the same model and scoring as `bbt tune`; resumable.
+    Train(Box<train::Args>),
 }
 
 fn main() {
@@ -34,6 +39,7 @@ fn main() {
         Command::BenchForward(args) => bench_forward::run(&args),
         Command::BenchServer(args) => bench_server::run(&args),
         Command::CmaBench(args) => cma_bench::run(&args),
+        Command::Train(args) => train::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{Architecture, ModelConfig};
 use super::kernels::{masked_softmax, GateActivation};
-use super::layers::{gated_mlp, linear, rms_norm, MaskSpec, Rotary};
+use super::layers::{gated_mlp, rms_norm, MaskSpec, Rotary};
+use super::linear::matmul_t;
 use super::weights::DecoderWeights;
 
 /// Keys and values of earlier positions, per layer `[rows, kv_heads, max_len, head_dim]`,
@@ -255,7 +256,7 @@ impl Decoder {
                 _ => (&self.rotary_global, &rope_global, &mask_global),
             };
             let h = rms_norm(&x, &lw.attn_norm, cfg.rms_norm_eps)?;
-            let qkv = linear(&h, &lw.wqkv)?;
+            let qkv = lw.wqkv.forward(&h)?;
             let qkv = if ragged {
                 qkv.index_select(&pad_idx, 0)?
             } else {
@@ -306,13 +307,22 @@ impl Decoder {
             } else {
                 attn
             };
-            let mut o = linear(&attn, &lw.wo)?;
+            let mut o = lw.wo.forward(&attn)?;
+            if let Some(a) = &lw.adapters.after_attention {
+                o = (&o + a.forward(&o)?)?;
+            }
             if let Some(pn) = &lw.post_attn_norm {
                 o = rms_norm(&o, pn, cfg.rms_norm_eps)?;
             }
             x = (x + o)?;
             let h = rms_norm(&x, &lw.ffn_norm, cfg.rms_norm_eps)?;
             let mut m = gated_mlp(&h, &lw.w_gate_up, &lw.w_down, act)?;
+            if let Some(a) = &lw.adapters.after_ffn {
+                m = (&m + a.forward(&m)?)?;
+            }
+            if let Some(a) = &lw.adapters.beside_ffn {
+                m = (m + a.forward(&h)?)?;
+            }
             if let Some(pn) = &lw.post_ffn_norm {
                 m = rms_norm(&m, pn, cfg.rms_norm_eps)?;
             }
@@ -337,9 +347,9 @@ impl Decoder {
         match token_ids {
             Some(ids) => {
                 let idx = Tensor::from_vec(ids.to_vec(), ids.len(), &self.device)?;
-                linear(hidden, &head.index_select(&idx, 0)?)
+                matmul_t(hidden, &head.index_select(&idx, 0)?)
             }
-            None => linear(hidden, head),
+            None => matmul_t(hidden, head),
         }
     }
 

@@ -1,8 +1,9 @@
 //! Fused CPU kernels for the two elementwise steps that otherwise cost several passes over
 //! memory: the gated activation of the MLP and the masked softmax of attention.
 //!
-//! Each is a candle custom op on f32 CPU tensors (parallel over rows with rayon); other devices
-//! and dtypes take the equivalent composition of candle ops, so results agree everywhere.
+//! Each is a candle custom op on f32 CPU tensors (parallel over rows with rayon) with no
+//! backward; other devices and dtypes, and inputs that carry a gradient, take the equivalent
+//! composition of (differentiable) candle ops, so results agree everywhere.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -31,7 +32,8 @@ impl GateActivation {
 
 /// `act(gate) * up` for `gate_up` `[n, 2f]` holding gate in the first half: returns `[n, f]`.
 pub fn gated_activation(gate_up: &Tensor, act: GateActivation) -> candle_core::Result<Tensor> {
-    if gate_up.device().is_cpu() && gate_up.dtype() == DType::F32 && gate_up.rank() == 2 {
+    let fused = gate_up.device().is_cpu() && gate_up.dtype() == DType::F32 && gate_up.rank() == 2;
+    if fused && !gate_up.track_op() {
         return gate_up.apply_op1_no_bwd(&GatedActivation(act));
     }
     let f = gate_up.dim(D::Minus1)? / 2;
@@ -84,14 +86,24 @@ impl CustomOp1 for GatedActivation {
 pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
     let cpu_f32 =
         scores.device().is_cpu() && scores.dtype() == DType::F32 && mask.dtype() == DType::F32;
-    if cpu_f32 && scores.rank() == 5 && mask.rank() == 5 {
+    if cpu_f32 && scores.rank() == 5 && mask.rank() == 5 && !scores.track_op() {
         return scores
             .contiguous()?
             .apply_op2_no_bwd(&mask.contiguous()?, &MaskedSoftmax);
     }
     let dtype = scores.dtype();
-    let x = scores.broadcast_add(mask)?.to_dtype(DType::F32)?;
-    candle_nn::ops::softmax_last_dim(&x)?.to_dtype(dtype)
+    let x = scores.broadcast_add(&mask.to_dtype(dtype)?)?;
+    // Half-precision scores are normalised in f32.
+    let x = match dtype {
+        DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+        _ => x,
+    };
+    let probs = if x.track_op() {
+        candle_nn::ops::softmax(&x, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&x)?
+    };
+    probs.to_dtype(dtype)
 }
 
 struct MaskedSoftmax;

@@ -1,10 +1,10 @@
 //! Building blocks shared by the decoder architectures: rotary tables, norms, MLP, attention masks.
 
-use candle_core::{DType, Device, Tensor};
-
-use super::kernels::{gated_activation, GateActivation};
+use candle_core::{DType, Device, Tensor, D};
 
 use super::config::RopeStyle;
+use super::kernels::{gated_activation, GateActivation};
+use super::linear::Linear;
 
 /// Precomputed rotary cos/sin tables `[max_position, head_dim / 2]` for one rotary base.
 pub struct Rotary {
@@ -52,11 +52,47 @@ impl Rotary {
         Ok((cos, sin))
     }
 
-    /// Rotates `x` `[b, heads, t, head_dim]` by gathered tables.
+    /// Rotates `x` `[b, heads, t, head_dim]` by gathered tables: candle's fused kernels, or,
+    /// when `x` carries a gradient, the same rotation built from differentiable ops.
     pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        if x.track_op() {
+            return self.apply_differentiable(x, cos, sin);
+        }
         match self.style {
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
             RopeStyle::Half => candle_nn::rotary_emb::rope(x, cos, sin),
+        }
+    }
+
+    fn apply_differentiable(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (b, h, t, d) = x.dims4()?;
+        let half = d / 2;
+        match self.style {
+            RopeStyle::Half => {
+                // [x1, x2] -> [x1 cos - x2 sin, x1 sin + x2 cos]
+                let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+                let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+                let x1 = x.narrow(D::Minus1, 0, half)?;
+                let x2 = x.narrow(D::Minus1, half, half)?;
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+                x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+            }
+            RopeStyle::Interleaved => {
+                // pairs (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos)
+                let cos = cos.reshape((b, 1, t, half, 1))?;
+                let sin = sin.reshape((b, 1, t, half, 1))?;
+                let pairs = x.reshape((b, h, t, half, 2))?;
+                let x0 = pairs.narrow(D::Minus1, 0, 1)?;
+                let x1 = pairs.narrow(D::Minus1, 1, 1)?;
+                let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+                let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+                Tensor::cat(&[&r0, &r1], D::Minus1)?.reshape((b, h, t, d))
+            }
         }
     }
 
@@ -66,25 +102,25 @@ impl Rotary {
     }
 }
 
-/// `x @ w^T` for `x` of shape `[n, in]` and `w` of shape `[out, in]`.
-pub fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    x.matmul(&w.t()?)
-}
-
-/// RMSNorm over the last dimension.
+/// RMSNorm over the last dimension: candle's fused kernel, or its composition of basic
+/// (differentiable) ops when the input or the weight carries a gradient, or for f64, which the
+/// kernel lacks.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if x.track_op() || weight.track_op() || x.dtype() == DType::F64 {
+        return candle_nn::ops::rms_norm_slow(x, weight, eps as f32);
+    }
     candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
 }
 
 /// Gated MLP on packed tokens `[n, hidden]` with fused gate|up weights.
 pub fn gated_mlp(
     x: &Tensor,
-    w_gate_up: &Tensor,
-    w_down: &Tensor,
+    gate_up: &Linear,
+    down: &Linear,
     act: GateActivation,
 ) -> candle_core::Result<Tensor> {
-    let gu = linear(x, w_gate_up)?;
-    linear(&gated_activation(&gu, act)?, w_down)
+    let gu = gate_up.forward(x)?;
+    down.forward(&gated_activation(&gu, act)?)
 }
 
 /// What each query row may attend to, used to build additive attention masks.

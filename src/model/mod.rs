@@ -5,5 +5,6 @@ pub mod config;
 pub mod decoder;
 pub mod kernels;
 pub mod layers;
+pub mod linear;
 pub mod random;
 pub mod weights;

@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::config::{Architecture, ModelConfig, RopeStyle};
+use super::linear::{BlockAdapters, Linear};
 use super::weights::{DecoderWeights, LayerWeights};
 use crate::engine::Engine;
 use crate::tokenizer::Tokenizer;
@@ -45,14 +46,21 @@ pub fn tiny_config(architecture: Architecture) -> ModelConfig {
     }
 }
 
-/// Seeded random weights for `cfg` (norm weights near 1, matrices with std 0.2).
+/// Seeded random f32 weights for `cfg` (norm weights near 1, matrices with std 0.2).
 pub fn random_weights(cfg: &ModelConfig, seed: u64) -> DecoderWeights {
+    random_weights_in(cfg, seed, DType::F32)
+}
+
+/// [`random_weights`] in `dtype` (f64 for finite-difference gradient checks).
+pub fn random_weights_in(cfg: &ModelConfig, seed: u64, dtype: DType) -> DecoderWeights {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut randn = |dims: &[usize], mean: f32, std: f32| -> Tensor {
         let normal = Normal::new(mean, std).expect("valid std");
         let n: usize = dims.iter().product();
         let values: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
-        Tensor::from_vec(values, dims, &Device::Cpu).expect("shape matches")
+        Tensor::from_vec(values, dims, &Device::Cpu)
+            .and_then(|t| t.to_dtype(dtype))
+            .expect("shape matches")
     };
     let (h, hd) = (cfg.hidden_size, cfg.head_dim);
     let qkv_rows = (cfg.num_heads + 2 * cfg.num_kv_heads) * hd;
@@ -60,15 +68,16 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> DecoderWeights {
     let layers = (0..cfg.num_layers)
         .map(|_| LayerWeights {
             attn_norm: randn(&[h], 1.0, 0.1),
-            wqkv: randn(&[qkv_rows, h], 0.0, 0.2),
-            wo: randn(&[h, cfg.num_heads * hd], 0.0, 0.2),
+            wqkv: Linear::new(randn(&[qkv_rows, h], 0.0, 0.2)),
+            wo: Linear::new(randn(&[h, cfg.num_heads * hd], 0.0, 0.2)),
             ffn_norm: randn(&[h], 1.0, 0.1),
-            w_gate_up: randn(&[2 * cfg.ffn_size, h], 0.0, 0.2),
-            w_down: randn(&[h, cfg.ffn_size], 0.0, 0.2),
+            w_gate_up: Linear::new(randn(&[2 * cfg.ffn_size, h], 0.0, 0.2)),
+            w_down: Linear::new(randn(&[h, cfg.ffn_size], 0.0, 0.2)),
             q_norm: gemma.then(|| randn(&[hd], 1.0, 0.1)),
             k_norm: gemma.then(|| randn(&[hd], 1.0, 0.1)),
             post_attn_norm: gemma.then(|| randn(&[h], 1.0, 0.1)),
             post_ffn_norm: gemma.then(|| randn(&[h], 1.0, 0.1)),
+            adapters: BlockAdapters::default(),
         })
         .collect();
     DecoderWeights {
@@ -95,8 +104,13 @@ pub fn word_level_tokenizer(vocab: usize) -> tokenizers::Tokenizer {
 
 /// A tiny random engine of `architecture` on the CPU in f32.
 pub fn tiny_engine(architecture: Architecture, seed: u64) -> Engine {
+    tiny_engine_in(architecture, seed, DType::F32)
+}
+
+/// A tiny random engine of `architecture` on the CPU in `dtype`.
+pub fn tiny_engine_in(architecture: Architecture, seed: u64, dtype: DType) -> Engine {
     let cfg = tiny_config(architecture);
-    let weights = random_weights(&cfg, seed);
+    let weights = random_weights_in(&cfg, seed, dtype);
     let tokenizer = Tokenizer::new(word_level_tokenizer(TINY_VOCAB), Some(TINY_BOS));
     Engine::from_parts(
         "tiny-random".into(),
@@ -104,7 +118,7 @@ pub fn tiny_engine(architecture: Architecture, seed: u64) -> Engine {
         weights,
         tokenizer,
         &Device::Cpu,
-        DType::F32,
+        dtype,
     )
     .expect("tiny model parts are consistent")
 }

@@ -14,26 +14,168 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{Architecture, ModelConfig};
+use super::linear::{BlockAdapters, Linear};
 
 /// Weights of one transformer block. Matrices are `[out, in]`, as in both file formats.
+#[derive(Clone)]
 pub struct LayerWeights {
     pub attn_norm: Tensor,
     /// q, k and v projections stacked along the output dimension.
-    pub wqkv: Tensor,
-    pub wo: Tensor,
+    pub wqkv: Linear,
+    pub wo: Linear,
     pub ffn_norm: Tensor,
     /// gate and up projections stacked along the output dimension.
-    pub w_gate_up: Tensor,
-    pub w_down: Tensor,
+    pub w_gate_up: Linear,
+    pub w_down: Linear,
     /// Gemma 3 only: per-head RMSNorm weights of queries and keys.
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
     /// Gemma 3 only: norms applied to the attention and MLP outputs before the residual add.
     pub post_attn_norm: Option<Tensor>,
     pub post_ffn_norm: Option<Tensor>,
+    /// Adapters a parameter-efficient method attached (none in a loaded model).
+    pub adapters: BlockAdapters,
 }
 
-/// All weights of a decoder-only model.
+/// The linear projections of a block by name: the hook points where LoRA factors and biases
+/// attach, whatever the fused storage behind them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    /// Every projection, in block order.
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
+    /// The short name used on the command line (`q`, `k`, `v`, `o`, `gate`, `up`, `down`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Proj::Q => "q",
+            Proj::K => "k",
+            Proj::V => "v",
+            Proj::O => "o",
+            Proj::Gate => "gate",
+            Proj::Up => "up",
+            Proj::Down => "down",
+        }
+    }
+
+    /// The projection named `name` (short names, or HF's `q_proj`, `gate_proj`, ...).
+    pub fn parse(name: &str) -> Option<Proj> {
+        let short = name.strip_suffix("_proj").unwrap_or(name);
+        Proj::ALL.into_iter().find(|p| p.name() == short)
+    }
+
+    /// HF transformers' module path inside a decoder layer (`self_attn.q_proj`, ...).
+    pub fn hf_module(self) -> &'static str {
+        match self {
+            Proj::Q => "self_attn.q_proj",
+            Proj::K => "self_attn.k_proj",
+            Proj::V => "self_attn.v_proj",
+            Proj::O => "self_attn.o_proj",
+            Proj::Gate => "mlp.gate_proj",
+            Proj::Up => "mlp.up_proj",
+            Proj::Down => "mlp.down_proj",
+        }
+    }
+}
+
+/// Where a projection lives: which stored linear layer and which slice of its outputs.
+pub struct ProjSlot {
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl LayerWeights {
+    /// The stored linear layer holding `proj`, and the slice of its outputs that is `proj`.
+    pub fn proj_mut(&mut self, proj: Proj, cfg: &ModelConfig) -> (&mut Linear, ProjSlot) {
+        let (q, kv) = (
+            cfg.num_heads * cfg.head_dim,
+            cfg.num_kv_heads * cfg.head_dim,
+        );
+        let (offset, len) = match proj {
+            Proj::Q => (0, q),
+            Proj::K => (q, kv),
+            Proj::V => (q + kv, kv),
+            Proj::O => (0, cfg.hidden_size),
+            Proj::Gate => (0, cfg.ffn_size),
+            Proj::Up => (cfg.ffn_size, cfg.ffn_size),
+            Proj::Down => (0, cfg.hidden_size),
+        };
+        let linear = match proj {
+            Proj::Q | Proj::K | Proj::V => &mut self.wqkv,
+            Proj::O => &mut self.wo,
+            Proj::Gate | Proj::Up => &mut self.w_gate_up,
+            Proj::Down => &mut self.w_down,
+        };
+        (linear, ProjSlot { offset, len })
+    }
+
+    /// Every stored linear layer of the block.
+    pub fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.wqkv,
+            &mut self.wo,
+            &mut self.w_gate_up,
+            &mut self.w_down,
+        ]
+    }
+
+    /// The block's norm weights (two for Llama, six for Gemma 3), by GGUF-style name.
+    pub fn norms_mut(&mut self) -> Vec<(&'static str, &mut Tensor)> {
+        let mut out = vec![
+            ("attn_norm", &mut self.attn_norm),
+            ("ffn_norm", &mut self.ffn_norm),
+        ];
+        for (name, t) in [
+            ("attn_q_norm", self.q_norm.as_mut()),
+            ("attn_k_norm", self.k_norm.as_mut()),
+            ("post_attention_norm", self.post_attn_norm.as_mut()),
+            ("post_ffw_norm", self.post_ffn_norm.as_mut()),
+        ] {
+            if let Some(t) = t {
+                out.push((name, t));
+            }
+        }
+        out
+    }
+
+    /// The block cut off from the gradient graph (dropout off), for evaluation.
+    pub fn for_inference(&self) -> Self {
+        let d = |t: &Option<Tensor>| t.as_ref().map(Tensor::detach);
+        Self {
+            attn_norm: self.attn_norm.detach(),
+            wqkv: self.wqkv.for_inference(),
+            wo: self.wo.for_inference(),
+            ffn_norm: self.ffn_norm.detach(),
+            w_gate_up: self.w_gate_up.for_inference(),
+            w_down: self.w_down.for_inference(),
+            q_norm: d(&self.q_norm),
+            k_norm: d(&self.k_norm),
+            post_attn_norm: d(&self.post_attn_norm),
+            post_ffn_norm: d(&self.post_ffn_norm),
+            adapters: self.adapters.for_inference(),
+        }
+    }
+}
+
+/// All weights of a decoder-only model. Cloning shares the tensors (it copies no data).
+#[derive(Clone)]
 pub struct DecoderWeights {
     /// Token embedding matrix `[vocab, hidden]`.
     pub embed: Tensor,
@@ -230,15 +372,16 @@ impl DecoderWeights {
             let (post_attn_norm, post_ffn_norm) = (opt("post_attn_norm")?, opt("post_ffn_norm")?);
             layers.push(LayerWeights {
                 attn_norm: get("attn_norm")?,
-                wqkv: Tensor::cat(&[&q, &k, &v], 0)?,
-                wo: get("o")?,
+                wqkv: Linear::new(Tensor::cat(&[&q, &k, &v], 0)?),
+                wo: Linear::new(get("o")?),
                 ffn_norm: get("ffn_norm")?,
-                w_gate_up: Tensor::cat(&[&gate, &up], 0)?,
-                w_down: get("down")?,
+                w_gate_up: Linear::new(Tensor::cat(&[&gate, &up], 0)?),
+                w_down: Linear::new(get("down")?),
                 q_norm,
                 k_norm,
                 post_attn_norm,
                 post_ffn_norm,
+                adapters: BlockAdapters::default(),
             });
         }
         Ok(Self {
@@ -253,6 +396,32 @@ impl DecoderWeights {
     pub fn output_head(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+
+    /// The weights cut off from the gradient graph (dropout off): what evaluation runs while a
+    /// method trains, sharing the same storage.
+    pub fn for_inference(&self) -> Self {
+        Self {
+            embed: self.embed.detach(),
+            layers: self
+                .layers
+                .iter()
+                .map(LayerWeights::for_inference)
+                .collect(),
+            final_norm: self.final_norm.detach(),
+            lm_head: self.lm_head.as_ref().map(Tensor::detach),
+        }
+    }
+}
+
+/// Rows of a q or k projection (or anything indexed by its outputs, such as a LoRA B factor)
+/// from GGUF llama's interleaved-pair order to HF's `rotate_half` order: llama.cpp permuted each
+/// head's rows at conversion, and this undoes it.
+pub fn interleaved_to_half_rows(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let hd = rows / heads;
+    w.reshape((heads, hd / 2, 2, cols))?
+        .transpose(1, 2)?
+        .reshape((rows, cols))
 }
 
 fn check_shape(t: &Tensor, want: &[usize], what: &str) -> anyhow::Result<()> {

@@ -107,11 +107,23 @@ pub fn write_all(
     };
     write_json(&dir.join("best_prompt.json"), &saved)?;
     write_prompt_safetensors(&dir.join("best_prompt.safetensors"), prompt, &result.task)?;
-    plot_curve(&dir.join("curve.svg"), &result.curve, &result.task)?;
+    let points: Vec<CurveXy> = result
+        .curve
+        .iter()
+        .map(|p| (p.api_calls as f64, p.train_loss, p.dev_accuracy))
+        .collect();
+    plot_curve(
+        &dir.join("curve.svg"),
+        &points,
+        &format!("bbt on {}: training loss and dev accuracy", result.task),
+        "API calls (training)",
+        "best training loss of the generation",
+    )?;
     Ok(())
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+/// Writes `value` as pretty JSON through a temporary file and a rename (never half-written).
+pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
     std::fs::rename(&tmp, path)?;
@@ -134,15 +146,23 @@ fn write_prompt_safetensors(path: &Path, prompt: &[Vec<f32>], task: &str) -> any
     Ok(())
 }
 
-/// Training loss (left axis) and dev accuracy (right axis) against API calls.
-pub fn plot_curve(path: &Path, curve: &[CurvePoint], task: &str) -> anyhow::Result<()> {
+/// One point of a training curve: x (API calls or steps), training loss, dev accuracy if
+/// evaluated there.
+pub type CurveXy = (f64, f64, Option<f64>);
+
+/// Training loss (left axis) and dev accuracy (right axis) against `x_label` (API calls for
+/// `bbt tune`, optimizer steps for the gradient methods).
+pub fn plot_curve(
+    path: &Path,
+    curve: &[CurveXy],
+    title: &str,
+    x_label: &str,
+    loss_label: &str,
+) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max_calls = curve.last().map_or(1, |p| p.api_calls).max(1) as f64;
-    let losses: Vec<(f64, f64)> = curve
-        .iter()
-        .map(|p| (p.api_calls as f64, p.train_loss))
-        .collect();
+    let max_calls = curve.last().map_or(1.0, |p| p.0).max(1.0);
+    let losses: Vec<(f64, f64)> = curve.iter().map(|p| (p.0, p.1)).collect();
     let (lo, hi) = losses
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
@@ -155,10 +175,7 @@ pub fn plot_curve(path: &Path, curve: &[CurvePoint], task: &str) -> anyhow::Resu
     };
     let pad = (hi - lo) * 0.05;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("bbt on {task}: training loss and dev accuracy"),
-            ("sans-serif", 22),
-        )
+        .caption(title, ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -167,9 +184,9 @@ pub fn plot_curve(path: &Path, curve: &[CurvePoint], task: &str) -> anyhow::Resu
         .set_secondary_coord(0.0..max_calls, 0.0..100.0);
     chart
         .configure_mesh()
-        .x_desc("API calls (training)")
+        .x_desc(x_label)
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_desc("best training loss of the generation")
+        .y_desc(loss_label)
         .draw()?;
     chart
         .configure_secondary_axes()
@@ -181,7 +198,7 @@ pub fn plot_curve(path: &Path, curve: &[CurvePoint], task: &str) -> anyhow::Resu
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     let dev: Vec<(f64, f64)> = curve
         .iter()
-        .filter_map(|p| p.dev_accuracy.map(|a| (p.api_calls as f64, 100.0 * a)))
+        .filter_map(|p| p.2.map(|a| (p.0, 100.0 * a)))
         .collect();
     chart
         .draw_secondary_series(LineSeries::new(dev.clone(), &RED))?

@@ -1,0 +1,98 @@
+//! HF peft adapter folders (`adapter_config.json` + `adapter_model.safetensors`, peft's key
+//! names and shapes) for the methods peft can load into the transformers version of the model:
+//! LoRA and prompt tuning.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bbt::model::config::RopeStyle;
+use bbt::model::weights::interleaved_to_half_rows;
+use bbt::peft::{Method, Trainable};
+use bbt::Engine;
+use candle_core::{DType, Tensor};
+use serde_json::json;
+
+/// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` for LoRA and prompt
+/// tuning; other methods have no peft equivalent on this model and write nothing.
+pub fn write_peft_adapter(
+    dir: &Path,
+    trainable: &Trainable,
+    engine: &Engine,
+) -> anyhow::Result<()> {
+    let c = trainable.config();
+    let cfg = engine.config();
+    let base = engine.info().name.clone();
+    let (config, tensors) = match c.method {
+        Method::Lora => {
+            let targets: Vec<String> = c
+                .lora_targets
+                .iter()
+                .filter_map(|t| bbt::model::weights::Proj::parse(t))
+                .map(|p| format!("{}_proj", p.name()))
+                .collect();
+            let config = json!({
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": base,
+                "r": c.lora_rank,
+                "lora_alpha": c.lora_alpha,
+                "lora_dropout": c.lora_dropout,
+                "target_modules": targets,
+                "bias": "none",
+                "fan_in_fan_out": false,
+                "inference_mode": true,
+                "init_lora_weights": true,
+                "use_rslora": false,
+                "use_dora": false,
+                "modules_to_save": null,
+            });
+            let mut tensors = HashMap::new();
+            for p in trainable.params() {
+                let mut t = p.var.as_tensor().to_dtype(DType::F32)?;
+                // GGUF llama q/k rows are interleaved; peft's B factors index HF's rows.
+                if cfg.rope_style == RopeStyle::Interleaved && p.name.ends_with("lora_B.weight") {
+                    if p.name.contains(".q_proj.") {
+                        t = interleaved_to_half_rows(&t, cfg.num_heads)?;
+                    } else if p.name.contains(".k_proj.") {
+                        t = interleaved_to_half_rows(&t, cfg.num_kv_heads)?;
+                    }
+                }
+                tensors.insert(p.name.clone(), t);
+            }
+            (config, tensors)
+        }
+        Method::PromptTuning => {
+            let config = json!({
+                "peft_type": "PROMPT_TUNING",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": base,
+                "num_virtual_tokens": c.prompt_length,
+                "token_dim": cfg.hidden_size,
+                "num_transformer_submodules": 1,
+                "num_attention_heads": cfg.num_heads,
+                "num_layers": cfg.num_layers,
+                "prompt_tuning_init": "RANDOM",
+                "inference_mode": true,
+            });
+            let prompt = trainable
+                .params()
+                .first()
+                .map(|p| p.var.as_tensor().to_dtype(DType::F32))
+                .transpose()?
+                .ok_or_else(|| anyhow::anyhow!("prompt tuning without a prompt"))?;
+            (
+                config,
+                HashMap::from([("prompt_embeddings".to_string(), prompt)]),
+            )
+        }
+        _ => return Ok(()),
+    };
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        serde_json::to_vec_pretty(&config)?,
+    )?;
+    let tensors: HashMap<String, Tensor> = tensors;
+    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))?;
+    Ok(())
+}

@@ -1,0 +1,612 @@
+//! `bbt-experiments train`: one gradient method on one task's few-shot split, with the same
+//! model, splits, template and verbalizer scoring as `bbt tune`, resumable, writing the same
+//! `--out` layout (`result.json`, the parameters, `curve.svg`; a HF peft adapter folder for
+//! LoRA and prompt tuning).
+
+mod checkpoint;
+mod export;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bbt::peft::optim::learning_rate_at;
+use bbt::peft::{Method, MethodConfig, Trainable, Trainer};
+use bbt::protocol::{CandidateResult, Loss, Placement};
+use bbt::scoring::{score, EncodedSplit};
+use bbt::tasks::{self, LoadOptions, Metric, MultiTokenWords, Template};
+use bbt::Engine;
+use bbt_client::tune::outputs::{peak_rss_mb, plot_curve, write_json, CurveXy};
+use candle_core::{DType, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use checkpoint::{BestDev, StepPoint, TrainState, CHECKPOINT_FILE};
+
+/// Examples per inference pass when scoring dev and test.
+const EVAL_CHUNK: usize = 128;
+
+/// Options of `train`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The method.
+    #[arg(long, value_enum)]
+    method: Option<Method>,
+    /// Task: a built-in name (mr, sst2, agnews, ...) or a task spec file, as `bbt tune` takes.
+    #[arg(long)]
+    task: Option<String>,
+    /// Seed of the few-shot split, the initialisation and the batch order.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Examples per class in train and in dev.
+    #[arg(long, default_value_t = 16)]
+    k: usize,
+    /// Output folder (created; must not hold a checkpoint: use --resume to continue one).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its checkpoint (its settings are reused).
+    #[arg(long, conflicts_with_all = ["out", "method", "task"])]
+    resume: Option<PathBuf>,
+    /// Model: a known asset name, a .gguf file or a HF-style directory.
+    #[arg(long, default_value = bbt::cli::DEFAULT_MODEL)]
+    model: String,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Data directory laid out like shared/datasets (default: $BBT_DATA_DIR or ../shared/datasets).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Score only the first N test examples (all by default).
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Score the first token of label words that are several tokens instead of refusing them.
+    #[arg(long)]
+    first_token: bool,
+    /// Print one JSON object per evaluation and the result on stdout instead of a progress bar.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    settings: SettingFlags,
+}
+
+/// Flags overriding a method's defaults (documented in `bbt::peft::config`).
+#[derive(clap::Args)]
+struct SettingFlags {
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Examples per step (default: the whole training split).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Evaluate on dev every N steps.
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Stop after N evaluations without a better dev accuracy (0: never).
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Training loss: ce or hinge.
+    #[arg(long, value_parser = ["ce", "hinge"])]
+    loss: Option<String>,
+    /// Hinge margin.
+    #[arg(long, default_value_t = 1.0)]
+    margin: f64,
+    #[arg(long)]
+    prompt_length: Option<usize>,
+    /// Prompt tuning: prefix or suffix.
+    #[arg(long, value_parser = ["prefix", "suffix"])]
+    placement: Option<String>,
+    #[arg(long)]
+    prefix_length: Option<usize>,
+    #[arg(long)]
+    prefix_hidden: Option<usize>,
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    #[arg(long)]
+    lora_dropout: Option<f32>,
+    /// Comma-separated projections: q,k,v,o,gate,up,down.
+    #[arg(long, value_delimiter = ',')]
+    lora_targets: Option<Vec<String>>,
+    #[arg(long)]
+    adapter_bottleneck: Option<usize>,
+    #[arg(long)]
+    adapter_scale: Option<f64>,
+    #[arg(long)]
+    child_p: Option<f64>,
+}
+
+impl SettingFlags {
+    fn apply(&self, c: &mut MethodConfig) {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
+        }
+        set!(
+            learning_rate,
+            weight_decay,
+            warmup_ratio,
+            max_grad_norm,
+            steps,
+            eval_every,
+            patience,
+            prompt_length,
+            prefix_length,
+            prefix_hidden,
+            lora_rank,
+            lora_alpha,
+            lora_dropout,
+            lora_targets,
+            adapter_bottleneck,
+            adapter_scale,
+            child_p
+        );
+        if self.batch_size.is_some() {
+            c.batch_size = self.batch_size;
+        }
+        if let Some(l) = &self.loss {
+            c.loss = match l.as_str() {
+                "hinge" => Loss::Hinge {
+                    margin: self.margin,
+                },
+                _ => Loss::CrossEntropy,
+            };
+        }
+        if let Some(p) = &self.placement {
+            c.placement = if p == "suffix" {
+                Placement::Suffix
+            } else {
+                Placement::Prefix
+            };
+        }
+    }
+}
+
+/// The settings of a run; saved in its checkpoint and `result.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub task: String,
+    pub k: usize,
+    pub seed: u64,
+    pub model: String,
+    pub data_dir: PathBuf,
+    pub test_limit: Option<usize>,
+    pub first_token: bool,
+    pub method: MethodConfig,
+}
+
+/// `result.json`: `bbt tune`'s fields (API calls and bytes are 0: training runs locally),
+/// plus the method's own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainResult {
+    pub method: String,
+    pub task: String,
+    pub seed: u64,
+    /// Optimizer steps allowed.
+    pub budget: u64,
+    pub api_calls: u64,
+    pub train_api_calls: u64,
+    pub best_dev_accuracy: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub test_f1: Option<f64>,
+    pub test_examples: Option<usize>,
+    pub zero_shot_test_accuracy: Option<f64>,
+    pub best_train_loss: f64,
+    pub wall_seconds: f64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub peak_rss_mb: Option<f64>,
+    pub curve: Vec<StepPoint>,
+    pub config: TrainConfig,
+    /// Trainable scalars.
+    pub trainable_params: usize,
+    /// Optimizer steps taken, and the step whose parameters were kept (best dev).
+    pub steps: usize,
+    pub best_step: Option<usize>,
+    /// Mean wall time of one optimizer step (forward, backward, update).
+    pub seconds_per_step: f64,
+    /// How the method was applied to this model.
+    pub notes: Vec<String>,
+}
+
+/// Runs (or resumes) a training run.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let (dir, mut state, saved) = match &args.resume {
+        Some(dir) => {
+            let (state, tensors) = TrainState::load(dir)?;
+            (dir.clone(), state, Some(tensors))
+        }
+        None => {
+            let (method, task, out) = match (args.method, &args.task, &args.out) {
+                (Some(m), Some(t), Some(o)) => (m, t.clone(), o.clone()),
+                _ => anyhow::bail!("give --method, --task and --out (or --resume DIR)"),
+            };
+            anyhow::ensure!(
+                !out.join(CHECKPOINT_FILE).exists(),
+                "{} already holds a run: continue it with --resume {}, or choose another --out",
+                out.display(),
+                out.display()
+            );
+            let mut method_config = MethodConfig::defaults(method);
+            args.settings.apply(&mut method_config);
+            method_config.validate()?;
+            std::fs::create_dir_all(&out)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+            let config = TrainConfig {
+                task,
+                k: args.k,
+                seed: args.seed,
+                model: args.model.clone(),
+                data_dir: args
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(tasks::default_data_dir),
+                test_limit: args.test_limit,
+                first_token: args.first_token,
+                method: method_config,
+            };
+            let state = TrainState {
+                rng: ChaCha8Rng::seed_from_u64(0),
+                config,
+                step: 0,
+                curve: Vec::new(),
+                best: None,
+                evals_since_best: 0,
+                best_train_loss: f64::INFINITY,
+                wall_seconds: 0.0,
+                step_seconds: 0.0,
+                tensors_file: String::new(),
+            };
+            (out, state, None)
+        }
+    };
+    let config = state.config.clone();
+    let mc = &config.method;
+
+    let data = tasks::load_task(
+        &config.task,
+        &LoadOptions {
+            data_dir: config.data_dir.clone(),
+            k: config.k,
+            seed: config.seed,
+            resample: false,
+        },
+    )?;
+    let device = bbt::device::parse_device(&args.device)?;
+    let path = bbt::assets::resolve_model(&config.model)?;
+    let mut engine = Engine::load_path(&path, &device, bbt::engine::default_dtype(&device))?;
+    let mut spec = data.spec.clone();
+    if mc.method == Method::NullPrompt {
+        let null = if spec.template.two_inputs() {
+            "<S1> <S2>"
+        } else {
+            "<S>"
+        };
+        spec.template = Template::new(null).map_err(anyhow::Error::msg)?;
+    }
+    let multi = if config.first_token {
+        MultiTokenWords::FirstToken
+    } else {
+        MultiTokenWords::Reject
+    };
+    let (verbalizer, _) = spec.verbalizer_ids(engine.tokenizer(), multi)?;
+    let train = EncodedSplit::new(&engine, &spec, &data.train)?;
+    let dev = EncodedSplit::new(&engine, &spec, &data.dev)?;
+    let test_examples = match config.test_limit {
+        Some(n) => &data.test[..n.min(data.test.len())],
+        None => &data.test[..],
+    };
+    let test = EncodedSplit::new(&engine, &spec, test_examples)?;
+    anyhow::ensure!(!train.is_empty(), "the training split is empty");
+
+    let trainable = Trainable::new(&engine, mc, &verbalizer, config.seed)?;
+    let mut trainer = Trainer::new(trainable, config.seed)?;
+    let mut best_params: Vec<Tensor> = snapshot(&trainer)?;
+    match &saved {
+        Some(tensors) => {
+            restore(&trainer, tensors, "", &mut Vec::new())?;
+            restore(&trainer, tensors, "best.", &mut best_params)?;
+            let params = trainer.trainable.params();
+            trainer.optimizer.restore(params, tensors, state.step)?;
+            trainer.restore_mask(tensors)?;
+            trainer.rng = state.rng.clone();
+        }
+        None => {
+            trainer.select_child_network(&mut engine, &train, 8)?;
+            state.rng = trainer.rng.clone();
+        }
+    }
+
+    let bar = progress_bar(args, mc.steps, state.step);
+    let batch_size = mc.batch_size.unwrap_or(train.len()).min(train.len());
+    let mut step_seconds_here = 0.0;
+    let prior_wall = state.wall_seconds;
+    let stopped_early = |s: &TrainState| mc.patience > 0 && s.evals_since_best >= mc.patience;
+    while state.step < mc.steps && !stopped_early(&state) {
+        let idx = batch_indices(train.len(), batch_size, state.step, config.seed);
+        let lr = learning_rate_at(state.step, mc.steps, mc.warmup_ratio, mc.learning_rate);
+        let t0 = Instant::now();
+        let report = trainer.step(&mut engine, &train, &idx, lr)?;
+        step_seconds_here += t0.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            report.loss.is_finite(),
+            "training loss became {} at step {}: lower --learning-rate",
+            report.loss,
+            state.step
+        );
+        state.step += 1;
+        state.best_train_loss = state.best_train_loss.min(report.loss);
+        state.curve.push(StepPoint {
+            step: state.step,
+            train_loss: report.loss,
+            dev_accuracy: None,
+        });
+        if state.step % mc.eval_every == 0 || state.step == mc.steps {
+            let d = evaluate(&trainer.trainable, &mut engine, &dev, spec.metric, mc.loss)?;
+            if let Some(p) = state.curve.last_mut() {
+                p.dev_accuracy = Some(d.accuracy);
+            }
+            let better = state.best.as_ref().is_none_or(|b| {
+                d.accuracy > b.dev_accuracy || (d.accuracy == b.dev_accuracy && d.loss < b.dev_loss)
+            });
+            if better {
+                state.best = Some(BestDev {
+                    step: state.step,
+                    dev_accuracy: d.accuracy,
+                    dev_loss: d.loss,
+                });
+                state.evals_since_best = 0;
+                best_params = snapshot(&trainer)?;
+            } else {
+                state.evals_since_best += 1;
+            }
+            state.rng = trainer.rng.clone();
+            state.wall_seconds = prior_wall + start.elapsed().as_secs_f64();
+            state.step_seconds += step_seconds_here;
+            step_seconds_here = 0.0;
+            state.save(&dir, &checkpoint_tensors(&trainer, &best_params))?;
+            report_eval(args, &bar, &state, report.loss, d.accuracy);
+        }
+        bar.set_position(state.step as u64);
+    }
+    bar.finish_and_clear();
+
+    // The kept parameters: the best on dev.
+    for (p, best) in trainer.trainable.params().iter().zip(&best_params) {
+        p.var.set(best)?;
+    }
+    let test_result = if test.is_empty() {
+        None
+    } else {
+        Some(evaluate(
+            &trainer.trainable,
+            &mut engine,
+            &test,
+            spec.metric,
+            mc.loss,
+        )?)
+    };
+    state.wall_seconds = prior_wall + start.elapsed().as_secs_f64();
+    state.step_seconds += step_seconds_here;
+    let result = TrainResult {
+        method: mc.method.name().to_string(),
+        task: config.task.clone(),
+        seed: config.seed,
+        budget: mc.steps as u64,
+        api_calls: 0,
+        train_api_calls: 0,
+        best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
+        test_accuracy: test_result.as_ref().map(|t| t.accuracy),
+        test_f1: test_result.as_ref().and_then(|t| t.f1),
+        test_examples: Some(test.len()),
+        zero_shot_test_accuracy: None,
+        best_train_loss: state.best_train_loss,
+        wall_seconds: state.wall_seconds,
+        bytes_up: 0,
+        bytes_down: 0,
+        peak_rss_mb: peak_rss_mb(),
+        curve: state.curve.clone(),
+        config: config.clone(),
+        trainable_params: trainer.trainable.num_trainable(),
+        steps: state.step,
+        best_step: state.best.as_ref().map(|b| b.step),
+        seconds_per_step: state.step_seconds / state.step.max(1) as f64,
+        notes: trainer.trainable.notes().to_vec(),
+    };
+    write_outputs(&dir, &result, &trainer, &engine)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print_summary(&result, &dir);
+    }
+    Ok(())
+}
+
+/// The batch of step `step`: the whole split, or the next `batch` positions of a per-epoch
+/// shuffle seeded by `seed` and the epoch (so a resumed run draws the same batches).
+fn batch_indices(n: usize, batch: usize, step: usize, seed: u64) -> Vec<usize> {
+    if batch >= n {
+        return (0..n).collect();
+    }
+    let start = step * batch;
+    (start..start + batch)
+        .map(|pos| {
+            let epoch = pos / n;
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1)));
+            order[pos % n]
+        })
+        .collect()
+}
+
+/// Scores every example of `split` with the current parameters (no gradients).
+fn evaluate(
+    trainable: &Trainable,
+    engine: &mut Engine,
+    split: &EncodedSplit,
+    metric: Metric,
+    loss: Loss,
+) -> anyhow::Result<CandidateResult> {
+    let all: Vec<usize> = (0..split.len()).collect();
+    let mut logits: Vec<Vec<f32>> = Vec::with_capacity(split.len());
+    for chunk in all.chunks(EVAL_CHUNK) {
+        let l = trainable.logits(engine, split, chunk, false)?;
+        logits.extend(l.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+    }
+    Ok(score(&logits, &split.labels, loss, metric))
+}
+
+/// Copies of the parameters' current values.
+fn snapshot(trainer: &Trainer) -> anyhow::Result<Vec<Tensor>> {
+    Ok(trainer
+        .trainable
+        .params()
+        .iter()
+        .map(|p| p.var.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?)
+}
+
+/// Loads `PREFIX.NAME` tensors into the parameters (`prefix` empty) or into `into`.
+fn restore(
+    trainer: &Trainer,
+    tensors: &HashMap<String, Tensor>,
+    prefix: &str,
+    into: &mut Vec<Tensor>,
+) -> anyhow::Result<()> {
+    let mut values = Vec::new();
+    for p in trainer.trainable.params() {
+        let key = format!("{prefix}{}", p.name);
+        let t = tensors
+            .get(&key)
+            .ok_or_else(|| anyhow::anyhow!("checkpoint lacks {key}"))?;
+        anyhow::ensure!(
+            t.dims() == p.var.dims(),
+            "checkpoint tensor {key} has shape {:?}, the model's {:?}: was the checkpoint made \
+             with another model?",
+            t.dims(),
+            p.var.dims()
+        );
+        let t = t.to_device(p.var.device())?.to_dtype(p.var.dtype())?;
+        if prefix.is_empty() {
+            p.var.set(&t)?;
+        } else {
+            values.push(t);
+        }
+    }
+    if !prefix.is_empty() {
+        *into = values;
+    }
+    Ok(())
+}
+
+/// Parameters, best-dev parameters, AdamW moments and Child-Tuning_D's mask, by name.
+fn checkpoint_tensors(trainer: &Trainer, best: &[Tensor]) -> HashMap<String, Tensor> {
+    let params = trainer.trainable.params();
+    let mut out = trainer.optimizer.state(params);
+    out.extend(trainer.mask_state());
+    for (p, b) in params.iter().zip(best) {
+        out.insert(p.name.clone(), p.var.as_tensor().clone());
+        out.insert(format!("best.{}", p.name), b.clone());
+    }
+    out
+}
+
+fn write_outputs(
+    dir: &Path,
+    result: &TrainResult,
+    trainer: &Trainer,
+    engine: &Engine,
+) -> anyhow::Result<()> {
+    write_json(&dir.join("result.json"), result)?;
+    let params: HashMap<String, Tensor> = trainer
+        .trainable
+        .params()
+        .iter()
+        .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+        .collect();
+    candle_core::safetensors::save(&params, dir.join("params.safetensors"))?;
+    export::write_peft_adapter(&dir.join("peft"), &trainer.trainable, engine)?;
+    let points: Vec<CurveXy> = result
+        .curve
+        .iter()
+        .map(|p| (p.step as f64, p.train_loss, p.dev_accuracy))
+        .collect();
+    plot_curve(
+        &dir.join("curve.svg"),
+        &points,
+        &format!(
+            "{} on {}: training loss and dev accuracy",
+            result.method, result.task
+        ),
+        "optimizer steps",
+        "training loss of the batch",
+    )
+}
+
+fn progress_bar(args: &Args, steps: usize, done: usize) -> ProgressBar {
+    if args.quiet || args.json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]")
+            .expect("valid template"),
+    );
+    bar.set_position(done as u64);
+    bar
+}
+
+fn report_eval(args: &Args, bar: &ProgressBar, state: &TrainState, loss: f64, dev: f64) {
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"step": state.step, "train_loss": loss, "dev_accuracy": dev})
+        );
+    }
+    let best = state.best.as_ref().map_or(0.0, |b| b.dev_accuracy);
+    bar.set_message(format!(
+        "loss {loss:.4}, dev {:.1}% (best {:.1}%)",
+        100.0 * dev,
+        100.0 * best
+    ));
+}
+
+fn print_summary(r: &TrainResult, dir: &Path) {
+    let pct = |x: Option<f64>| x.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a));
+    println!(
+        "{} on {} (seed {}): test accuracy {} on {} examples, best dev {} at step {}",
+        r.method,
+        r.task,
+        r.seed,
+        pct(r.test_accuracy),
+        r.test_examples.unwrap_or(0),
+        pct(r.best_dev_accuracy),
+        r.best_step.map_or("-".into(), |s| s.to_string()),
+    );
+    println!(
+        "{} trainable parameters, {} steps, {:.2} s/step, wall {:.0} s, peak memory {:.0} MB",
+        r.trainable_params,
+        r.steps,
+        r.seconds_per_step,
+        r.wall_seconds,
+        r.peak_rss_mb.unwrap_or(0.0)
+    );
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    println!("results in {}", dir.display());
+}

@@ -1,0 +1,258 @@
+//! Every gradient method and every one of its settings, with its default and where the default
+//! comes from, in one place. `bbt-experiments train` exposes each field as a flag.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Loss, Placement};
+
+/// A gradient-based tuning method (the comparison set of the BBT and BBTv2 papers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Every weight of the model.
+    ModelTuning,
+    /// L trainable input vectors (Lester et al. 2021), prefix or suffix placement.
+    PromptTuning,
+    /// Trainable keys/values at every layer produced by a reparameterisation MLP (Li & Liang 2021).
+    PrefixTuning,
+    /// Trainable keys/values at every layer, directly (Liu et al. 2022, P-tuning v2).
+    #[value(name = "p-tuning-v2")]
+    #[serde(rename = "p-tuning-v2")]
+    PTuningV2,
+    /// Low-rank updates of chosen projections (Hu et al. 2021).
+    Lora,
+    /// Houlsby adapters: a bottleneck after attention and after the feed-forward sublayer.
+    Adapter,
+    /// A scaled bottleneck parallel to the feed-forward sublayer (He et al. 2022).
+    ParallelAdapter,
+    /// Prefix keys/values plus a parallel adapter at the feed-forward sublayer (He et al. 2022).
+    MamAdapter,
+    /// Biases only (Ben Zaken et al. 2022); the Llama and Gemma blocks have none, so zero biases
+    /// are added to every projection.
+    Bitfit,
+    /// Norm weights plus the verbalizer rows of the output head.
+    NormTuning,
+    /// Model tuning with a fresh Bernoulli(p) mask on the gradients at every step (Xu et al.
+    /// 2021, Child-Tuning_F).
+    ChildTuningF,
+    /// Model tuning of a fixed child network: the fraction p of weights with the largest Fisher
+    /// information on the training data (Xu et al. 2021, Child-Tuning_D).
+    ChildTuningD,
+    /// The input followed directly by the prediction position, no template words, trained with
+    /// BitFit (Logan IV et al. 2022).
+    NullPrompt,
+}
+
+impl Method {
+    /// Every method, in the order reports list them.
+    pub const ALL: [Method; 13] = [
+        Method::ModelTuning,
+        Method::PromptTuning,
+        Method::PrefixTuning,
+        Method::PTuningV2,
+        Method::Lora,
+        Method::Adapter,
+        Method::ParallelAdapter,
+        Method::MamAdapter,
+        Method::Bitfit,
+        Method::NormTuning,
+        Method::ChildTuningF,
+        Method::ChildTuningD,
+        Method::NullPrompt,
+    ];
+
+    /// The method's name as the command line and `result.json` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::ModelTuning => "model-tuning",
+            Method::PromptTuning => "prompt-tuning",
+            Method::PrefixTuning => "prefix-tuning",
+            Method::PTuningV2 => "p-tuning-v2",
+            Method::Lora => "lora",
+            Method::Adapter => "adapter",
+            Method::ParallelAdapter => "parallel-adapter",
+            Method::MamAdapter => "mam-adapter",
+            Method::Bitfit => "bitfit",
+            Method::NormTuning => "norm-tuning",
+            Method::ChildTuningF => "child-tuning-f",
+            Method::ChildTuningD => "child-tuning-d",
+            Method::NullPrompt => "null-prompt",
+        }
+    }
+
+    /// Whether every weight of the model trains (so gradients and optimizer state cover it).
+    pub fn tunes_all_weights(self) -> bool {
+        matches!(
+            self,
+            Method::ModelTuning | Method::ChildTuningF | Method::ChildTuningD
+        )
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The settings of one training run; saved in every checkpoint and in `result.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodConfig {
+    pub method: Method,
+    /// Peak learning rate of AdamW (see [`MethodConfig::defaults`] per method).
+    pub learning_rate: f64,
+    /// AdamW's decoupled weight decay. 0, as HF's Trainer defaults to.
+    pub weight_decay: f64,
+    /// AdamW's betas and epsilon (PyTorch's defaults: 0.9, 0.999, 1e-8).
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Fraction of the steps over which the learning rate warms up linearly from 0; it then
+    /// decays linearly to 0 at the last step. 0.06 (RoBERTa's fine-tuning recipe).
+    pub warmup_ratio: f64,
+    /// Gradients are rescaled so their global L2 norm is at most this. 1.0 (HF's Trainer).
+    pub max_grad_norm: f64,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Examples per step; `None` is full-batch (all 2 x 16 training examples of a binary task).
+    pub batch_size: Option<usize>,
+    /// Evaluate on the dev split every this many steps, keeping the best-dev parameters.
+    pub eval_every: usize,
+    /// Stop after this many evaluations without a better dev accuracy (0: never stop early).
+    pub patience: usize,
+    /// Training loss over the verbalizer logits (the loss BBT minimises).
+    pub loss: Loss,
+    /// Prompt tuning: number of prompt vectors L. 50, as BBT's prompt.
+    pub prompt_length: usize,
+    /// Prompt tuning: where the prompt goes (as in `bbt tune`).
+    pub placement: Placement,
+    /// Prefix tuning, P-tuning v2 and MAM: prefix key/value positions per layer.
+    pub prefix_length: usize,
+    /// Prefix tuning: width of the reparameterisation MLP (Li & Liang use 512 for GPT-2 medium).
+    pub prefix_hidden: usize,
+    /// LoRA rank r, alpha (the update is scaled by alpha / r) and dropout on its input.
+    pub lora_rank: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f32,
+    /// LoRA target projections: `q`, `k`, `v`, `o`, `gate`, `up`, `down` (HF names such as
+    /// `q_proj` are accepted). q and v, as in the LoRA paper and peft's Llama default.
+    pub lora_targets: Vec<String>,
+    /// Adapters: bottleneck width.
+    pub adapter_bottleneck: usize,
+    /// Parallel and MAM adapters: output scale s (He et al. use 4).
+    pub adapter_scale: f64,
+    /// Child-Tuning: p_F, the keep probability of the gradient mask (F), or p_D, the fraction
+    /// of weights in the child network (D).
+    pub child_p: f64,
+}
+
+impl MethodConfig {
+    /// The defaults of `method`. Learning rates follow the method papers' few-shot or small-data
+    /// settings, scaled for a model trained with full-batch AdamW on 32 examples.
+    pub fn defaults(method: Method) -> Self {
+        let learning_rate = match method {
+            // LM-BFF / BBT's model-tuning baseline: 1e-5.
+            Method::ModelTuning | Method::ChildTuningF | Method::ChildTuningD => 1e-5,
+            // Prompt vectors live at the embedding scale (std ~0.1 for SmolLM2).
+            Method::PromptTuning => 3e-3,
+            Method::PrefixTuning | Method::PTuningV2 | Method::MamAdapter => 5e-3,
+            Method::Lora | Method::Adapter | Method::ParallelAdapter => 5e-4,
+            Method::Bitfit | Method::NullPrompt | Method::NormTuning => 1e-3,
+        };
+        Self {
+            method,
+            learning_rate,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_ratio: 0.06,
+            max_grad_norm: 1.0,
+            steps: 100,
+            batch_size: None,
+            eval_every: 10,
+            patience: 0,
+            loss: Loss::CrossEntropy,
+            prompt_length: 50,
+            placement: Placement::Prefix,
+            prefix_length: if method == Method::MamAdapter { 30 } else { 10 },
+            prefix_hidden: 512,
+            lora_rank: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            lora_targets: vec!["q".into(), "v".into()],
+            adapter_bottleneck: if method == Method::MamAdapter {
+                128
+            } else {
+                64
+            },
+            adapter_scale: if method == Method::Adapter { 1.0 } else { 4.0 },
+            child_p: 0.3,
+        }
+    }
+
+    /// Checks the settings, with a message naming the bad one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.learning_rate > 0.0 && self.learning_rate.is_finite(),
+            "learning rate must be positive"
+        );
+        anyhow::ensure!(self.steps > 0, "steps must be at least 1");
+        anyhow::ensure!(self.eval_every > 0, "eval-every must be at least 1");
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.warmup_ratio),
+            "warmup ratio must be in [0, 1)"
+        );
+        anyhow::ensure!(
+            self.batch_size != Some(0),
+            "batch size must be at least 1 (omit it for full-batch)"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&(self.lora_dropout as f64)),
+            "LoRA dropout must be in [0, 1)"
+        );
+        anyhow::ensure!(
+            self.child_p > 0.0 && self.child_p <= 1.0,
+            "child-tuning p must be in (0, 1]"
+        );
+        let needs_positive = [
+            ("prompt length", self.prompt_length, Method::PromptTuning),
+            ("prefix length", self.prefix_length, Method::PrefixTuning),
+            ("prefix length", self.prefix_length, Method::PTuningV2),
+            ("prefix length", self.prefix_length, Method::MamAdapter),
+            ("LoRA rank", self.lora_rank, Method::Lora),
+            (
+                "adapter bottleneck",
+                self.adapter_bottleneck,
+                Method::Adapter,
+            ),
+            (
+                "adapter bottleneck",
+                self.adapter_bottleneck,
+                Method::ParallelAdapter,
+            ),
+            (
+                "adapter bottleneck",
+                self.adapter_bottleneck,
+                Method::MamAdapter,
+            ),
+        ];
+        for (what, value, method) in needs_positive {
+            anyhow::ensure!(
+                self.method != method || value > 0,
+                "{what} must be at least 1 for {method}"
+            );
+        }
+        if self.method == Method::Lora {
+            anyhow::ensure!(!self.lora_targets.is_empty(), "LoRA needs a target module");
+            for t in &self.lora_targets {
+                anyhow::ensure!(
+                    crate::model::weights::Proj::parse(t).is_some(),
+                    "unknown LoRA target {t:?}: use q, k, v, o, gate, up or down"
+                );
+            }
+        }
+        Ok(())
+    }
+}

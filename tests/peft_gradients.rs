@@ -1,0 +1,300 @@
+//! Every gradient method on the tiny random models of both architectures, in f64: gradients
+//! against central finite differences, training-mode logits against the fused inference path,
+//! frozen weights untouched by training, parameter counts.
+
+use bbt::model::config::Architecture;
+use bbt::model::random::tiny_engine_in;
+use bbt::model::weights::DecoderWeights;
+use bbt::peft::{Method, MethodConfig, Trainable, Trainer};
+use bbt::protocol::Placement;
+use bbt::scoring::EncodedSplit;
+use bbt::Engine;
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const ARCHITECTURES: [Architecture; 2] = [Architecture::Llama, Architecture::Gemma3];
+const VERBALIZER: [u32; 3] = [30, 31, 32];
+
+fn split() -> EncodedSplit {
+    EncodedSplit {
+        heads: vec![vec![5, 9, 12, 7], vec![14, 3], vec![22, 8, 40, 41, 2, 6]],
+        tails: vec![vec![20, 21]; 3],
+        labels: vec![0, 2, 1],
+    }
+}
+
+/// Small sizes so every method runs in milliseconds.
+fn small_config(method: Method) -> MethodConfig {
+    let mut c = MethodConfig::defaults(method);
+    c.prompt_length = 3;
+    c.prefix_length = 2;
+    c.prefix_hidden = 8;
+    c.lora_rank = 2;
+    c.adapter_bottleneck = 4;
+    c
+}
+
+fn engine(arch: Architecture, dtype: DType) -> Engine {
+    tiny_engine_in(arch, 11, dtype)
+}
+
+fn random_like(t: &Tensor, rng: &mut ChaCha8Rng, scale: f64) -> Tensor {
+    let n = t.elem_count();
+    let v: Vec<f64> = (0..n)
+        .map(|_| scale * (rng.random::<f64>() * 2.0 - 1.0))
+        .collect();
+    Tensor::from_vec(v, t.shape(), t.device())
+        .unwrap()
+        .to_dtype(t.dtype())
+        .unwrap()
+}
+
+/// Moves every parameter off its initial value (zero-initialised LoRA B, adapter up-projections
+/// and biases would otherwise hide wrong gradients of the pieces before them).
+fn perturb(trainable: &Trainable, rng: &mut ChaCha8Rng) {
+    for p in trainable.params() {
+        let noise = random_like(p.var.as_tensor(), rng, 0.3);
+        p.var.set(&(p.var.as_tensor() + noise).unwrap()).unwrap();
+    }
+}
+
+fn dot(a: &Tensor, b: &Tensor) -> f64 {
+    (a * b)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+#[test]
+fn gradients_match_central_finite_differences() {
+    let split = split();
+    let idx = [0usize, 1, 2];
+    for arch in ARCHITECTURES {
+        for method in Method::ALL {
+            for placement in [Placement::Prefix, Placement::Suffix] {
+                if placement == Placement::Suffix && method != Method::PromptTuning {
+                    continue;
+                }
+                let mut engine = engine(arch, DType::F64);
+                let mut config = small_config(method);
+                config.placement = placement;
+                let trainable = Trainable::new(&engine, &config, &VERBALIZER, 5).unwrap();
+                let mut rng = ChaCha8Rng::seed_from_u64(9);
+                perturb(&trainable, &mut rng);
+                let trainer = Trainer::new(trainable, 1).unwrap();
+                let (_, grads) = trainer.gradients(&mut engine, &split, &idx).unwrap();
+                let params = trainer.trainable.params();
+                assert_eq!(grads.len(), params.len());
+                let what = format!("{arch:?} {method} {placement:?}");
+                let mut nonzero = 0;
+                for (p, g) in params.iter().zip(&grads) {
+                    // Directional derivative along a random direction of this parameter alone.
+                    let d = random_like(p.var.as_tensor(), &mut rng, 1.0);
+                    let base = p.var.as_tensor().copy().unwrap();
+                    let eps = 1e-5;
+                    let loss_at = |engine: &mut Engine, sign: f64| {
+                        p.var
+                            .set(&(&base + (&d * (sign * eps)).unwrap()).unwrap())
+                            .unwrap();
+                        trainer.gradients(engine, &split, &idx).unwrap().0
+                    };
+                    let numeric =
+                        (loss_at(&mut engine, 1.0) - loss_at(&mut engine, -1.0)) / (2.0 * eps);
+                    p.var.set(&base).unwrap();
+                    let analytic = dot(g, &d);
+                    let tol = 1e-6 + 1e-4 * numeric.abs().max(analytic.abs());
+                    assert!(
+                        (numeric - analytic).abs() < tol,
+                        "{what}: parameter {}: finite difference {numeric:.9} vs gradient {analytic:.9}",
+                        p.name
+                    );
+                    nonzero += usize::from(analytic.abs() > 1e-9);
+                }
+                assert!(
+                    nonzero * 2 >= params.len(),
+                    "{what}: only {nonzero} of {} parameters get a gradient",
+                    params.len()
+                );
+            }
+        }
+    }
+}
+
+/// The differentiable ops (training mode) and the fused kernels (inference) give the same
+/// logits, in f32, the engine's CPU dtype.
+#[test]
+fn training_and_inference_forwards_agree() {
+    let split = split();
+    let idx = [0usize, 1, 2];
+    for arch in ARCHITECTURES {
+        for method in Method::ALL {
+            let mut engine = engine(arch, DType::F32);
+            let trainable = Trainable::new(&engine, &small_config(method), &VERBALIZER, 5).unwrap();
+            perturb(&trainable, &mut ChaCha8Rng::seed_from_u64(3));
+            let train: Vec<f32> = trainable
+                .logits(&mut engine, &split, &idx, true)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let infer: Vec<f32> = trainable
+                .logits(&mut engine, &split, &idx, false)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let diff = train
+                .iter()
+                .zip(&infer)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                diff < 1e-4,
+                "{arch:?} {method}: train vs inference logits differ by {diff}"
+            );
+        }
+    }
+}
+
+/// Values of every tensor of the base model that `method` must leave alone.
+fn frozen_values(weights: &DecoderWeights, method: Method) -> Vec<Vec<f32>> {
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut out = vec![flat(&weights.embed)];
+    let norms = method == Method::NormTuning;
+    if !norms {
+        out.push(flat(&weights.final_norm));
+    }
+    for l in &weights.layers {
+        for lin in [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down] {
+            out.push(flat(&lin.weight));
+        }
+        if !norms {
+            out.push(flat(&l.attn_norm));
+            out.push(flat(&l.ffn_norm));
+        }
+    }
+    out
+}
+
+#[test]
+fn training_moves_parameters_and_leaves_frozen_weights_bitwise_unchanged() {
+    let split = split();
+    for arch in ARCHITECTURES {
+        for method in Method::ALL {
+            if method.tunes_all_weights() {
+                continue;
+            }
+            let mut engine = engine(arch, DType::F32);
+            let before = frozen_values(engine.weights(), method);
+            let trainable = Trainable::new(&engine, &small_config(method), &VERBALIZER, 5).unwrap();
+            let initial: Vec<Vec<f32>> = trainable
+                .params()
+                .iter()
+                .map(|p| p.var.flatten_all().unwrap().to_vec1().unwrap())
+                .collect();
+            let mut trainer = Trainer::new(trainable, 1).unwrap();
+            for _ in 0..3 {
+                trainer.step(&mut engine, &split, &[0, 1, 2], 1e-2).unwrap();
+            }
+            let after = frozen_values(trainer.trainable.weights(), method);
+            assert!(
+                before == after,
+                "{arch:?} {method}: a frozen weight changed"
+            );
+            let moved = trainer
+                .trainable
+                .params()
+                .iter()
+                .zip(&initial)
+                .filter(|(p, init)| {
+                    p.var.flatten_all().unwrap().to_vec1::<f32>().unwrap() != **init
+                })
+                .count();
+            assert!(moved > 0, "{arch:?} {method}: no parameter moved");
+        }
+    }
+}
+
+#[test]
+fn trainable_parameter_counts() {
+    for arch in ARCHITECTURES {
+        let engine = engine(arch, DType::F32);
+        let cfg = engine.config().clone();
+        let (h, layers) = (cfg.hidden_size, cfg.num_layers);
+        let q_out = cfg.num_heads * cfg.head_dim;
+        let kv_out = cfg.num_kv_heads * cfg.head_dim;
+        let count = |c: &MethodConfig| {
+            Trainable::new(&engine, c, &VERBALIZER, 1)
+                .unwrap()
+                .num_trainable()
+        };
+        let r = 2;
+        let lora = small_config(Method::Lora);
+        assert_eq!(count(&lora), layers * (r * (h + q_out) + r * (h + kv_out)));
+        let mut lora_all = lora.clone();
+        lora_all.lora_targets = ["q_proj", "k", "v", "o", "gate", "up", "down"]
+            .map(String::from)
+            .to_vec();
+        let ffn = cfg.ffn_size;
+        let per_layer = r * (h + q_out)
+            + 2 * r * (h + kv_out)
+            + r * (q_out + h)
+            + 2 * r * (h + ffn)
+            + r * (ffn + h);
+        assert_eq!(count(&lora_all), layers * per_layer);
+        assert_eq!(count(&small_config(Method::PromptTuning)), 3 * h);
+        assert_eq!(
+            count(&small_config(Method::PTuningV2)),
+            layers * 2 * 2 * kv_out
+        );
+        let m = 4;
+        let adapter = 2 * m * h + m + h;
+        assert_eq!(count(&small_config(Method::Adapter)), layers * 2 * adapter);
+        assert_eq!(
+            count(&small_config(Method::ParallelAdapter)),
+            layers * adapter
+        );
+        let biases = q_out + 2 * kv_out + h + 2 * ffn + h;
+        assert_eq!(count(&small_config(Method::Bitfit)), layers * biases);
+        let total_weights: usize = {
+            let w = engine.weights();
+            let mut n = w.embed.elem_count() + w.final_norm.elem_count();
+            for l in &w.layers {
+                n += [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
+                    .iter()
+                    .map(|x| x.weight.elem_count())
+                    .sum::<usize>();
+                let mut l = l.clone();
+                n += l
+                    .norms_mut()
+                    .iter()
+                    .map(|(_, t)| t.elem_count())
+                    .sum::<usize>();
+            }
+            n
+        };
+        assert_eq!(count(&small_config(Method::ModelTuning)), total_weights);
+    }
+}
+
+#[test]
+fn bad_settings_are_refused_with_a_message() {
+    let engine = engine(Architecture::Llama, DType::F32);
+    let mut c = small_config(Method::Lora);
+    c.lora_targets = vec!["qq".into()];
+    let err = Trainable::new(&engine, &c, &VERBALIZER, 1).err().unwrap();
+    assert!(err.to_string().contains("unknown LoRA target"), "{err}");
+    let mut c = small_config(Method::PromptTuning);
+    c.prompt_length = 0;
+    assert!(Trainable::new(&engine, &c, &VERBALIZER, 1).is_err());
+    let mut c = small_config(Method::Adapter);
+    c.learning_rate = -1.0;
+    assert!(Trainable::new(&engine, &c, &VERBALIZER, 1).is_err());
+}
