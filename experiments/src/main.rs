@@ -31,6 +31,9 @@ enum Command {
     /// Train a gradient-based method (LoRA, prompt tuning, adapters, ...) on a task's few-shot
     /// split, on the same model and scoring as `bbt tune`; resumable.
     Train(Box<train::Args>),
+    /// Load a LoRA or prompt-tuning run's adapter into HF transformers + peft (needs python3
+    /// with torch, transformers, peft and gguf) and compare the verbalizer logits.
+    PeftCheck(train::peft_check::Args),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::BenchServer(args) => bench_server::run(&args),
         Command::CmaBench(args) => cma_bench::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::PeftCheck(args) => train::peft_check::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod export;
+pub mod peft_check;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use bbt::peft::optim::learning_rate_at;
 use bbt::peft::{Method, MethodConfig, Trainable, Trainer};
 use bbt::protocol::{CandidateResult, Loss, Placement};
 use bbt::scoring::{score, EncodedSplit};
-use bbt::tasks::{self, LoadOptions, Metric, MultiTokenWords, Template};
+use bbt::tasks::{self, LoadOptions, Metric, MultiTokenWords, TaskSpec, Template};
 use bbt::Engine;
 use bbt_client::tune::outputs::{peak_rss_mb, plot_curve, write_json, CurveXy};
 use candle_core::{DType, Tensor};
@@ -277,42 +278,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let config = state.config.clone();
     let mc = &config.method;
 
-    let data = tasks::load_task(
-        &config.task,
-        &LoadOptions {
-            data_dir: config.data_dir.clone(),
-            k: config.k,
-            seed: config.seed,
-            resample: false,
-        },
-    )?;
-    let device = bbt::device::parse_device(&args.device)?;
-    let path = bbt::assets::resolve_model(&config.model)?;
-    let mut engine = Engine::load_path(&path, &device, bbt::engine::default_dtype(&device))?;
-    let mut spec = data.spec.clone();
-    if mc.method == Method::NullPrompt {
-        let null = if spec.template.two_inputs() {
-            "<S1> <S2>"
-        } else {
-            "<S>"
-        };
-        spec.template = Template::new(null).map_err(anyhow::Error::msg)?;
-    }
-    let multi = if config.first_token {
-        MultiTokenWords::FirstToken
-    } else {
-        MultiTokenWords::Reject
-    };
-    let (verbalizer, _) = spec.verbalizer_ids(engine.tokenizer(), multi)?;
-    let train = EncodedSplit::new(&engine, &spec, &data.train)?;
-    let dev = EncodedSplit::new(&engine, &spec, &data.dev)?;
-    let test_examples = match config.test_limit {
-        Some(n) => &data.test[..n.min(data.test.len())],
-        None => &data.test[..],
-    };
-    let test = EncodedSplit::new(&engine, &spec, test_examples)?;
-    anyhow::ensure!(!train.is_empty(), "the training split is empty");
-
+    let Prepared {
+        mut engine,
+        spec,
+        verbalizer,
+        train,
+        dev,
+        test,
+    } = prepare(&config, &args.device)?;
     let trainable = Trainable::new(&engine, mc, &verbalizer, config.seed)?;
     let mut trainer = Trainer::new(trainable, config.seed)?;
     let mut best_params: Vec<Tensor> = snapshot(&trainer)?;
@@ -434,6 +407,87 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         print_summary(&result, &dir);
     }
     Ok(())
+}
+
+/// A run's model and data, as the method sees them.
+pub struct Prepared {
+    pub engine: Engine,
+    /// The task (with the null template for null prompts).
+    pub spec: TaskSpec,
+    pub verbalizer: Vec<u32>,
+    pub train: EncodedSplit,
+    pub dev: EncodedSplit,
+    pub test: EncodedSplit,
+}
+
+/// Loads the task's splits and the model of `config` on `device`.
+pub fn prepare(config: &TrainConfig, device: &str) -> anyhow::Result<Prepared> {
+    let data = tasks::load_task(
+        &config.task,
+        &LoadOptions {
+            data_dir: config.data_dir.clone(),
+            k: config.k,
+            seed: config.seed,
+            resample: false,
+        },
+    )?;
+    let device = bbt::device::parse_device(device)?;
+    let path = bbt::assets::resolve_model(&config.model)?;
+    let engine = Engine::load_path(&path, &device, bbt::engine::default_dtype(&device))?;
+    let mut spec = data.spec.clone();
+    if config.method.method == Method::NullPrompt {
+        let null = if spec.template.two_inputs() {
+            "<S1> <S2>"
+        } else {
+            "<S>"
+        };
+        spec.template = Template::new(null).map_err(anyhow::Error::msg)?;
+    }
+    let multi = if config.first_token {
+        MultiTokenWords::FirstToken
+    } else {
+        MultiTokenWords::Reject
+    };
+    let (verbalizer, _) = spec.verbalizer_ids(engine.tokenizer(), multi)?;
+    let train = EncodedSplit::new(&engine, &spec, &data.train)?;
+    let dev = EncodedSplit::new(&engine, &spec, &data.dev)?;
+    let test_examples = match config.test_limit {
+        Some(n) => &data.test[..n.min(data.test.len())],
+        None => &data.test[..],
+    };
+    let test = EncodedSplit::new(&engine, &spec, test_examples)?;
+    anyhow::ensure!(!train.is_empty(), "the training split is empty");
+    Ok(Prepared {
+        engine,
+        spec,
+        verbalizer,
+        train,
+        dev,
+        test,
+    })
+}
+
+/// A finished run's trained method, rebuilt from its folder (`checkpoint.json` for the
+/// settings, `params.safetensors` for the kept parameters), with its model and data.
+pub fn load_finished(dir: &Path, device: &str) -> anyhow::Result<(TrainConfig, Prepared, Trainable)> {
+    let (state, _) = TrainState::load(dir)?;
+    let prepared = prepare(&state.config, device)?;
+    let trainable = Trainable::new(
+        &prepared.engine,
+        &state.config.method,
+        &prepared.verbalizer,
+        state.config.seed,
+    )?;
+    let path = dir.join("params.safetensors");
+    let params = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (has the run finished?)", path.display()))?;
+    for p in trainable.params() {
+        let t = params
+            .get(&p.name)
+            .ok_or_else(|| anyhow::anyhow!("{} lacks {}", path.display(), p.name))?;
+        p.var.set(&t.to_device(p.var.device())?.to_dtype(p.var.dtype())?)?;
+    }
+    Ok((state.config, prepared, trainable))
 }
 
 /// The batch of step `step`: the whole split, or the next `batch` positions of a per-epoch
