@@ -2,6 +2,7 @@
 //! trainer the comparisons run.
 
 mod bench_forward;
+mod bench_train;
 mod bench_server;
 mod cma_bench;
 mod peers;
@@ -28,6 +29,9 @@ enum Command {
     BenchServer(bench_server::Args),
     /// CMA-ES evaluations to f < 1e-8 vs pycma, and time per generation at d = 500 (JSON lines).
     CmaBench(cma_bench::Args),
+    /// Seconds per training step and peak memory of every gradient method, against one
+    /// inference pass and (with --peers) PyTorch + peft on the same batch (JSON lines).
+    BenchTrain(bench_train::Args),
     /// Train a gradient-based method (LoRA, prompt tuning, adapters, ...) on a task's few-shot
     /// split, on the same model and scoring as `bbt tune`; resumable.
     Train(Box<train::Args>),
@@ -42,6 +46,7 @@ fn main() {
         Command::BenchForward(args) => bench_forward::run(&args),
         Command::BenchServer(args) => bench_server::run(&args),
         Command::CmaBench(args) => cma_bench::run(&args),
+        Command::BenchTrain(args) => bench_train::run(&args),
         Command::Train(args) => train::run(&args),
         Command::PeftCheck(args) => train::peft_check::run(&args),
     };

@@ -4,62 +4,76 @@
 //! Gradients through a frozen weight: candle's matmul backward computes the gradient of *both*
 //! operands, so `x @ W^T` with a trainable `x` would also compute (and keep) a weight-sized
 //! gradient for every frozen matrix of the model. [`matmul_t`] routes that case through
-//! [`FrozenWeightGrad`], which passes the product through unchanged and back-propagates only
-//! `grad @ W` to `x`: no work and no memory for gradients nobody asked for.
+//! [`FrozenWeightLinear`], an op whose only input is `x`: the forward is the same matmul, the
+//! backward returns `grad @ W` — no work and no memory for gradients nobody asked for.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, D};
 
 /// `x @ w^T` for `x` `[n, in]` and `w` `[out, in]`, differentiable in whichever operands track
 /// gradients, computing no gradient for a frozen `w`.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    if x.track_op() && !w.track_op() {
-        let y = x.detach().matmul(&w.t()?)?;
-        return x.apply_op2(&y, FrozenWeightGrad { weight: w.clone() });
+    if x.track_op() && !w.track_op() && x.rank() == 2 && w.rank() == 2 {
+        return x.apply_op1(FrozenWeightLinear { weight: w.clone() });
     }
     x.matmul(&w.t()?)
 }
 
-/// The product `y = x @ W^T`, computed beforehand without a graph, re-attached to `x`: the
-/// forward copies `y`, the backward returns `grad @ W` for `x` and nothing for `y`.
-struct FrozenWeightGrad {
+/// `x @ W^T` with `W` held by the op (not a graph input): see the module docs.
+struct FrozenWeightLinear {
     weight: Tensor,
 }
 
-impl CustomOp2 for FrozenWeightGrad {
+impl FrozenWeightLinear {
+    /// The matmul's dimensions `(batch, m, n, k)` and the transposed weight's layout.
+    fn dims(&self, x: &Layout) -> candle_core::Result<((usize, usize, usize, usize), Layout)> {
+        let (n, k) = x.shape().dims2()?;
+        let (out, k_w) = self.weight.dims2()?;
+        if k != k_w {
+            candle_core::bail!("linear: input has {k} features, the weight {k_w}");
+        }
+        let wt = self.weight.layout().transpose(0, 1)?;
+        Ok(((1, n, out, k), wt))
+    }
+}
+
+impl CustomOp1 for FrozenWeightLinear {
     fn name(&self) -> &'static str {
         "frozen-weight-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        _x: &CpuStorage,
-        _lx: &Layout,
-        y: &CpuStorage,
-        ly: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (bmnk, wt) = self.dims(lx)?;
+        let (w, _) = self.weight.storage_and_layout();
+        let Storage::Cpu(w) = &*w else {
+            candle_core::bail!("linear: weight and input on different devices");
+        };
+        let y = x.matmul(w, bmnk, lx, &wt)?;
+        Ok((y, Shape::from((bmnk.1, bmnk.2))))
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        _x: &candle_core::CudaStorage,
-        _lx: &Layout,
-        y: &candle_core::CudaStorage,
-        ly: &Layout,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        Ok((y.try_clone(ly)?, ly.shape().clone()))
+        let (bmnk, wt) = self.dims(lx)?;
+        let (w, _) = self.weight.storage_and_layout();
+        let Storage::Cuda(w) = &*w else {
+            candle_core::bail!("linear: weight and input on different devices");
+        };
+        let y = x.matmul(w, bmnk, lx, &wt)?;
+        Ok((y, Shape::from((bmnk.1, bmnk.2))))
     }
 
     fn bwd(
         &self,
         _x: &Tensor,
-        _y: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&self.weight)?), None))
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
     }
 }
 

@@ -393,12 +393,21 @@ impl Trainable {
             self.weights.for_inference()
         })?;
         let prompts: Vec<Prompt> = self.prompt.iter().map(|p| Prompt::new(keep(p))).collect();
+        let readout = Readout::Tokens(self.verbalizer.clone());
+        if !prompts.is_empty() && self.config.placement == Placement::Prefix {
+            // `[bos][prompt]` is the same for every example: its keys/values are computed once
+            // and shared, in training as in BBT's scoring (gradients flow through the share).
+            let texts = idx
+                .iter()
+                .map(|&i| self.example_tokens(split, i).map(|(h, t)| [h, t].concat()))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            return Ok(engine.score_prefix(&prompts, &texts, &readout)?.logits);
+        }
         let past = self.prefix_cache(train)?;
         let rows = idx
             .iter()
             .map(|&i| self.row(split, i, past.is_some()))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let readout = Readout::Tokens(self.verbalizer.clone());
         let out = engine.forward(&rows, &prompts, past.as_ref(), &readout, true)?;
         match &self.head {
             Some(head) => {
@@ -409,22 +418,27 @@ impl Trainable {
         }
     }
 
-    fn row(&self, split: &EncodedSplit, i: usize, past: bool) -> anyhow::Result<Row> {
-        let (head, tail) = (
-            split.heads.get(i).ok_or_else(|| {
-                anyhow::anyhow!("example {i} is outside the split of {}", split.len())
-            })?,
-            &split.tails[i],
+    fn example_tokens<'s>(
+        &self,
+        split: &'s EncodedSplit,
+        i: usize,
+    ) -> anyhow::Result<(&'s [u32], &'s [u32])> {
+        anyhow::ensure!(
+            i < split.len(),
+            "example {i} is outside the split of {}",
+            split.len()
         );
+        Ok((&split.heads[i], &split.tails[i]))
+    }
+
+    fn row(&self, split: &EncodedSplit, i: usize, past: bool) -> anyhow::Result<Row> {
+        let (head, tail) = self.example_tokens(split, i)?;
         let cat = |parts: &[&[u32]]| Segment::Tokens(parts.concat());
-        let segments = match (self.prompt.is_some(), self.config.placement) {
-            (true, Placement::Prefix) => {
-                vec![cat(&[&self.bos]), Segment::Prompt(0), cat(&[head, tail])]
-            }
-            (true, Placement::Suffix) => {
-                vec![cat(&[&self.bos, head]), Segment::Prompt(0), cat(&[tail])]
-            }
-            (false, _) => vec![cat(&[&self.bos, head, tail])],
+        // A prompt here is in the suffix placement (prefix prompts go through score_prefix).
+        let segments = if self.prompt.is_some() {
+            vec![cat(&[&self.bos, head]), Segment::Prompt(0), cat(&[tail])]
+        } else {
+            vec![cat(&[&self.bos, head, tail])]
         };
         Ok(Row {
             segments,

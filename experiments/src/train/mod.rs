@@ -469,7 +469,10 @@ pub fn prepare(config: &TrainConfig, device: &str) -> anyhow::Result<Prepared> {
 
 /// A finished run's trained method, rebuilt from its folder (`checkpoint.json` for the
 /// settings, `params.safetensors` for the kept parameters), with its model and data.
-pub fn load_finished(dir: &Path, device: &str) -> anyhow::Result<(TrainConfig, Prepared, Trainable)> {
+pub fn load_finished(
+    dir: &Path,
+    device: &str,
+) -> anyhow::Result<(TrainConfig, Prepared, Trainable)> {
     let (state, _) = TrainState::load(dir)?;
     let prepared = prepare(&state.config, device)?;
     let trainable = Trainable::new(
@@ -485,7 +488,8 @@ pub fn load_finished(dir: &Path, device: &str) -> anyhow::Result<(TrainConfig, P
         let t = params
             .get(&p.name)
             .ok_or_else(|| anyhow::anyhow!("{} lacks {}", path.display(), p.name))?;
-        p.var.set(&t.to_device(p.var.device())?.to_dtype(p.var.dtype())?)?;
+        p.var
+            .set(&t.to_device(p.var.device())?.to_dtype(p.var.dtype())?)?;
     }
     Ok((state.config, prepared, trainable))
 }

@@ -73,7 +73,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .first()
         .ok_or_else(|| anyhow::anyhow!("the peft peer printed nothing"))?;
     let theirs: Vec<Vec<f64>> = serde_json::from_value(peer["logits"].clone())?;
-    anyhow::ensure!(theirs.len() == ours.len(), "the peer returned {} rows", theirs.len());
+    anyhow::ensure!(
+        theirs.len() == ours.len(),
+        "the peer returned {} rows",
+        theirs.len()
+    );
     let max_diff = ours
         .iter()
         .zip(&theirs)
