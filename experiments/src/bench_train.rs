@@ -108,6 +108,7 @@ fn measure_one(args: &Args, method: Method) -> anyhow::Result<()> {
         .map(|&i| p.train.heads[i].len() + p.train.tails[i].len())
         .sum();
     let trainable = Trainable::new(&p.engine, &config.method, &p.verbalizer, 42)?;
+    trainable.share_weights_with(&mut p.engine)?;
     let mut trainer = Trainer::new(trainable, 42)?;
     trainer.select_child_network(&mut p.engine, &p.train, 8)?;
     let lr = learning_rate_at(5, 10, 0.0, config.method.learning_rate);
@@ -116,14 +117,18 @@ fn measure_one(args: &Args, method: Method) -> anyhow::Result<()> {
     let mut inference_times = Vec::new();
     for rep in 0..=args.steps {
         let t = Instant::now();
-        let logits = trainer.trainable.logits(&mut p.engine, &p.train, &idx, true)?;
+        let logits = trainer
+            .trainable
+            .logits(&mut p.engine, &p.train, &idx, true)?;
         let forward = t.elapsed().as_secs_f64();
         drop(logits);
         let t = Instant::now();
         trainer.step(&mut p.engine, &p.train, &idx, lr)?;
         let step = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        trainer.trainable.logits(&mut p.engine, &p.train, &idx, false)?;
+        trainer
+            .trainable
+            .logits(&mut p.engine, &p.train, &idx, false)?;
         let inference = t.elapsed().as_secs_f64();
         if rep > 0 {
             step_times.push(step);

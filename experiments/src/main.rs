@@ -2,8 +2,8 @@
 //! trainer the comparisons run.
 
 mod bench_forward;
-mod bench_train;
 mod bench_server;
+mod bench_train;
 mod cma_bench;
 mod peers;
 mod train;

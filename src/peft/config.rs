@@ -157,8 +157,11 @@ impl MethodConfig {
             Method::ModelTuning | Method::ChildTuningF | Method::ChildTuningD => 3e-5,
             // Prompt vectors live at the embedding scale (std ~0.1 for SmolLM2).
             Method::PromptTuning => 3e-3,
-            Method::PrefixTuning | Method::PTuningV2 | Method::MamAdapter => 5e-3,
-            Method::Lora | Method::Adapter | Method::ParallelAdapter => 1e-3,
+            // Through the reparameterisation MLP every key/value moves with each of its hidden
+            // units: a small rate (Li & Liang use 5e-5 to 8e-5 on GPT-2).
+            Method::PrefixTuning => 1e-4,
+            Method::PTuningV2 => 5e-3,
+            Method::Lora | Method::Adapter | Method::ParallelAdapter | Method::MamAdapter => 1e-3,
             Method::Bitfit | Method::NullPrompt | Method::NormTuning => 1e-3,
         };
         Self {

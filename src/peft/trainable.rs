@@ -350,6 +350,14 @@ impl Trainable {
         Ok(layers)
     }
 
+    /// Installs the method's weights (detached) in `engine`: a method that copied every weight
+    /// into a trainable one (model tuning, Child-Tuning) then no longer keeps the originals alive
+    /// beside the copies. The engine's forward is unchanged until training moves a weight.
+    pub fn share_weights_with(&self, engine: &mut Engine) -> anyhow::Result<()> {
+        engine.replace_weights(self.weights.for_inference())?;
+        Ok(())
+    }
+
     /// The trainable parameters, in a fixed order.
     pub fn params(&self) -> &[Param] {
         &self.params
@@ -377,7 +385,8 @@ impl Trainable {
 
     /// Verbalizer logits `[idx.len(), classes]` of the examples `idx` of `split`. With `train`
     /// they carry gradients to the parameters (and LoRA dropout is on); without, the pass runs
-    /// detached, keeping no graph. Leaves the method's weights installed in `engine`.
+    /// detached, keeping no graph. The method's weights are installed in `engine` for the pass
+    /// and the engine's own put back after it.
     pub fn logits(
         &self,
         engine: &mut Engine,
@@ -386,12 +395,25 @@ impl Trainable {
         train: bool,
     ) -> anyhow::Result<Tensor> {
         anyhow::ensure!(!idx.is_empty(), "no examples to run");
-        let keep = |x: &Tensor| if train { x.clone() } else { x.detach() };
-        engine.replace_weights(if train {
+        let previous = engine.replace_weights(if train {
             self.weights.clone()
         } else {
             self.weights.for_inference()
         })?;
+        let logits = self.run(engine, split, idx, train);
+        engine.replace_weights(previous)?;
+        logits
+    }
+
+    /// [`Trainable::logits`] with the method's weights installed.
+    fn run(
+        &self,
+        engine: &Engine,
+        split: &EncodedSplit,
+        idx: &[usize],
+        train: bool,
+    ) -> anyhow::Result<Tensor> {
+        let keep = |x: &Tensor| if train { x.clone() } else { x.detach() };
         let prompts: Vec<Prompt> = self.prompt.iter().map(|p| Prompt::new(keep(p))).collect();
         let readout = Readout::Tokens(self.verbalizer.clone());
         if !prompts.is_empty() && self.config.placement == Placement::Prefix {

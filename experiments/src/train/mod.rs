@@ -287,6 +287,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         test,
     } = prepare(&config, &args.device)?;
     let trainable = Trainable::new(&engine, mc, &verbalizer, config.seed)?;
+    trainable.share_weights_with(&mut engine)?;
     let mut trainer = Trainer::new(trainable, config.seed)?;
     let mut best_params: Vec<Tensor> = snapshot(&trainer)?;
     match &saved {
