@@ -1,12 +1,15 @@
 //! Fused CPU kernels for the two elementwise steps that otherwise cost several passes over
 //! memory: the gated activation of the MLP and the masked softmax of attention.
 //!
-//! Each is a candle custom op on f32 CPU tensors (parallel over rows with rayon) with no
-//! backward; other devices and dtypes, and inputs that carry a gradient, take the equivalent
-//! composition of (differentiable) candle ops, so results agree everywhere.
+//! Each is a candle custom op on f32 CPU tensors (parallel over rows with rayon), with a fused
+//! backward ([`super::grad_kernels`]) used when its input carries a gradient; other devices and
+//! dtypes take the equivalent composition of (differentiable) candle ops, so results agree
+//! everywhere.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
+
+use super::grad_kernels::{GatedActivationGrad, SoftmaxGrad};
 
 /// The activation of a gated MLP.
 #[derive(Debug, Clone, Copy)]
@@ -19,7 +22,7 @@ pub enum GateActivation {
 
 impl GateActivation {
     #[inline]
-    fn apply(self, x: f32) -> f32 {
+    pub(super) fn apply(self, x: f32) -> f32 {
         match self {
             Self::Silu => x / (1.0 + (-x).exp()),
             Self::GeluTanh => {
@@ -33,9 +36,17 @@ impl GateActivation {
 /// `act(gate) * up` for `gate_up` `[n, 2f]` holding gate in the first half: returns `[n, f]`.
 pub fn gated_activation(gate_up: &Tensor, act: GateActivation) -> candle_core::Result<Tensor> {
     let fused = gate_up.device().is_cpu() && gate_up.dtype() == DType::F32 && gate_up.rank() == 2;
-    if fused && !gate_up.track_op() {
-        return gate_up.apply_op1_no_bwd(&GatedActivation(act));
+    if fused {
+        return gate_up.contiguous()?.apply_op1(GatedActivation(act));
     }
+    gated_activation_composed(gate_up, act)
+}
+
+/// [`gated_activation`] composed of basic (differentiable) candle ops, for any device and dtype.
+pub(crate) fn gated_activation_composed(
+    gate_up: &Tensor,
+    act: GateActivation,
+) -> candle_core::Result<Tensor> {
     let f = gate_up.dim(D::Minus1)? / 2;
     let gate = gate_up.narrow(D::Minus1, 0, f)?;
     let up = gate_up.narrow(D::Minus1, f, f)?;
@@ -79,6 +90,18 @@ impl CustomOp1 for GatedActivation {
             });
         Ok((CpuStorage::F32(out), Shape::from((n, f))))
     }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &GatedActivationGrad(self.0),
+        )?))
+    }
 }
 
 /// `softmax(scores + mask)` over the last dimension, with `scores` `[b, h, g, t, s]` and the
@@ -86,11 +109,19 @@ impl CustomOp1 for GatedActivation {
 pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
     let cpu_f32 =
         scores.device().is_cpu() && scores.dtype() == DType::F32 && mask.dtype() == DType::F32;
-    if cpu_f32 && scores.rank() == 5 && mask.rank() == 5 && !scores.track_op() {
+    if cpu_f32 && scores.rank() == 5 && mask.rank() == 5 {
         return scores
             .contiguous()?
-            .apply_op2_no_bwd(&mask.contiguous()?, &MaskedSoftmax);
+            .apply_op2(&mask.contiguous()?, MaskedSoftmax);
     }
+    masked_softmax_composed(scores, mask)
+}
+
+/// [`masked_softmax`] composed of basic (differentiable) candle ops, for any device and dtype.
+pub(crate) fn masked_softmax_composed(
+    scores: &Tensor,
+    mask: &Tensor,
+) -> candle_core::Result<Tensor> {
     let dtype = scores.dtype();
     let x = scores.broadcast_add(&mask.to_dtype(dtype)?)?;
     // Half-precision scores are normalised in f32.
@@ -160,6 +191,17 @@ impl CustomOp2 for MaskedSoftmax {
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        _mask: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?;
+        Ok((Some(d), None))
     }
 }
 

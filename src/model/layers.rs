@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::RopeStyle;
+use super::grad_kernels::{RmsNorm, Rope};
 use super::kernels::{gated_activation, GateActivation};
 use super::linear::Linear;
 
@@ -56,7 +57,15 @@ impl Rotary {
     /// when `x` carries a gradient, the same rotation built from differentiable ops.
     pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
         if x.track_op() {
-            return self.apply_differentiable(x, cos, sin);
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                return x.contiguous()?.apply_op1(Rope {
+                    cos: cos.clone(),
+                    sin: sin.clone(),
+                    style: self.style,
+                    inverse: false,
+                });
+            }
+            return self.apply_composed(x, cos, sin);
         }
         match self.style {
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
@@ -64,7 +73,8 @@ impl Rotary {
         }
     }
 
-    fn apply_differentiable(
+    /// The rotation composed of basic (differentiable) candle ops, for any device and dtype.
+    pub(crate) fn apply_composed(
         &self,
         x: &Tensor,
         cos: &Tensor,
@@ -102,14 +112,21 @@ impl Rotary {
     }
 }
 
-/// RMSNorm over the last dimension: candle's fused kernel, or its composition of basic
-/// (differentiable) ops when the input or the weight carries a gradient, or for f64, which the
-/// kernel lacks.
+/// RMSNorm over the last dimension: candle's fused kernel; when the input or the weight carries
+/// a gradient, a fused differentiable kernel on f32 CPU tensors and candle's composition of
+/// basic ops elsewhere (and for f64, which the fused kernels lack).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    if x.track_op() || weight.track_op() || x.dtype() == DType::F64 {
-        return candle_nn::ops::rms_norm_slow(x, weight, eps as f32);
+    let tracking = x.track_op() || weight.track_op();
+    let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+    match (tracking, cpu_f32) {
+        (true, true) => x
+            .contiguous()?
+            .apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 }),
+        (false, _) if x.dtype() != DType::F64 => {
+            candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
+        }
+        _ => candle_nn::ops::rms_norm_slow(x, weight, eps as f32),
     }
-    candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
 }
 
 /// Gated MLP on packed tokens `[n, hidden]` with fused gate|up weights.

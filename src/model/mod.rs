@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod grad_kernels;
 pub mod kernels;
 pub mod layers;
 pub mod linear;
