@@ -13,6 +13,9 @@ use super::trainable::Trainable;
 use crate::engine::Engine;
 use crate::scoring::{loss_tensor, EncodedSplit};
 
+/// Mixed into the seed of Child-Tuning_F's mask draws.
+const CHILD_MASK_STREAM: u64 = 0x00c4_11d0_0000_0001;
+
 /// Which gradients a step keeps (Child-Tuning; everything for the other methods).
 enum GradientMask {
     All,
@@ -53,7 +56,8 @@ impl Trainer {
             trainable,
             optimizer,
             mask,
-            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6368_696c_64),
+            // A stream of its own, apart from the initialisation's.
+            rng: ChaCha8Rng::seed_from_u64(seed ^ CHILD_MASK_STREAM),
         })
     }
 
