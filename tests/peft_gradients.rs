@@ -298,3 +298,44 @@ fn bad_settings_are_refused_with_a_message() {
     c.learning_rate = -1.0;
     assert!(Trainable::new(&engine, &c, &VERBALIZER, 1).is_err());
 }
+
+#[test]
+fn saved_and_reloaded_parameters_give_the_same_logits() {
+    let split = split();
+    let idx = [0usize, 1, 2];
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ARCHITECTURES {
+        for method in Method::ALL {
+            let mut engine = engine(arch, DType::F32);
+            let config = small_config(method);
+            let trained = Trainable::new(&engine, &config, &VERBALIZER, 5).unwrap();
+            perturb(&trained, &mut ChaCha8Rng::seed_from_u64(4));
+            let path = dir.path().join(format!("{arch:?}-{method}.safetensors"));
+            trained.save(&path).unwrap();
+            let fresh = Trainable::new(&engine, &config, &VERBALIZER, 6).unwrap();
+            let logits = |t: &Trainable, e: &mut Engine| -> Vec<f32> {
+                t.logits(e, &split, &idx, false)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            let before = logits(&fresh, &mut engine);
+            fresh.load(&path).unwrap();
+            let want = logits(&trained, &mut engine);
+            assert_eq!(logits(&fresh, &mut engine), want, "{arch:?} {method}");
+            assert_ne!(
+                before, want,
+                "{arch:?} {method}: the parameters changed nothing"
+            );
+        }
+    }
+    // A file for another method is refused with a message.
+    let engine = engine(Architecture::Llama, DType::F32);
+    let lora = Trainable::new(&engine, &small_config(Method::Lora), &VERBALIZER, 1).unwrap();
+    let err = lora
+        .load(&dir.path().join("Llama-bitfit.safetensors"))
+        .unwrap_err();
+    assert!(err.to_string().contains("lacks"), "{err}");
+}

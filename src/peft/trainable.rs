@@ -358,6 +358,39 @@ impl Trainable {
         Ok(())
     }
 
+    /// Saves the parameters as one safetensors file, each under its name.
+    pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let tensors: std::collections::HashMap<String, Tensor> = self
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+            .collect();
+        candle_core::safetensors::save(&tensors, path)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Loads parameters saved by [`Trainable::save`] for the same method, settings and model.
+    pub fn load(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let device = self.weights.embed.device();
+        let saved = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        for p in &self.params {
+            let t = saved
+                .get(&p.name)
+                .ok_or_else(|| anyhow::anyhow!("{} lacks {}", path.display(), p.name))?;
+            anyhow::ensure!(
+                t.dims() == p.var.dims(),
+                "{}: {} has shape {:?}, this model and method need {:?}",
+                path.display(),
+                p.name,
+                t.dims(),
+                p.var.dims()
+            );
+            p.var.set(&t.to_device(device)?.to_dtype(p.var.dtype())?)?;
+        }
+        Ok(())
+    }
+
     /// The trainable parameters, in a fixed order.
     pub fn params(&self) -> &[Param] {
         &self.params

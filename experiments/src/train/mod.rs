@@ -591,13 +591,7 @@ fn write_outputs(
     engine: &Engine,
 ) -> anyhow::Result<()> {
     write_json(&dir.join("result.json"), result)?;
-    let params: HashMap<String, Tensor> = trainer
-        .trainable
-        .params()
-        .iter()
-        .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
-        .collect();
-    candle_core::safetensors::save(&params, dir.join("params.safetensors"))?;
+    trainer.trainable.save(&dir.join("params.safetensors"))?;
     export::write_peft_adapter(&dir.join("peft"), &trainer.trainable, engine)?;
     let points: Vec<CurveXy> = result
         .curve
