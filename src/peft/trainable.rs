@@ -184,22 +184,28 @@ impl Trainable {
         Ok(tensor)
     }
 
-    fn make_trainable(&mut self, name: &str, slot: impl Fn(&mut DecoderWeights) -> &mut Tensor) {
+    /// Replaces the weight at `slot` with a trainable copy named `name`.
+    fn make_trainable(
+        &mut self,
+        name: &str,
+        slot: impl Fn(&mut DecoderWeights) -> &mut Tensor,
+    ) -> candle_core::Result<()> {
         let value = slot(&mut self.weights).clone();
-        let var = Var::from_tensor(&value).expect("copy of a weight");
+        let var = Var::from_tensor(&value)?;
         *slot(&mut self.weights) = var.as_tensor().clone();
         self.params.push(Param {
             name: name.to_string(),
             var,
         });
+        Ok(())
     }
 
     fn make_all_weights_trainable(&mut self) -> anyhow::Result<()> {
-        self.make_trainable("embed", |w| &mut w.embed);
+        self.make_trainable("embed", |w| &mut w.embed)?;
         if self.weights.lm_head.is_some() {
-            self.make_trainable("lm_head", |w| w.lm_head.as_mut().expect("checked"));
+            self.make_trainable("lm_head", |w| w.lm_head.as_mut().expect("checked"))?;
         }
-        self.make_trainable("final_norm", |w| &mut w.final_norm);
+        self.make_trainable("final_norm", |w| &mut w.final_norm)?;
         for li in 0..self.weights.layers.len() {
             for (k, name) in ["wqkv", "wo", "w_gate_up", "w_down"]
                 .into_iter()
@@ -207,14 +213,14 @@ impl Trainable {
             {
                 self.make_trainable(&format!("layers.{li}.{name}"), move |w| {
                     &mut w.layers[li].linears_mut()[k].weight
-                });
+                })?;
             }
-            self.make_layer_norms_trainable(li);
+            self.make_layer_norms_trainable(li)?;
         }
         Ok(())
     }
 
-    fn make_layer_norms_trainable(&mut self, li: usize) {
+    fn make_layer_norms_trainable(&mut self, li: usize) -> candle_core::Result<()> {
         let names: Vec<&'static str> = self.weights.layers[li]
             .norms_mut()
             .into_iter()
@@ -223,14 +229,15 @@ impl Trainable {
         for (k, name) in names.into_iter().enumerate() {
             self.make_trainable(&format!("layers.{li}.{name}"), move |w| {
                 w.layers[li].norms_mut().swap_remove(k).1
-            });
+            })?;
         }
+        Ok(())
     }
 
     fn make_norms_trainable(&mut self) -> anyhow::Result<()> {
-        self.make_trainable("final_norm", |w| &mut w.final_norm);
+        self.make_trainable("final_norm", |w| &mut w.final_norm)?;
         for li in 0..self.weights.layers.len() {
-            self.make_layer_norms_trainable(li);
+            self.make_layer_norms_trainable(li)?;
         }
         let ids = Tensor::from_vec(
             self.verbalizer.clone(),
