@@ -152,13 +152,14 @@ fn measure_one(args: &Args, method: Method) -> anyhow::Result<()> {
             "inference_seconds": inference,
             "step_over_inference": step / inference,
             "peak_rss_mb": bbt_client::tune::outputs::peak_rss_mb(),
-            "threads": rayon_threads(),
+            "threads": available_threads(),
         })
     );
     Ok(())
 }
 
-fn rayon_threads() -> usize {
+/// Cores the engine's thread pool spreads over.
+fn available_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

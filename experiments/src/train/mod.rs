@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bbt::peft::optim::learning_rate_at;
-use bbt::peft::{Method, MethodConfig, Trainable, Trainer};
+use bbt::peft::{Method, MethodConfig, StepReport, Trainable, Trainer};
 use bbt::protocol::{CandidateResult, Loss, Placement};
 use bbt::scoring::{score, EncodedSplit};
 use bbt::tasks::{self, LoadOptions, Metric, MultiTokenWords, TaskSpec, Template};
@@ -353,7 +353,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             state.step_seconds += step_seconds_here;
             step_seconds_here = 0.0;
             state.save(&dir, &checkpoint_tensors(&trainer, &best_params))?;
-            report_eval(args, &bar, &state, report.loss, d.accuracy);
+            report_eval(args, &bar, &state, &report, d.accuracy);
         }
         bar.set_position(state.step as u64);
     }
@@ -623,11 +623,17 @@ fn progress_bar(args: &Args, steps: usize, done: usize) -> ProgressBar {
     bar
 }
 
-fn report_eval(args: &Args, bar: &ProgressBar, state: &TrainState, loss: f64, dev: f64) {
+fn report_eval(args: &Args, bar: &ProgressBar, state: &TrainState, report: &StepReport, dev: f64) {
+    let loss = report.loss;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"step": state.step, "train_loss": loss, "dev_accuracy": dev})
+            serde_json::json!({
+                "step": state.step,
+                "train_loss": loss,
+                "grad_norm": report.grad_norm,
+                "dev_accuracy": dev,
+            })
         );
     }
     let best = state.best.as_ref().map_or(0.0, |b| b.dev_accuracy);
