@@ -79,7 +79,10 @@ impl Trainer {
             .params()
             .iter()
             .map(|p| match store.remove(p.var.as_tensor()) {
-                Some(g) => Ok(g),
+                // Detached: a parameter's gradient may be built from tracked activations (say
+                // x^T @ grad), and kept in the optimizer's moments it would keep this step's
+                // whole graph alive, one more graph every step.
+                Some(g) => Ok(g.detach()),
                 None => p.var.zeros_like(),
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
