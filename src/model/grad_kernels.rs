@@ -301,6 +301,7 @@ impl CustomOp1 for Rope {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernels::tests::max_diff;
     use super::super::kernels::{
         gated_activation, gated_activation_composed, masked_softmax, masked_softmax_composed,
     };
@@ -314,19 +315,6 @@ mod tests {
         let n: usize = dims.iter().product();
         let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect();
         Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// Runs `fused` and `composed` on the same variables, checks equal outputs and equal

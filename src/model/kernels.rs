@@ -206,11 +206,12 @@ impl CustomOp2 for MaskedSoftmax {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// Largest absolute difference between two f32 tensors (shared by the kernel tests).
+    pub(in crate::model) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()
