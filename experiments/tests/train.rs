@@ -178,6 +178,19 @@ fn bad_flags_and_folders_exit_nonzero_with_a_message() {
         "no-such-task",
     );
     fails_with(
+        &[
+            "train", "--peer", "--method", "bitfit", "--task", "sst2", "--out", out,
+        ],
+        "the PyTorch peer runs lora, prompt-tuning, model-tuning; not bitfit",
+    );
+    fails_with(
+        &[
+            "train", "--peer", "--method", "lora", "--task", "sst2", "--out", out, "--loss",
+            "hinge",
+        ],
+        "cross-entropy loss only",
+    );
+    fails_with(
         &["train", "--resume", tmp.path().to_str().unwrap()],
         "cannot resume",
     );

@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod export;
+mod peer;
 pub mod peft_check;
 
 use std::collections::HashMap;
@@ -72,6 +73,11 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Run the same training (split, initial adapter, batches, learning rates, evaluations) in
+    /// PyTorch + HF peft instead, for comparison: lora, prompt-tuning and model-tuning (needs
+    /// python3 with torch, transformers, peft and gguf; `$BBT_PYTHON` picks the python).
+    #[arg(long, conflicts_with = "resume")]
+    peer: bool,
     #[command(flatten)]
     settings: SettingFlags,
 }
@@ -232,34 +238,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             (dir.clone(), state, Some(tensors))
         }
         None => {
-            let (method, task, out) = match (args.method, &args.task, &args.out) {
-                (Some(m), Some(t), Some(o)) => (m, t.clone(), o.clone()),
-                _ => anyhow::bail!("give --method, --task and --out (or --resume DIR)"),
-            };
-            anyhow::ensure!(
-                !out.join(CHECKPOINT_FILE).exists(),
-                "{} already holds a run: continue it with --resume {}, or choose another --out",
-                out.display(),
-                out.display()
-            );
-            let mut method_config = MethodConfig::defaults(method);
-            args.settings.apply(&mut method_config);
-            method_config.validate()?;
-            std::fs::create_dir_all(&out)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
-            let config = TrainConfig {
-                task,
-                k: args.k,
-                seed: args.seed,
-                model: args.model.clone(),
-                data_dir: args
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(tasks::default_data_dir),
-                test_limit: args.test_limit,
-                first_token: args.first_token,
-                method: method_config,
-            };
+            let (out, config) = new_run(args)?;
+            if args.peer {
+                return peer::run(&config, &out, args.json);
+            }
             let state = TrainState {
                 rng: ChaCha8Rng::seed_from_u64(0),
                 config,
@@ -408,6 +390,40 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         print_summary(&result, &dir);
     }
     Ok(())
+}
+
+/// The output folder and settings of a new run from the command line (the folder is created;
+/// it must not hold a run already).
+fn new_run(args: &Args) -> anyhow::Result<(PathBuf, TrainConfig)> {
+    let (method, task, out) = match (args.method, &args.task, &args.out) {
+        (Some(m), Some(t), Some(o)) => (m, t.clone(), o.clone()),
+        _ => anyhow::bail!("give --method, --task and --out (or --resume DIR)"),
+    };
+    anyhow::ensure!(
+        !out.join(CHECKPOINT_FILE).exists() && !out.join("result.json").exists(),
+        "{} already holds a run: continue it with --resume {}, or choose another --out",
+        out.display(),
+        out.display()
+    );
+    let mut method_config = MethodConfig::defaults(method);
+    args.settings.apply(&mut method_config);
+    method_config.validate()?;
+    std::fs::create_dir_all(&out)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+    let config = TrainConfig {
+        task,
+        k: args.k,
+        seed: args.seed,
+        model: args.model.clone(),
+        data_dir: args
+            .data_dir
+            .clone()
+            .unwrap_or_else(tasks::default_data_dir),
+        test_limit: args.test_limit,
+        first_token: args.first_token,
+        method: method_config,
+    };
+    Ok((out, config))
 }
 
 /// A run's model and data, as the method sees them.
@@ -593,6 +609,11 @@ fn write_outputs(
     write_json(&dir.join("result.json"), result)?;
     trainer.trainable.save(&dir.join("params.safetensors"))?;
     export::write_peft_adapter(&dir.join("peft"), &trainer.trainable, engine)?;
+    write_curve(dir, result)
+}
+
+/// `curve.svg`: the training loss of every step and the dev accuracy of every evaluation.
+fn write_curve(dir: &Path, result: &TrainResult) -> anyhow::Result<()> {
     let points: Vec<CurveXy> = result
         .curve
         .iter()
