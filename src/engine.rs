@@ -356,6 +356,32 @@ impl Engine {
         self.forward(&example_rows(true), &[], Some(&cache), readout, false)
     }
 
+    /// The spread of the hidden states entering each layer over all positions of `rows`:
+    /// the standard deviation after `clip_rounds` rounds of clipping to mean ± 3 std (the
+    /// residual stream of pre-norm models carries a few huge outlier activations that would
+    /// otherwise dominate). BBTv2 scales each layer's random projection by it.
+    pub fn layer_input_spread(
+        &self,
+        rows: &[Row],
+        prompts: &[Prompt],
+        clip_rounds: usize,
+    ) -> anyhow::Result<Vec<f64>> {
+        let mut input = self.pack(rows, prompts, None, false)?;
+        input.keep_layer_inputs = true;
+        let layers = self
+            .decoder
+            .run(input)?
+            .layer_inputs
+            .expect("keep_layer_inputs was set");
+        layers
+            .iter()
+            .map(|x| {
+                let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok(crate::projection::clipped_std(&values, clip_rounds))
+            })
+            .collect()
+    }
+
     /// Keys/values of `[bos][text_e]` for each example: the per-session cache of the suffix
     /// placement, computed once and reused by every later prompt.
     pub fn cache_texts(&self, texts: &[Vec<u32>]) -> anyhow::Result<KvCache> {
@@ -585,6 +611,7 @@ impl Engine {
             past,
             deep,
             keep_kv,
+            keep_layer_inputs: false,
         })
     }
 }

@@ -1,5 +1,9 @@
 //! BBT's random projection: `prompt = A·z + p0`, with `A` (`L * hidden` x `d`) drawn from a seed,
-//! so server and client can each regenerate it and only `z` travels.
+//! so server and client can each regenerate it and only `z` travels; and BBTv2's deep variant,
+//! one projection per layer whose prompt is added to the hidden states entering that layer.
+//!
+//! `A`, `z` and `A·z + p0` stay f32 whatever the model's dtype: the prompt is cast once, where
+//! it enters the model, so CMA-ES's small late steps are not rounded away.
 
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
@@ -9,14 +13,87 @@ use rand_distr::{Distribution as _, Normal, Uniform};
 use crate::engine::Prompt;
 use crate::protocol::{Distribution, ProjectionSpec};
 
+/// `rows x d` entries of standard deviation `std` from `distribution`, seeded (ChaCha8: the same
+/// on every machine).
+fn draw_matrix(
+    distribution: Distribution,
+    seed: u64,
+    std: f64,
+    (rows, d): (usize, usize),
+    device: &Device,
+) -> anyhow::Result<Tensor> {
+    anyhow::ensure!(
+        std.is_finite() && std >= 0.0,
+        "projection scale must be finite and >= 0"
+    );
+    let n = rows * d;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let values: Vec<f32> = match distribution {
+        Distribution::Normal => {
+            let dist = Normal::new(0.0, std as f32)?;
+            (0..n).map(|_| dist.sample(&mut rng)).collect()
+        }
+        Distribution::Uniform => {
+            // Uniform(-a, a) has standard deviation a / sqrt(3).
+            let a = (std * 3f64.sqrt()) as f32;
+            if a == 0.0 {
+                vec![0.0; n]
+            } else {
+                let dist = Uniform::new(-a, a)?;
+                (0..n).map(|_| dist.sample(&mut rng)).collect()
+            }
+        }
+    };
+    Ok(Tensor::from_vec(values, (rows, d), device)?)
+}
+
+/// `[count, d]` candidates times `Aᵀ`, as `count` matrices `[L, hidden]` (f32).
+fn project(
+    matrix: &Tensor,
+    z: &Tensor,
+    prompt_length: usize,
+    hidden: usize,
+) -> anyhow::Result<Tensor> {
+    let d = matrix.dim(1)?;
+    anyhow::ensure!(z.dim(1)? == d, "z must have {d} columns");
+    let z = z.to_device(matrix.device())?.to_dtype(DType::F32)?;
+    // [count, L * hidden] = z · Aᵀ
+    let flat = z.matmul(&matrix.t()?)?;
+    Ok(flat.reshape((z.dim(0)?, prompt_length, hidden))?)
+}
+
+/// Standard deviation of `values` after `rounds` rounds of clipping them to mean ± 3 std (each
+/// round recomputes both on the clipped values), as the BBTv2 reference code measures hidden
+/// states.
+pub fn clipped_std(values: &[f32], rounds: usize) -> f64 {
+    let n = values.len().max(1) as f64;
+    let stats = |lo: f64, hi: f64| {
+        let clip = |x: f32| (x as f64).clamp(lo, hi);
+        let mean = values.iter().map(|&x| clip(x)).sum::<f64>() / n;
+        let var = values
+            .iter()
+            .map(|&x| (clip(x) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        (mean, var.sqrt())
+    };
+    let (mut mean, mut std) = stats(f64::NEG_INFINITY, f64::INFINITY);
+    for _ in 0..rounds {
+        (mean, std) = stats(mean - 3.0 * std, mean + 3.0 * std);
+    }
+    std
+}
+
 /// A generated projection and the prompt offset.
 pub struct Projection {
-    /// `[L * hidden, d]`.
+    /// `[L * hidden, d]`, f32.
     matrix: Tensor,
-    /// `[L, hidden]`.
+    /// `[L, hidden]`, f32.
     p0: Tensor,
     prompt_length: usize,
     hidden: usize,
+    /// The model's dtype, which prompts are cast to.
+    dtype: DType,
 }
 
 impl Projection {
@@ -44,36 +121,19 @@ impl Projection {
             p0.dims()
         );
         let std = Self::entry_std(spec, embedding_std);
-        anyhow::ensure!(
-            std.is_finite() && std >= 0.0,
-            "projection scale must be finite and >= 0"
-        );
-        let n = prompt_length * hidden * spec.intrinsic_dim;
-        let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-        let values: Vec<f32> = match spec.distribution {
-            Distribution::Normal => {
-                let d = Normal::new(0.0, std as f32)?;
-                (0..n).map(|_| d.sample(&mut rng)).collect()
-            }
-            Distribution::Uniform => {
-                // Uniform(-a, a) has standard deviation a / sqrt(3).
-                let a = (std * 3f64.sqrt()) as f32;
-                if a == 0.0 {
-                    vec![0.0; n]
-                } else {
-                    let d = Uniform::new(-a, a)?;
-                    (0..n).map(|_| d.sample(&mut rng)).collect()
-                }
-            }
-        };
-        let matrix =
-            Tensor::from_vec(values, (prompt_length * hidden, spec.intrinsic_dim), device)?
-                .to_dtype(dtype)?;
+        let matrix = draw_matrix(
+            spec.distribution,
+            spec.seed,
+            std,
+            (prompt_length * hidden, spec.intrinsic_dim),
+            device,
+        )?;
         Ok(Self {
             matrix,
-            p0: p0.to_device(device)?.to_dtype(dtype)?,
+            p0: p0.to_device(device)?.to_dtype(DType::F32)?,
             prompt_length,
             hidden,
+            dtype,
         })
     }
 
@@ -84,28 +144,160 @@ impl Projection {
 
     /// Prompts `A·z + p0` for candidates `z` (`[count, d]`).
     pub fn prompts(&self, z: &Tensor) -> anyhow::Result<Vec<Prompt>> {
-        let count = z.dim(0)?;
-        anyhow::ensure!(
-            z.dim(1)? == self.intrinsic_dim(),
-            "z must have {} columns",
-            self.intrinsic_dim()
-        );
-        let z = z
-            .to_device(self.matrix.device())?
-            .to_dtype(self.matrix.dtype())?;
-        // [count, L * hidden] = z · Aᵀ
-        let flat = z.matmul(&self.matrix.t()?)?;
-        (0..count)
-            .map(|c| {
-                let p = flat.get(c)?.reshape((self.prompt_length, self.hidden))?;
-                Ok(Prompt::new((p + &self.p0)?))
-            })
+        let all = project(&self.matrix, z, self.prompt_length, self.hidden)?
+            .broadcast_add(&self.p0)?
+            .to_dtype(self.dtype)?;
+        (0..all.dim(0)?)
+            .map(|c| Ok(Prompt::new(all.get(c)?)))
             .collect()
     }
 
     /// Bytes held by `A`.
     pub fn bytes(&self) -> usize {
         self.matrix.elem_count() * self.matrix.dtype().size_in_bytes()
+    }
+}
+
+/// BBTv2's deep prompt: layer `l` has its own projection `A_l`, and its prompt `A_l·z_l` is
+/// added to the hidden states at the prompt's positions as they enter layer `l` (layer 0: to
+/// the input embeddings `p0`). The matrices are drawn when a layer is evaluated, not kept: all
+/// of them would take `layers * L * hidden * d` floats (1.7 GB for the default model).
+pub struct DeepProjection {
+    spec: ProjectionSpec,
+    /// Entry standard deviation of each layer's `A_l`.
+    layer_std: Vec<f64>,
+    /// `[L, hidden]`, f32: the embeddings at the prompt positions.
+    p0: Tensor,
+    prompt_length: usize,
+    hidden: usize,
+    dtype: DType,
+}
+
+impl DeepProjection {
+    /// The projections of `spec` with entry std `layer_std[l]` for layer `l` (see
+    /// [`DeepProjection::layer_std`]) around the input `p0`.
+    pub fn new(
+        spec: &ProjectionSpec,
+        prompt_length: usize,
+        hidden: usize,
+        layer_std: Vec<f64>,
+        p0: Tensor,
+        dtype: DType,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(spec.intrinsic_dim > 0, "intrinsic_dim must be at least 1");
+        anyhow::ensure!(
+            !layer_std.is_empty(),
+            "a deep prompt needs at least one layer"
+        );
+        anyhow::ensure!(
+            p0.dims() == [prompt_length, hidden],
+            "p0 must be [{prompt_length}, {hidden}], got {:?}",
+            p0.dims()
+        );
+        anyhow::ensure!(
+            layer_std.iter().all(|s| s.is_finite() && *s >= 0.0),
+            "projection scales must be finite and >= 0"
+        );
+        Ok(Self {
+            spec: spec.clone(),
+            layer_std,
+            p0: p0.to_dtype(DType::F32)?,
+            prompt_length,
+            hidden,
+            dtype,
+        })
+    }
+
+    /// Each layer's entry std, as the BBTv2 reference code sets it: `spread_l / sqrt(d)` where
+    /// `spread_0` is the word embeddings' std and `spread_l` (l > 0) that of the hidden states
+    /// entering layer `l` ([`crate::Engine::layer_input_spread`]); the spec's `scale`, when
+    /// given, replaces all of them.
+    pub fn layer_std(spec: &ProjectionSpec, embedding_std: f64, spreads: &[f64]) -> Vec<f64> {
+        let root_d = (spec.intrinsic_dim as f64).sqrt();
+        (0..spreads.len())
+            .map(|l| match (spec.scale, l) {
+                (Some(s), _) => s,
+                (None, 0) => embedding_std / root_d,
+                (None, _) => spreads[l] / root_d,
+            })
+            .collect()
+    }
+
+    /// Layer `l`'s seed: the spec's seed for layer 0, then one stream per layer.
+    pub fn layer_seed(seed: u64, layer: usize) -> u64 {
+        seed.wrapping_add((layer as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// Number of layers.
+    pub fn num_layers(&self) -> usize {
+        self.layer_std.len()
+    }
+
+    /// Intrinsic dimension `d` of every layer.
+    pub fn intrinsic_dim(&self) -> usize {
+        self.spec.intrinsic_dim
+    }
+
+    /// The entry std of every layer's matrix.
+    pub fn scales(&self) -> &[f64] {
+        &self.layer_std
+    }
+
+    /// Layer `layer`'s prompt offsets `A_l·z` for candidates `z` (`[count, d]`):
+    /// `[count, L, hidden]`, f32.
+    pub fn layer_offsets(&self, layer: usize, z: &Tensor) -> anyhow::Result<Tensor> {
+        let std = *self
+            .layer_std
+            .get(layer)
+            .ok_or_else(|| anyhow::anyhow!("layer {layer} out of range"))?;
+        let matrix = draw_matrix(
+            self.spec.distribution,
+            Self::layer_seed(self.spec.seed, layer),
+            std,
+            (self.prompt_length * self.hidden, self.spec.intrinsic_dim),
+            z.device(),
+        )?;
+        project(&matrix, z, self.prompt_length, self.hidden)
+    }
+
+    /// Prompts for candidates `z` of layer `layer`, every other layer at its row of `fixed`
+    /// (`[layers, L, hidden]`, f32).
+    pub fn prompts(&self, layer: usize, z: &Tensor, fixed: &Tensor) -> anyhow::Result<Vec<Prompt>> {
+        let layers = self.num_layers();
+        anyhow::ensure!(
+            fixed.dims() == [layers, self.prompt_length, self.hidden],
+            "fixed layers must be [{layers}, {}, {}]",
+            self.prompt_length,
+            self.hidden
+        );
+        let offsets = self.layer_offsets(layer, z)?;
+        let embeddings = self.p0.to_dtype(self.dtype)?;
+        (0..offsets.dim(0)?)
+            .map(|c| {
+                let mut parts = Vec::with_capacity(3);
+                if layer > 0 {
+                    parts.push(fixed.narrow(0, 0, layer)?);
+                }
+                parts.push(offsets.narrow(0, c, 1)?);
+                if layer + 1 < layers {
+                    parts.push(fixed.narrow(0, layer + 1, layers - layer - 1)?);
+                }
+                let deep = Tensor::cat(&parts, 0)?.to_dtype(self.dtype)?;
+                Ok(Prompt {
+                    embeddings: embeddings.clone(),
+                    deep: Some(deep),
+                })
+            })
+            .collect()
+    }
+
+    /// Zero offsets at every layer: `[layers, L, hidden]`, f32, where a session starts.
+    pub fn zero_layers(&self, device: &Device) -> candle_core::Result<Tensor> {
+        Tensor::zeros(
+            (self.num_layers(), self.prompt_length, self.hidden),
+            DType::F32,
+            device,
+        )
     }
 }
 
@@ -165,6 +357,64 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap(),
             120.0
+        );
+    }
+
+    #[test]
+    fn clipping_removes_outliers_from_the_spread() {
+        let mut values: Vec<f32> = (0..1000).map(|i| ((i % 20) as f32 - 9.5) / 10.0).collect();
+        let plain = clipped_std(&values, 0);
+        values[0] = 1e4;
+        assert!(clipped_std(&values, 0) > 100.0 * plain);
+        let clipped = clipped_std(&values, 5);
+        assert!(
+            (clipped - plain).abs() < 0.05 * plain,
+            "{clipped} vs {plain}"
+        );
+    }
+
+    #[test]
+    fn deep_prompts_replace_only_the_evaluated_layer() {
+        let spec = spec(Distribution::Normal, 3);
+        let layers = 3;
+        let deep = DeepProjection::new(&spec, 4, 30, vec![0.1, 0.2, 0.3], zeros(4, 30), DType::F32)
+            .unwrap();
+        let fixed = Tensor::ones((layers, 4, 30), DType::F32, &Device::Cpu).unwrap();
+        let z = Tensor::ones((2, 50), DType::F32, &Device::Cpu).unwrap();
+        let prompts = deep.prompts(1, &z, &fixed).unwrap();
+        assert_eq!(prompts.len(), 2);
+        let d = prompts[0].deep.as_ref().unwrap();
+        assert_eq!(d.dims(), [layers, 4, 30]);
+        let row =
+            |l: usize| -> Vec<f32> { d.get(l).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+        assert!(row(0).iter().chain(&row(2)).all(|&x| x == 1.0));
+        let offsets = deep.layer_offsets(1, &z).unwrap();
+        let want: Vec<f32> = offsets
+            .get(0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(row(1), want);
+        // Each layer draws its own matrix, at its own scale.
+        let other: Vec<f32> = deep
+            .layer_offsets(2, &z)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_ne!(want, other);
+        let spread = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+        let ratio = spread(&other) / spread(&want);
+        assert!((ratio - 1.5).abs() < 0.15, "scale ratio {ratio}");
+        // The default scales: the embeddings' for layer 0, the hidden states' above.
+        assert_eq!(
+            DeepProjection::layer_std(&spec, 0.7, &[9.0, 2.0, 4.0]),
+            vec![0.7 / 50f64.sqrt(), 2.0 / 50f64.sqrt(), 4.0 / 50f64.sqrt()]
         );
     }
 }

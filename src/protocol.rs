@@ -143,6 +143,13 @@ pub struct CreateSessionRequest {
     pub p0: PromptInit,
     #[serde(default)]
     pub loss: Loss,
+    /// BBTv2's deep prompt (prefix placement only): every layer gets its own projection `A_l`
+    /// and prompt `A_l·z_l`, added to the hidden states at the prompt positions as they enter
+    /// layer `l`. The session keeps each layer's chosen `z_l` (set with
+    /// `PUT /v1/sessions/{id}/layers/{l}`, zero at first), and `evaluate` names the layer its
+    /// candidates are for, so a call still uploads one `d`-vector per candidate.
+    #[serde(default)]
+    pub deep: bool,
 }
 
 /// A split of a session's data.
@@ -171,6 +178,13 @@ pub struct SessionInfo {
     pub test_size: usize,
     /// Candidates evaluated so far (each is one API call).
     pub api_calls: u64,
+    /// Whether the session has a deep (per-layer) prompt.
+    #[serde(default)]
+    pub deep: bool,
+    /// Deep sessions: the entry std of each layer's projection (the word embeddings' spread for
+    /// layer 0, the spread of the hidden states entering each later layer, over `sqrt(d)`).
+    #[serde(default)]
+    pub layer_scales: Option<Vec<f64>>,
 }
 
 /// Candidates `z`, as JSON numbers or base64 little-endian floats.
@@ -204,6 +218,17 @@ pub struct EvaluateRequest {
     /// Also return each example's verbalizer logits.
     #[serde(default)]
     pub return_logits: bool,
+    /// Deep sessions (required there, refused elsewhere): the layer the candidates are for;
+    /// every other layer uses its chosen `z`.
+    #[serde(default)]
+    pub layer: Option<usize>,
+}
+
+/// `PUT /v1/sessions/{id}/layers/{layer}`: a deep session's chosen `z` for one layer (BBTv2
+/// fixes each layer at its best while it tunes the others). Not an API call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetLayerRequest {
+    pub z: Vec<f32>,
 }
 
 fn default_split() -> SplitName {

@@ -134,6 +134,7 @@ async fn health_models_openapi_and_metrics() {
     let (status, doc) = s.get("/openapi.json", None).await;
     assert_eq!(status, 200);
     assert!(doc["paths"]["/v1/sessions/{id}/evaluate"]["post"].is_object());
+    assert!(doc["paths"]["/v1/sessions/{id}/layers/{layer}"]["put"].is_object());
     let (status, _) = s.get("/nope", None).await;
     assert_eq!(status, 404);
     let (_, metrics) = s.get("/metrics", None).await;
@@ -572,4 +573,124 @@ async fn materialised_prompt_scores_like_its_session() {
         .post("/v1/sessions/ses_missing/prompt", None, &json!({"z": z}))
         .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn deep_sessions_tune_one_layer_at_a_time() {
+    let s = start(Limits::default(), ApiKeys::open()).await;
+    let mut body = session_body("prefix");
+    body["deep"] = json!(true);
+    let (status, info) = s.post("/v1/sessions", None, &body).await;
+    assert_eq!(status, 201, "{info}");
+    assert_eq!(info["deep"], true);
+    let (_, models) = s.get("/v1/models", None).await;
+    let layers = models["data"][0]["num_layers"].as_u64().unwrap() as usize;
+    let scales: Vec<f64> = serde_json::from_value(info["layer_scales"].clone()).unwrap();
+    assert_eq!(scales.len(), layers);
+    assert!(scales.iter().all(|&x| x > 0.0), "{scales:?}");
+    assert!(
+        scales[1..].iter().all(|&x| x != scales[0]),
+        "layers above 0 use hidden-state spreads"
+    );
+    let id = info["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/sessions/{id}/evaluate");
+    let eval = |layer: usize, z: Vec<Vec<f32>>| {
+        let body = json!({"candidates": z, "layer": layer});
+        let s = &s;
+        let path = path.clone();
+        async move {
+            let (status, r) = s.post(&path, None, &body).await;
+            assert_eq!(status, 200, "{r}");
+            losses(&r)
+        }
+    };
+    // With every layer at zero the deep prompt is p0, as a shallow session's z = 0 is.
+    let shallow = create(&s, None, "prefix").await;
+    let (_, flat) = s
+        .post(
+            &format!("/v1/sessions/{shallow}/evaluate"),
+            None,
+            &json!({"candidates": [vec![0f32; 6]]}),
+        )
+        .await;
+    let zero = eval(0, vec![vec![0.0; 6]]).await[0];
+    assert!((zero - losses(&flat)[0]).abs() < 1e-5);
+    // Each layer has its own projection.
+    let cands = z(4, 2);
+    let at1 = eval(1, cands.clone()).await;
+    let at2 = eval(2, cands.clone()).await;
+    assert!(
+        at1.iter().zip(&at2).all(|(a, b)| (a - b).abs() > 1e-7),
+        "{at1:?} {at2:?}"
+    );
+    assert!(at1.iter().all(|l| (l - zero).abs() > 1e-7));
+    // Fixing layer 1 at a candidate: evaluating another layer's zero sees it.
+    let put = |layer: &str, body: Value| {
+        let s = &s;
+        let path = format!("/v1/sessions/{id}/layers/{layer}");
+        async move {
+            s.send(
+                reqwest::Method::PUT,
+                &path,
+                None,
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let (status, after) = put("1", json!({"z": cands[1].clone()})).await;
+    assert_eq!(status, 200, "{after}");
+    let seen = eval(2, vec![vec![0.0; 6]]).await[0];
+    assert!((seen - at1[1]).abs() < 1e-5, "{seen} vs {}", at1[1]);
+    // Setting a layer is not an API call: 1 + 2 + 2 + 1 calls so far.
+    let (_, info) = s.get(&format!("/v1/sessions/{id}"), None).await;
+    assert_eq!(info["api_calls"], 6);
+    // Bad requests: a clear 4xx, the session intact.
+    let (status, e) = s
+        .post(&path, None, &json!({"candidates": [vec![0f32; 6]]}))
+        .await;
+    assert_eq!(status, 422, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("layer"), "{e}");
+    let (status, e) = s
+        .post(
+            &path,
+            None,
+            &json!({"candidates": [vec![0f32; 6]], "layer": layers}),
+        )
+        .await;
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["detail"].as_str().unwrap().contains("out of range"),
+        "{e}"
+    );
+    let (status, e) = s
+        .post(
+            &format!("/v1/sessions/{shallow}/evaluate"),
+            None,
+            &json!({"candidates": [vec![0f32; 6]], "layer": 0}),
+        )
+        .await;
+    assert_eq!(status, 422, "{e}");
+    assert_eq!(put("1", json!({"z": [1.0, 2.0]})).await.0, 422);
+    assert_eq!(put("x", json!({"z": cands[0].clone()})).await.0, 400);
+    assert_eq!(
+        put(&layers.to_string(), json!({"z": cands[0].clone()}))
+            .await
+            .0,
+        422
+    );
+    let (status, e) = s
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v1/sessions/{shallow}/layers/0"),
+            None,
+            Some(json!({"z": cands[0].clone()}).to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, 422, "{e}");
+    let mut suffix = body.clone();
+    suffix["placement"] = json!("suffix");
+    let (status, e) = s.post("/v1/sessions", None, &suffix).await;
+    assert_eq!(status, 422, "{e}");
+    assert_eq!(eval(2, vec![vec![0.0; 6]]).await[0], seen);
 }

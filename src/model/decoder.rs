@@ -55,6 +55,8 @@ pub struct PackedInput<'a> {
     pub deep: Option<DeepAdd>,
     /// Return every row's keys/values (only without a past).
     pub keep_kv: bool,
+    /// Return the hidden states entering every layer (deep-prompt projection scales).
+    pub keep_layer_inputs: bool,
 }
 
 /// What a pass returns.
@@ -62,6 +64,9 @@ pub struct PackedOutput {
     /// Final-norm hidden state at each row's last token `[b, hidden]`.
     pub last_hidden: Tensor,
     pub kv: Option<KvCache>,
+    /// Packed `[n, hidden]` hidden states entering each layer (after its deep-prompt addition),
+    /// when asked for.
+    pub layer_inputs: Option<Vec<Tensor>>,
 }
 
 /// A loaded decoder: configuration, weights and rotary tables on one device.
@@ -245,10 +250,14 @@ impl Decoder {
             Architecture::Gemma3 => GateActivation::GeluTanh,
         };
         let mut kept = Vec::new();
+        let mut layer_inputs = Vec::new();
         for (li, lw) in self.weights.layers.iter().enumerate() {
             if let Some(deep) = &input.deep {
                 let add = deep.vectors.get(li)?;
                 x = x.index_add(&deep.positions, &add, 0)?;
+            }
+            if input.keep_layer_inputs {
+                layer_inputs.push(x.clone());
             }
             let local = cfg.is_local_layer(li);
             let (rotary, (cos, sin), mask) = match (&rope_local, local) {
@@ -334,7 +343,11 @@ impl Decoder {
             layers: kept,
             lengths: input.lengths.clone(),
         });
-        Ok(PackedOutput { last_hidden, kv })
+        Ok(PackedOutput {
+            last_hidden,
+            kv,
+            layer_inputs: input.keep_layer_inputs.then_some(layer_inputs),
+        })
     }
 
     /// Logits of `hidden` `[b, hidden]` over `token_ids` only (or the whole vocabulary).

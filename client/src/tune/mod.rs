@@ -127,6 +127,7 @@ pub fn session_request(
         },
         p0: PromptInit::Zeros,
         loss: config.loss,
+        deep: false,
     })
 }
 
@@ -274,6 +275,7 @@ impl Tuner<'_> {
         let request = CreateSessionRequest {
             prompt_length: 0,
             placement: Placement::Prefix,
+            deep: false,
             projection: ProjectionSpec {
                 intrinsic_dim: 1,
                 ..state.session_request.projection.clone()

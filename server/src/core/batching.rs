@@ -14,7 +14,7 @@ use bbt::scoring;
 use bbt::{Engine, Prompt, Readout, Row, Segment};
 use candle_core::Tensor;
 
-use super::sessions::Session;
+use super::sessions::{Session, SessionProjection};
 use super::worker::EvaluateJob;
 use super::CoreError;
 
@@ -28,11 +28,21 @@ pub fn job_tokens(job: &EvaluateJob) -> usize {
     job.count * (split.tokens() + split.len() * job.session.prompt_length)
 }
 
-/// The candidates' prompts `A·z + p0`.
+/// The candidates' prompts: `A·z + p0`, or for a deep session `p0` with `A_l·z` at the job's
+/// layer and the chosen offsets at the others.
 fn prompts(engine: &Engine, job: &EvaluateJob) -> Result<Vec<Prompt>, CoreError> {
     let d = job.session.projection.intrinsic_dim();
     let z = Tensor::from_vec(job.z.clone(), (job.count, d), engine.device()).map_err(internal)?;
-    job.session.projection.prompts(&z).map_err(internal)
+    match (&job.session.projection, &job.layer) {
+        (SessionProjection::Shallow(p), None) => p.prompts(&z),
+        (SessionProjection::Deep { projection, .. }, Some((layer, chosen))) => {
+            projection.prompts(*layer, &z, chosen)
+        }
+        _ => Err(anyhow::anyhow!(
+            "the job's layer does not match the session's prompt"
+        )),
+    }
+    .map_err(internal)
 }
 
 /// Per-candidate scores from `[candidates][examples][classes]` logits.

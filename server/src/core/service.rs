@@ -19,7 +19,7 @@ use candle_core::Tensor;
 use super::candidates::{decode_candidates, CandidatesIn};
 use super::metrics::Metrics;
 use super::session_builder::{build_session, encode_split, verbalizer_ids};
-use super::sessions::SessionStore;
+use super::sessions::{SessionProjection, SessionStore};
 use super::usage::UsageBook;
 use super::worker::{BatchPolicy, EvaluateJob, Worker};
 use super::{CoreError, Limits};
@@ -262,8 +262,26 @@ impl Service {
         candidates: CandidatesIn,
         split: SplitName,
         return_logits: bool,
+        layer: Option<usize>,
     ) -> Result<EvaluateResponse, CoreError> {
         let session = self.sessions.get(id, key)?;
+        let layer = match (&session.projection, layer) {
+            (SessionProjection::Shallow(_), None) => None,
+            (SessionProjection::Shallow(_), Some(_)) => {
+                return Err(CoreError::Invalid(
+                    "`layer` is only for deep sessions (created with \"deep\": true)".into(),
+                ))
+            }
+            (SessionProjection::Deep { .. }, None) => {
+                return Err(CoreError::Invalid(
+                    "a deep session's evaluate must name the `layer` its candidates are for".into(),
+                ))
+            }
+            (SessionProjection::Deep { projection, chosen }, Some(l)) => {
+                check_layer(l, projection.num_layers())?;
+                Some((l, chosen.lock().expect("deep lock").clone()))
+            }
+        };
         let d = session.projection.intrinsic_dim();
         let z = decode_candidates(&candidates, d, self.limits.max_candidates)?;
         let count = z.len();
@@ -288,6 +306,7 @@ impl Service {
                 z: flat,
                 count,
                 return_logits,
+                layer,
             })
             .await;
         match result {
@@ -314,6 +333,55 @@ impl Service {
         }
     }
 
+    /// `PUT /v1/sessions/{id}/layers/{layer}`: fixes a deep session's layer at `A_l·z`.
+    pub async fn set_layer(
+        &self,
+        key: Option<&str>,
+        id: &str,
+        layer: usize,
+        z: Vec<f32>,
+    ) -> Result<SessionInfo, CoreError> {
+        let session = self.sessions.get(id, key)?;
+        let SessionProjection::Deep { projection, .. } = &session.projection else {
+            return Err(CoreError::Invalid(
+                "only deep sessions (created with \"deep\": true) have layers".into(),
+            ));
+        };
+        check_layer(layer, projection.num_layers())?;
+        let d = projection.intrinsic_dim();
+        let z = decode_candidates(
+            &CandidatesIn::Json(bbt::protocol::Candidates::Json(vec![z])),
+            d,
+            1,
+        )?;
+        let worker_session = session.clone();
+        // Drawing A_l (L * hidden * d numbers) is compute: off the async runtime.
+        tokio::task::spawn_blocking(move || -> Result<(), CoreError> {
+            let SessionProjection::Deep { projection, chosen } = &worker_session.projection else {
+                return Err(internal("the session lost its deep prompt"));
+            };
+            let z = Tensor::from_vec(z.concat(), (1, d), &candle_core::Device::Cpu)
+                .map_err(internal)?;
+            let offsets = projection.layer_offsets(layer, &z).map_err(internal)?;
+            let mut chosen = chosen.lock().expect("deep lock");
+            let updated = chosen
+                .slice_assign(
+                    &[
+                        layer..layer + 1,
+                        0..offsets.dim(1).map_err(internal)?,
+                        0..offsets.dim(2).map_err(internal)?,
+                    ],
+                    &offsets.to_device(chosen.device()).map_err(internal)?,
+                )
+                .map_err(internal)?;
+            *chosen = updated;
+            Ok(())
+        })
+        .await
+        .map_err(internal)??;
+        Ok(session.info())
+    }
+
     /// `POST /v1/sessions/{id}/prompt`: `A·z + p0` as rows of numbers (no forward pass).
     pub fn prompt(
         &self,
@@ -322,7 +390,14 @@ impl Service {
         z: &[f32],
     ) -> Result<PromptResponse, CoreError> {
         let session = self.sessions.get(id, key)?;
-        let d = session.projection.intrinsic_dim();
+        let SessionProjection::Shallow(projection) = &session.projection else {
+            return Err(CoreError::Invalid(
+                "a deep session's prompt lives in the session (one offset per layer): score it \
+                 with evaluate on the dev or test split"
+                    .into(),
+            ));
+        };
+        let d = projection.intrinsic_dim();
         let z = decode_candidates(
             &CandidatesIn::Json(bbt::protocol::Candidates::Json(vec![z.to_vec()])),
             d,
@@ -330,8 +405,7 @@ impl Service {
         )?;
         let z =
             Tensor::from_vec(z.concat(), (1, d), &candle_core::Device::Cpu).map_err(internal)?;
-        let prompt = session
-            .projection
+        let prompt = projection
             .prompts(&z)
             .and_then(|mut prompts| {
                 let embeddings = prompts.remove(0).embeddings;
@@ -443,5 +517,17 @@ impl Service {
                 Err(e)
             }
         }
+    }
+}
+
+/// A 422 unless `layer` is one of the model's `layers`.
+fn check_layer(layer: usize, layers: usize) -> Result<(), CoreError> {
+    if layer < layers {
+        Ok(())
+    } else {
+        Err(CoreError::Invalid(format!(
+            "layer {layer} is out of range: the model has {layers} layers (0 to {})",
+            layers - 1
+        )))
     }
 }

@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 
-use bbt::projection::Projection;
-use bbt::protocol::{CreateSessionRequest, PromptInit, SplitName};
+use bbt::projection::{DeepProjection, Projection};
+use bbt::protocol::{CreateSessionRequest, Placement, PromptInit, SplitName};
 use bbt::scoring::EncodedSplit;
 use bbt::tasks::{Example, MultiTokenWords, TaskSpec};
-use bbt::Engine;
+use bbt::{Engine, Prompt, Row, Segment};
 use candle_core::{DType, Tensor};
 
-use super::sessions::Session;
+use super::sessions::{Session, SessionProjection};
 use super::{CoreError, Limits};
 
 fn internal(e: impl std::fmt::Display) -> CoreError {
@@ -94,16 +94,22 @@ pub fn build_session(
                 .map_err(|e| CoreError::Invalid(format!("p0: {e:#}")))?
         }
     };
-    let projection = Projection::new(
-        &req.projection,
-        req.prompt_length,
-        hidden,
-        engine.info().embedding_std,
-        p0,
-        engine.device(),
-        engine.dtype(),
-    )
-    .map_err(|e| CoreError::Invalid(format!("projection: {e:#}")))?;
+    let projection = if req.deep {
+        deep_projection(engine, &req, &encoded[&SplitName::Train], p0)?
+    } else {
+        SessionProjection::Shallow(
+            Projection::new(
+                &req.projection,
+                req.prompt_length,
+                hidden,
+                engine.info().embedding_std,
+                p0,
+                engine.device(),
+                engine.dtype(),
+            )
+            .map_err(|e| CoreError::Invalid(format!("projection: {e:#}")))?,
+        )
+    };
     let id = format!("ses_{:016x}", rand::random::<u64>());
     Ok(Session::new(
         id,
@@ -116,4 +122,65 @@ pub fn build_session(
         req.loss,
         req.prompt_length,
     ))
+}
+
+/// Rounds of 3-sigma clipping when measuring hidden-state spreads (as the BBTv2 reference code).
+const SPREAD_CLIP_ROUNDS: usize = 5;
+
+/// Training examples the spreads are measured on (the first ones; a few-shot split has 32 for a
+/// binary task), which bounds the memory of keeping every layer's hidden states.
+const SPREAD_EXAMPLES: usize = 64;
+
+/// BBTv2's per-layer projections, scaled by the spread of the hidden states entering each
+/// layer when the model reads the training inputs `[bos][p0][text]`.
+fn deep_projection(
+    engine: &Engine,
+    req: &CreateSessionRequest,
+    train: &EncodedSplit,
+    p0: Tensor,
+) -> Result<SessionProjection, CoreError> {
+    if req.placement != Placement::Prefix {
+        return Err(CoreError::Invalid(
+            "deep prompts need the prefix placement".into(),
+        ));
+    }
+    if req.prompt_length == 0 {
+        return Err(CoreError::Invalid(
+            "deep prompts need prompt_length of at least 1".into(),
+        ));
+    }
+    let bos = engine.bos_segment();
+    let rows: Vec<Row> = train
+        .heads
+        .iter()
+        .zip(&train.tails)
+        .take(SPREAD_EXAMPLES)
+        .map(|(h, t)| {
+            Row::new(vec![
+                Segment::Tokens(bos.clone()),
+                Segment::Prompt(0),
+                Segment::Tokens(h.iter().chain(t).copied().collect()),
+            ])
+        })
+        .collect();
+    let prompt = Prompt::new(p0.to_dtype(engine.dtype()).map_err(internal)?);
+    let spreads = engine
+        .layer_input_spread(&rows, &[prompt], SPREAD_CLIP_ROUNDS)
+        .map_err(internal)?;
+    let scales = DeepProjection::layer_std(&req.projection, engine.info().embedding_std, &spreads);
+    let hidden = engine.config().hidden_size;
+    let projection = DeepProjection::new(
+        &req.projection,
+        req.prompt_length,
+        hidden,
+        scales,
+        p0,
+        engine.dtype(),
+    )
+    .map_err(|e| CoreError::Invalid(format!("projection: {e:#}")))?;
+    let chosen = projection.zero_layers(engine.device()).map_err(internal)?;
+    Ok(SessionProjection::Deep {
+        projection,
+        chosen: std::sync::Mutex::new(chosen),
+    })
 }

@@ -7,12 +7,43 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bbt::model::decoder::KvCache;
-use bbt::projection::Projection;
+use bbt::projection::{DeepProjection, Projection};
 use bbt::protocol::{Loss, Placement, SessionInfo, SplitName};
 use bbt::scoring::EncodedSplit;
 use bbt::tasks::TaskSpec;
+use candle_core::Tensor;
 
 use super::{CoreError, Limits};
+
+/// How a session turns candidates `z` into prompts.
+pub enum SessionProjection {
+    /// BBT: one projection, the prompt at the input.
+    Shallow(Projection),
+    /// BBTv2: one projection per layer, and each layer's chosen offsets `A_l·z_l`
+    /// (`[layers, L, hidden]`, f32; zero until the client sets a layer).
+    Deep {
+        projection: DeepProjection,
+        chosen: Mutex<Tensor>,
+    },
+}
+
+impl SessionProjection {
+    /// Intrinsic dimension `d` of the candidates.
+    pub fn intrinsic_dim(&self) -> usize {
+        match self {
+            Self::Shallow(p) => p.intrinsic_dim(),
+            Self::Deep { projection, .. } => projection.intrinsic_dim(),
+        }
+    }
+
+    /// Bytes held (a deep projection draws its matrices per call and keeps only the offsets).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Shallow(p) => p.bytes(),
+            Self::Deep { chosen, .. } => chosen.lock().expect("deep lock").elem_count() * 4,
+        }
+    }
+}
 
 /// One tuning session.
 pub struct Session {
@@ -23,7 +54,7 @@ pub struct Session {
     /// Token id of each class's label word.
     pub verbalizer: Vec<u32>,
     pub splits: HashMap<SplitName, EncodedSplit>,
-    pub projection: Projection,
+    pub projection: SessionProjection,
     pub placement: Placement,
     pub loss: Loss,
     pub prompt_length: usize,
@@ -42,7 +73,7 @@ impl Session {
         spec: TaskSpec,
         verbalizer: Vec<u32>,
         splits: HashMap<SplitName, EncodedSplit>,
-        projection: Projection,
+        projection: SessionProjection,
         placement: Placement,
         loss: Loss,
         prompt_length: usize,
@@ -99,6 +130,11 @@ impl Session {
             dev_size: size(SplitName::Dev),
             test_size: size(SplitName::Test),
             api_calls: self.api_calls.load(std::sync::atomic::Ordering::Relaxed),
+            deep: matches!(self.projection, SessionProjection::Deep { .. }),
+            layer_scales: match &self.projection {
+                SessionProjection::Deep { projection, .. } => Some(projection.scales().to_vec()),
+                SessionProjection::Shallow(_) => None,
+            },
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct EvaluateJob {
     pub z: Vec<f32>,
     pub count: usize,
     pub return_logits: bool,
+    /// Deep sessions: the layer the candidates are for, and every layer's chosen offsets when
+    /// the request arrived.
+    pub layer: Option<(usize, candle_core::Tensor)>,
 }
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, CoreError>>;

@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::core::service::Service;
@@ -42,6 +42,7 @@ pub fn router(service: Arc<Service>, keys: ApiKeys) -> Router {
         )
         .route("/v1/sessions/{id}/evaluate", post(routes::evaluate))
         .route("/v1/sessions/{id}/prompt", post(routes::prompt))
+        .route("/v1/sessions/{id}/layers/{layer}", put(routes::set_layer))
         .route("/v1/forward", post(routes::forward))
         .route("/v1/usage", get(routes::usage))
         .route_layer(middleware::from_fn_with_state(gate.clone(), authenticate));

@@ -9,7 +9,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use bbt::protocol::{
-    CreateSessionRequest, EvaluateRequest, FloatType, ForwardRequest, PromptRequest, SplitName,
+    CreateSessionRequest, EvaluateRequest, FloatType, ForwardRequest, PromptRequest,
+    SetLayerRequest, SplitName,
 };
 
 use super::auth::Caller;
@@ -68,6 +69,7 @@ pub struct RawEvaluateQuery {
     dtype: FloatType,
     #[serde(default)]
     return_logits: bool,
+    layer: Option<usize>,
 }
 
 fn train() -> SplitName {
@@ -87,7 +89,7 @@ pub async fn evaluate(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"));
-    let (candidates, split, return_logits) = if raw {
+    let (candidates, split, return_logits, layer) = if raw {
         let Query(q) = Query::<RawEvaluateQuery>::try_from_uri(request.uri())
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
         let bytes = Bytes::from_request(request, &())
@@ -97,7 +99,7 @@ pub async fn evaluate(
             dtype: q.dtype,
             bytes: bytes.to_vec(),
         };
-        (input, q.split, q.return_logits)
+        (input, q.split, q.return_logits, q.layer)
     } else {
         let Json(req) = Json::<EvaluateRequest>::from_request(request, &())
             .await
@@ -106,11 +108,41 @@ pub async fn evaluate(
             CandidatesIn::Json(req.candidates),
             req.split,
             req.return_logits,
+            req.layer,
         )
     };
     Ok(Json(
         service
-            .evaluate(caller.0.as_deref(), &id, candidates, split, return_logits)
+            .evaluate(
+                caller.0.as_deref(),
+                &id,
+                candidates,
+                split,
+                return_logits,
+                layer,
+            )
+            .await?,
+    ))
+}
+
+/// `PUT /v1/sessions/{id}/layers/{layer}`.
+pub async fn set_layer(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, layer)): Path<(String, String)>,
+    body: std::result::Result<Json<SetLayerRequest>, JsonRejection>,
+) -> Result<impl IntoResponse> {
+    let layer: usize = layer.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("`{layer}` is not a layer number"),
+        )
+    })?;
+    let Json(req) = body?;
+    Ok(Json(
+        service
+            .set_layer(caller.0.as_deref(), &id, layer, req.z)
             .await?,
     ))
 }
