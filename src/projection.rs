@@ -211,14 +211,14 @@ impl DeepProjection {
     /// Each layer's entry std, as the BBTv2 reference code sets it: `spread_l / sqrt(d)` where
     /// `spread_0` is the word embeddings' std and `spread_l` (l > 0) that of the hidden states
     /// entering layer `l` ([`crate::Engine::layer_input_spread`]); the spec's `scale`, when
-    /// given, replaces all of them.
+    /// given, replaces all of them; its `gain` multiplies them.
     pub fn layer_std(spec: &ProjectionSpec, embedding_std: f64, spreads: &[f64]) -> Vec<f64> {
-        let root_d = (spec.intrinsic_dim as f64).sqrt();
+        let per_d = spec.gain.unwrap_or(1.0) / (spec.intrinsic_dim as f64).sqrt();
         (0..spreads.len())
             .map(|l| match (spec.scale, l) {
                 (Some(s), _) => s,
-                (None, 0) => embedding_std / root_d,
-                (None, _) => spreads[l] / root_d,
+                (None, 0) => embedding_std * per_d,
+                (None, _) => spreads[l] * per_d,
             })
             .collect()
     }
@@ -311,6 +311,7 @@ mod tests {
             seed,
             distribution,
             scale: None,
+            gain: None,
         }
     }
 

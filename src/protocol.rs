@@ -58,6 +58,10 @@ pub struct ProjectionSpec {
     /// Standard deviation of the entries. Default, as in the BBT reference code:
     /// `alpha * std(word embeddings) / (sqrt(d) * sigma)` with `alpha = sigma = 1`.
     pub scale: Option<f64>,
+    /// Deep sessions without a `scale`: multiplies every layer's default std (`alpha / sigma`
+    /// in the BBT papers' formula). 1 if absent.
+    #[serde(default)]
+    pub gain: Option<f64>,
 }
 
 /// The prompt offset `p0`.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bbt::protocol::{
     CreateSessionRequest, ErrorBody, EvaluateResponse, ModelsResponse, PromptRequest,
-    PromptResponse, SessionInfo, SplitName,
+    PromptResponse, SessionInfo, SetLayerRequest, SplitName,
 };
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::StatusCode;
@@ -140,24 +140,50 @@ impl ServerClient {
 
     /// `POST /v1/sessions/{id}/evaluate` with `count` candidates of `z.len() / count` floats,
     /// sent as raw little-endian f32.
+    /// `layer` names a deep session's layer the candidates are for.
     pub fn evaluate(
         &mut self,
         id: &str,
         z: &[f32],
         split: SplitName,
+        layer: Option<usize>,
     ) -> Result<EvaluateResponse, CallError> {
         let body: Vec<u8> = z.iter().flat_map(|v| v.to_le_bytes()).collect();
         let len = body.len() as u64;
         let split = serde_json::to_value(split).expect("split serialises");
-        let path = format!(
+        let mut path = format!(
             "/v1/sessions/{id}/evaluate?dtype=f32&split={}",
             split.as_str().unwrap_or("train")
         );
+        if let Some(l) = layer {
+            path.push_str(&format!("&layer={l}"));
+        }
         self.call(
             &path,
             move |http, url| {
                 http.post(url)
                     .header("content-type", "application/octet-stream")
+                    .body(body.clone())
+            },
+            len,
+        )
+    }
+
+    /// `PUT /v1/sessions/{id}/layers/{layer}`: fixes a deep session's layer at `z`.
+    pub fn set_layer(
+        &mut self,
+        id: &str,
+        layer: usize,
+        z: &[f32],
+    ) -> Result<SessionInfo, CallError> {
+        let body = serde_json::to_vec(&SetLayerRequest { z: z.to_vec() }).expect("serialises");
+        let len = body.len() as u64;
+        let path = format!("/v1/sessions/{id}/layers/{layer}");
+        self.call(
+            &path,
+            move |http, url| {
+                http.put(url)
+                    .header("content-type", "application/json")
                     .body(body.clone())
             },
             len,

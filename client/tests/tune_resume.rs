@@ -68,36 +68,57 @@ labels = { negative = ["0"], positive = ["1"] }
     spec
 }
 
-/// `bbt tune` flags of the small run: 8 generations of 6, dev every 12 calls.
-fn tune_args(server: &str, task: &Path, out: &Path) -> Vec<String> {
-    [
-        "tune",
-        "--server",
-        server,
-        "--task",
-        task.to_str().unwrap(),
-        "--preset",
-        "quick",
-        "--k",
-        "4",
-        "--budget",
-        "48",
-        "--popsize",
-        "6",
-        "--intrinsic-dim",
-        "16",
-        "--prompt-length",
-        "2",
-        "--dev-every",
-        "12",
-        "--quiet",
-        "--attempts",
-        "10",
-        "--out",
-        out.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec()
+/// BBT's small run: 8 generations of 6 calls, dev every 12 calls.
+const BBT_RUN: &[&str] = &[
+    "--preset",
+    "quick",
+    "--budget",
+    "48",
+    "--popsize",
+    "6",
+    "--intrinsic-dim",
+    "16",
+    "--prompt-length",
+    "2",
+    "--dev-every",
+    "12",
+];
+
+/// BBTv2's small run: one round of one 6-call generation per layer (30 layers), dev every 60.
+const BBTV2_RUN: &[&str] = &[
+    "--preset",
+    "bbtv2",
+    "--budget",
+    "180",
+    "--popsize",
+    "6",
+    "--intrinsic-dim",
+    "16",
+    "--prompt-length",
+    "2",
+    "--dev-every",
+    "60",
+];
+
+/// `bbt tune` flags of a small run on `task` with the settings of `run`.
+fn tune_args(server: &str, task: &Path, out: &Path, run: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["tune", "--server", server, "--task", task.to_str().unwrap()]
+        .map(String::from)
+        .to_vec();
+    args.extend(run.iter().map(|s| s.to_string()));
+    args.extend(
+        [
+            "--k",
+            "4",
+            "--quiet",
+            "--attempts",
+            "10",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    args
 }
 
 fn generations_logged(out: &Path) -> usize {
@@ -149,20 +170,30 @@ fn run_to_end(args: &[String]) {
     assert!(status.success(), "bbt {args:?} failed");
 }
 
-#[test]
-fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
+/// Runs `run` uninterrupted, killed and resumed, and across a server restart: the three must
+/// end identically, and `bbt eval` must score the saved prompt as the run did.
+fn interrupted_runs_match_the_uninterrupted_one(
+    run: &[&str],
+    method: &str,
+    generations: usize,
+    files: &[&str],
+) {
     let dir = tempfile::tempdir().unwrap();
     let task = write_task(dir.path());
 
     // Reference: uninterrupted.
     let server = serve("127.0.0.1:0");
     let reference = dir.path().join("reference");
-    run_to_end(&tune_args(server.url(), &task, &reference));
+    run_to_end(&tune_args(server.url(), &task, &reference, run));
     let expected = outcome(&reference);
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(reference.join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result["method"], method);
     let curve = expected.0["curve"].as_array().unwrap();
-    assert_eq!(curve.len(), 8);
+    assert_eq!(curve.len(), generations);
     assert!(expected.0["test_accuracy"].as_f64().is_some());
-    for file in ["curve.svg", "best_prompt.safetensors", "checkpoint.json"] {
+    for file in files {
         assert!(reference.join(file).exists(), "{file} written");
     }
     // `bbt eval` scores the saved prompt on the test split exactly as the run did.
@@ -187,18 +218,21 @@ fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
     assert_eq!(scored["accuracy"], expected.0["test_accuracy"]);
     assert_eq!(scored["examples"], 24);
 
-    // Kill the client and the server after 3 generations; resume against a new server.
+    // Kill the client and the server midway; resume against a new server.
     let interrupted = dir.path().join("interrupted");
     let mut client = Command::new(BBT)
-        .args(tune_args(server.url(), &task, &interrupted))
+        .args(tune_args(server.url(), &task, &interrupted, run))
         .spawn()
         .unwrap();
-    wait_for_generations(&interrupted, 3);
+    wait_for_generations(&interrupted, generations * 3 / 8);
     client.kill().unwrap();
     client.wait().unwrap();
     drop(server);
     let done = generations_logged(&interrupted);
-    assert!(done < 8, "killed before the end ({done} generations)");
+    assert!(
+        done < generations,
+        "killed before the end ({done} generations)"
+    );
     let server = serve("127.0.0.1:0");
     let resume = [
         "tune",
@@ -217,10 +251,10 @@ fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
     let addr = server.url().trim_start_matches("http://").to_string();
     let flaky = dir.path().join("flaky");
     let mut client = Command::new(BBT)
-        .args(tune_args(server.url(), &task, &flaky))
+        .args(tune_args(server.url(), &task, &flaky, run))
         .spawn()
         .unwrap();
-    wait_for_generations(&flaky, 2);
+    wait_for_generations(&flaky, generations / 4);
     drop(server);
     let _server = serve(&addr);
     assert!(client.wait().unwrap().success(), "the client survived");
@@ -228,6 +262,26 @@ fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
         outcome(&flaky),
         expected,
         "run across a server restart differs"
+    );
+}
+
+#[test]
+fn killed_and_resumed_runs_end_exactly_like_an_uninterrupted_run() {
+    interrupted_runs_match_the_uninterrupted_one(
+        BBT_RUN,
+        "bbt",
+        8,
+        &["curve.svg", "best_prompt.safetensors", "checkpoint.json"],
+    );
+}
+
+#[test]
+fn bbtv2_runs_resume_exactly_too() {
+    interrupted_runs_match_the_uninterrupted_one(
+        BBTV2_RUN,
+        "bbtv2",
+        30,
+        &["curve.svg", "best_prompt.json", "checkpoint.json"],
     );
 }
 

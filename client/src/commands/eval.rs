@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use bbt::protocol::SplitName;
 use bbt_client::tune::outputs::SavedPrompt;
-use bbt_client::tune::task_request;
+use bbt_client::tune::{set_layers, split_layers, task_request};
 
 use super::tune::ServerArgs;
 
@@ -43,6 +43,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             args.prompt.display()
         )
     })?;
+    anyhow::ensure!(!saved.z.is_empty(), "{} holds no z", args.prompt.display());
     let mut session = saved.session.clone();
     if let Some(task) = &args.task {
         session.task = task_request(task, args.k, args.seed)?;
@@ -50,7 +51,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let split: SplitName = serde_json::from_value(serde_json::json!(args.split))?;
     let mut client = args.server.connect()?;
     let info = client.create_session(&session)?;
-    let scored = client.evaluate(&info.id, &saved.z, split);
+    let scored = if session.deep {
+        let layers = split_layers(&saved.z, session.projection.intrinsic_dim);
+        set_layers(&mut client, &info.id, &layers)
+            .and_then(|()| client.evaluate(&info.id, &layers[0], split, Some(0)))
+    } else {
+        client.evaluate(&info.id, &saved.z, split, None)
+    };
     let _ = client.delete_session(&info.id);
     let result = scored?
         .results

@@ -170,9 +170,10 @@ pub struct Args {
     /// Task: a name the server knows (mr, sst2, agnews, ...) or a local task spec (.toml/.json).
     #[arg(long, required_unless_present = "resume")]
     task: Option<String>,
-    /// Starting settings: `paper` (BBT's: L=50 prefix, d=500, 8000 calls) or `quick`
-    /// (bbt quickstart's); flags below override single values.
-    #[arg(long, default_value = "paper", value_parser = ["paper", "quick"])]
+    /// Starting settings: `paper` (BBT's: L=50 prefix, d=500, 8000 calls), `bbtv2` (BBTv2's:
+    /// a prompt at every layer, sigma = alpha = 0.2) or `quick` (bbt quickstart's); flags below
+    /// override single values.
+    #[arg(long, default_value = "paper", value_parser = ["paper", "bbtv2", "quick"])]
     preset: String,
     #[command(flatten)]
     settings: SettingArgs,
@@ -194,6 +195,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         (None, Some(task)) => {
             let preset = match args.preset.as_str() {
                 "quick" => TuneConfig::quick(task),
+                "bbtv2" => TuneConfig::bbtv2(task),
                 _ => TuneConfig::paper(task),
             };
             let config = args.settings.apply(preset);

@@ -26,6 +26,7 @@ pub struct CurvePoint {
 /// The best-dev prompt so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BestPrompt {
+    /// `d` numbers; BBTv2: `layers * d`, layer by layer.
     pub z: Vec<f32>,
     pub dev_accuracy: f64,
     pub dev_loss: f64,
@@ -40,7 +41,15 @@ pub struct Checkpoint {
     /// The session as created (examples included for local tasks), recreated when lost.
     pub session_request: CreateSessionRequest,
     pub session_id: Option<String>,
-    pub es: Ipop,
+    /// One CMA-ES per tuned prompt: one for BBT, one per layer for BBTv2.
+    pub searches: Vec<Ipop>,
+    /// BBTv2: each layer's chosen `z` (its search's best so far; empty before its first
+    /// generation), which the session holds fixed while other layers are tuned.
+    #[serde(default)]
+    pub layer_z: Vec<Vec<f32>>,
+    /// The search whose generation comes next.
+    #[serde(default)]
+    pub next_search: usize,
     pub train_calls: u64,
     /// Dev, test and zero-shot calls.
     pub other_calls: u64,

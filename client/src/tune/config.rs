@@ -45,6 +45,11 @@ pub struct TuneConfig {
     pub bound: Option<f64>,
     /// Measure the manual prompt's zero-shot test accuracy (L = 0) before tuning.
     pub zero_shot: bool,
+    /// BBTv2 (Sun et al., EMNLP 2022): a prompt at every layer, one projection and one CMA-ES
+    /// per layer, tuned by divide and conquer (each round runs one generation per layer, the
+    /// other layers fixed at their best). Prefix placement only. BBT: off.
+    #[serde(default)]
+    pub deep: bool,
 }
 
 impl TuneConfig {
@@ -68,6 +73,19 @@ impl TuneConfig {
             diagonal: false,
             bound: None,
             zero_shot: false,
+            deep: false,
+        }
+    }
+
+    /// BBTv2's settings (its reference code's README): BBT's with a deep prompt, CMA-ES sigma
+    /// 0.2 and alpha 0.2, so each layer's projection has the std of that layer's hidden states
+    /// over sqrt(d); population 20, 8,000 calls.
+    pub fn bbtv2(task: &str) -> Self {
+        Self {
+            sigma: 0.2,
+            alpha: 0.2,
+            deep: true,
+            ..Self::paper(task)
         }
     }
 
@@ -108,6 +126,9 @@ impl TuneConfig {
                 "budget {} is less than one generation (popsize {})",
                 self.budget, self.popsize
             ));
+        }
+        if self.deep && self.placement != Placement::Prefix {
+            return Err("a deep prompt (BBTv2) needs the prefix placement".into());
         }
         if self.prompt_length == 0 {
             return Err("prompt_length must be at least 1".into());

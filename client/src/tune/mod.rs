@@ -78,22 +78,42 @@ fn new_checkpoint(client: &mut ServerClient, config: TuneConfig) -> anyhow::Resu
     let models = client.models()?;
     let card = models.data.first().context("the server lists no model")?;
     let session_request = session_request(&config, card)?;
-    let generations = config.budget / config.popsize as u64;
-    let options = CmaOptions {
-        popsize: Some(config.popsize),
-        seed: config.seed,
-        diagonal: config.diagonal,
-        bounds: config.bound.map(|b| [-b, b]),
-        max_evals: Some(generations * config.popsize as u64),
-        ..Default::default()
-    };
-    let es = Ipop::new(&vec![0.0; config.intrinsic_dim], config.sigma, options)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // BBTv2 splits the budget evenly: rounds of one generation per layer.
+    let searches = if config.deep { card.num_layers } else { 1 };
+    let per_round = (config.popsize * searches) as u64;
+    anyhow::ensure!(
+        config.budget >= per_round,
+        "budget {} is less than one round of one generation per layer (popsize {} x {} layers)",
+        config.budget,
+        config.popsize,
+        searches
+    );
+    let generations = config.budget / per_round;
+    let searches = (0..searches)
+        .map(|i| {
+            let options = CmaOptions {
+                popsize: Some(config.popsize),
+                seed: config.seed.wrapping_add(i as u64),
+                diagonal: config.diagonal,
+                bounds: config.bound.map(|b| [-b, b]),
+                max_evals: Some(generations * config.popsize as u64),
+                ..Default::default()
+            };
+            Ipop::new(&vec![0.0; config.intrinsic_dim], config.sigma, options)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Checkpoint {
+        layer_z: if config.deep {
+            vec![Vec::new(); searches.len()]
+        } else {
+            Vec::new()
+        },
+        next_search: 0,
         config,
         session_request,
         session_id: None,
-        es,
+        searches,
         train_calls: 0,
         other_calls: 0,
         curve: Vec::new(),
@@ -112,6 +132,17 @@ pub fn session_request(
     config: &TuneConfig,
     card: &ModelCard,
 ) -> anyhow::Result<CreateSessionRequest> {
+    // BBT scales A by the word embeddings' spread; BBTv2's server scales each layer by the
+    // spread of its hidden states, times alpha / sigma.
+    let (scale, gain) = if config.deep {
+        (None, Some(config.alpha / config.sigma))
+    } else {
+        let root_d = (config.intrinsic_dim as f64).sqrt();
+        (
+            Some(config.alpha * card.embedding_std / (root_d * config.sigma)),
+            None,
+        )
+    };
     Ok(CreateSessionRequest {
         task: task_request(&config.task, config.k, config.seed)?,
         prompt_length: config.prompt_length,
@@ -120,14 +151,12 @@ pub fn session_request(
             intrinsic_dim: config.intrinsic_dim,
             seed: config.seed,
             distribution: config.distribution,
-            scale: Some(
-                config.alpha * card.embedding_std
-                    / ((config.intrinsic_dim as f64).sqrt() * config.sigma),
-            ),
+            scale,
+            gain,
         },
         p0: PromptInit::Zeros,
         loss: config.loss,
-        deep: false,
+        deep: config.deep,
     })
 }
 
@@ -191,13 +220,13 @@ impl Tuner<'_> {
             }
             self.save(state)?;
         }
-        while state.es.stop_reason().is_none() {
-            self.generation(state)?;
+        while let Some(search) = next_search(state) {
+            self.generation(state, search)?;
             self.save(state)?;
         }
         let best = match &state.best {
             Some(b) => b.z.clone(),
-            None => mean_z(state),
+            None => current_prompt(state),
         };
         let test = self.evaluate(state, &best, 1, SplitName::Test)?;
         if let Some(t) = &test {
@@ -205,28 +234,50 @@ impl Tuner<'_> {
                 test_accuracy: t[0].accuracy,
             });
         }
-        let prompt = self.with_session(state, |client, id| client.prompt(id, &best))?;
+        // A deep prompt lives in the session (one offset per layer): only its z is kept.
+        let prompt = if state.config.deep {
+            None
+        } else {
+            Some(
+                self.with_session(state, |client, id| client.prompt(id, &best))?
+                    .prompt,
+            )
+        };
         self.save(state)?;
         self.progress.finish();
         let test_examples = self.info.as_ref().map(|i| i.test_size).filter(|&n| n > 0);
         let result = TuneResult::new(state, test.map(|mut t| t.remove(0)), test_examples);
-        outputs::write_all(self.out, &result, state, &best, &prompt.prompt)?;
+        outputs::write_all(self.out, &result, state, &best, prompt.as_deref())?;
         if let Some(id) = state.session_id.take() {
             let _ = self.client.delete_session(&id);
         }
         Ok(result)
     }
 
-    /// One generation: ask, score on train, tell; dev when due; the curve.
-    fn generation(&mut self, state: &mut Checkpoint) -> anyhow::Result<()> {
-        let xs = state.es.ask().map_err(|e| anyhow::anyhow!("{e}"))?;
+    /// One generation of search `search` (BBTv2: of that layer): ask, score on train, tell;
+    /// BBTv2 then fixes the layer at its best; dev when due; the curve.
+    fn generation(&mut self, state: &mut Checkpoint, search: usize) -> anyhow::Result<()> {
+        let deep = state.config.deep;
+        let xs = state.searches[search]
+            .ask()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let count = xs.nrows();
         let z: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
+        let layer = deep.then_some(search);
         let results = self
-            .evaluate(state, &z, count, SplitName::Train)?
+            .evaluate_layer(state, &z, count, SplitName::Train, layer)?
             .context("the session has no training examples")?;
         let losses: Vec<f64> = results.iter().map(|r| r.loss).collect();
-        state.es.tell(&losses).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let es = &mut state.searches[search];
+        es.tell(&losses).map_err(|e| anyhow::anyhow!("{e}"))?;
+        state.next_search = (search + 1) % state.searches.len();
+        if deep {
+            if let Some(best) = state.searches[search].best() {
+                let chosen: Vec<f32> = best.x.iter().map(|&v| v as f32).collect();
+                self.with_session(state, |client, id| client.set_layer(id, search, &chosen))?;
+                state.layer_z[search] = chosen;
+            }
+        }
         let before = state.train_calls;
         state.train_calls += count as u64;
         let (best_index, train_loss) = losses
@@ -237,15 +288,22 @@ impl Tuner<'_> {
             .expect("a population");
         state.best_train_loss = state.best_train_loss.min(train_loss);
         let every = state.config.dev_every;
-        let dev_due =
-            before / every != state.train_calls / every || state.es.stop_reason().is_some();
+        let dev_due = before / every != state.train_calls / every || next_search(state).is_none();
         let mut dev_accuracy = None;
         if dev_due {
-            let d = state.config.intrinsic_dim;
-            let mean = mean_z(state);
-            let generation_best = z[best_index * d..(best_index + 1) * d].to_vec();
-            let candidates = [mean, generation_best];
-            if let Some(scores) = self.evaluate(state, &candidates.concat(), 2, SplitName::Dev)? {
+            // BBT: the search's mean and this generation's best; BBTv2: every layer at its
+            // chosen z.
+            let candidates = if deep {
+                vec![current_prompt(state)]
+            } else {
+                let d = state.config.intrinsic_dim;
+                vec![
+                    current_prompt(state),
+                    z[best_index * d..(best_index + 1) * d].to_vec(),
+                ]
+            };
+            let n = candidates.len();
+            if let Some(scores) = self.evaluate(state, &candidates.concat(), n, SplitName::Dev)? {
                 for (z, score) in candidates.into_iter().zip(scores) {
                     consider(state, z, &score);
                 }
@@ -258,11 +316,11 @@ impl Tuner<'_> {
             dev_accuracy,
         });
         self.progress.event(&Event::Generation {
-            generation: state.es.current().generation(),
+            generation: state.curve.len() as u64,
             api_calls: state.train_calls,
             train_loss,
             best_train_loss: state.best_train_loss,
-            sigma: state.es.current().sigma(),
+            sigma: state.searches[search].current().sigma(),
             dev_accuracy,
             best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
             elapsed_seconds: state.wall_seconds + self.started.elapsed().as_secs_f64(),
@@ -286,19 +344,50 @@ impl Tuner<'_> {
         if info.test_size == 0 {
             return Ok(None);
         }
-        let scores = self.client.evaluate(&info.id, &[0.0], SplitName::Test)?;
+        let scores = self
+            .client
+            .evaluate(&info.id, &[0.0], SplitName::Test, None)?;
         state.other_calls += 1;
         let _ = self.client.delete_session(&info.id);
         Ok(scores.results.first().map(|r| r.accuracy))
     }
 
-    /// Scores `count` candidates on a split; `None` when the session has no such examples.
+    /// Scores `count` whole prompts (BBTv2: each `layers * d` numbers, set in the session one
+    /// at a time) on a split; `None` when the session has no such examples.
     fn evaluate(
         &mut self,
         state: &mut Checkpoint,
         z: &[f32],
         count: usize,
         split: SplitName,
+    ) -> anyhow::Result<Option<Vec<CandidateResult>>> {
+        if !state.config.deep {
+            return self.evaluate_layer(state, z, count, split, None);
+        }
+        let mut out = Vec::with_capacity(count);
+        let whole = z.len() / count.max(1);
+        for prompt in z.chunks(whole.max(1)) {
+            let layers = split_layers(prompt, state.config.intrinsic_dim);
+            self.with_session(state, |client, id| set_layers(client, id, &layers))?;
+            match self.evaluate_layer(state, &layers[0], 1, split, Some(0))? {
+                Some(mut r) => out.append(&mut r),
+                None => return Ok(None),
+            }
+        }
+        // Back to the layers the search has chosen.
+        let chosen = state.layer_z.clone();
+        self.with_session(state, |client, id| set_layers(client, id, &chosen))?;
+        Ok(Some(out))
+    }
+
+    /// Scores `count` candidates of `layer` (BBTv2; `None` for BBT) on a split.
+    fn evaluate_layer(
+        &mut self,
+        state: &mut Checkpoint,
+        z: &[f32],
+        count: usize,
+        split: SplitName,
+        layer: Option<usize>,
     ) -> anyhow::Result<Option<Vec<CandidateResult>>> {
         let info = match self.info.clone() {
             Some(info) => info,
@@ -313,7 +402,7 @@ impl Tuner<'_> {
         if size == 0 {
             return Ok(None);
         }
-        let answer = self.with_session(state, |client, id| client.evaluate(id, z, split))?;
+        let answer = self.with_session(state, |client, id| client.evaluate(id, z, split, layer))?;
         if split != SplitName::Train {
             state.other_calls += count as u64;
         }
@@ -332,6 +421,8 @@ impl Tuner<'_> {
                 Some(id) => id.clone(),
                 None => {
                     let info = self.client.create_session(&state.session_request)?;
+                    // A new session starts with every layer at zero: restore the chosen ones.
+                    set_layers(self.client, &info.id, &state.layer_z)?;
                     state.session_id = Some(info.id.clone());
                     info.id
                 }
@@ -358,15 +449,56 @@ impl Tuner<'_> {
     }
 }
 
-/// The CMA-ES mean, the search's current estimate, as a candidate.
-fn mean_z(state: &Checkpoint) -> Vec<f32> {
-    state
-        .es
+/// The search that runs next, skipping those that have stopped; `None` when all have.
+fn next_search(state: &Checkpoint) -> Option<usize> {
+    let n = state.searches.len();
+    (0..n)
+        .map(|i| (state.next_search + i) % n)
+        .find(|&i| state.searches[i].stop_reason().is_none())
+}
+
+/// The current estimate: BBT's CMA-ES mean; BBTv2's chosen z of every layer (zero where a
+/// layer has none yet), layer by layer.
+fn current_prompt(state: &Checkpoint) -> Vec<f32> {
+    if state.config.deep {
+        let d = state.config.intrinsic_dim;
+        return state
+            .layer_z
+            .iter()
+            .flat_map(|z| {
+                if z.is_empty() {
+                    vec![0.0; d]
+                } else {
+                    z.clone()
+                }
+            })
+            .collect();
+    }
+    state.searches[0]
         .current()
         .mean()
         .iter()
         .map(|&v| v as f32)
         .collect()
+}
+
+/// A whole deep prompt's per-layer `z`s.
+pub fn split_layers(prompt: &[f32], d: usize) -> Vec<Vec<f32>> {
+    prompt.chunks(d.max(1)).map(<[f32]>::to_vec).collect()
+}
+
+/// Fixes every layer of a deep session that has a `z` (empty ones stay as they are).
+pub fn set_layers(
+    client: &mut ServerClient,
+    id: &str,
+    layers: &[Vec<f32>],
+) -> Result<(), CallError> {
+    for (layer, z) in layers.iter().enumerate() {
+        if !z.is_empty() {
+            client.set_layer(id, layer, z)?;
+        }
+    }
+    Ok(())
 }
 
 /// Keeps `z` if it beats the best dev accuracy (ties: lower dev loss).

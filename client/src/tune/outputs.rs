@@ -1,5 +1,6 @@
 //! What a run leaves in its output folder: `result.json`, the best prompt (`best_prompt.json`
-//! with z and the session settings; `best_prompt.safetensors` with the full L x hidden prompt)
+//! with z and the session settings; for BBT `best_prompt.safetensors` with the full
+//! L x hidden prompt)
 //! and `curve.svg` (training loss and dev accuracy against API calls).
 
 use std::collections::HashMap;
@@ -47,7 +48,7 @@ impl TuneResult {
         test_examples: Option<usize>,
     ) -> Self {
         Self {
-            method: "bbt".into(),
+            method: if state.config.deep { "bbtv2" } else { "bbt" }.into(),
             task: state.config.task.clone(),
             seed: state.config.seed,
             budget: state.config.budget,
@@ -69,7 +70,8 @@ impl TuneResult {
     }
 }
 
-/// `best_prompt.json`: enough to use the prompt again with `bbt eval`.
+/// `best_prompt.json`: enough to use the prompt again with `bbt eval` (a deep prompt's `z`
+/// holds every layer's, layer by layer).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavedPrompt {
     /// The session settings the prompt belongs to (its task is replaced by `bbt eval --task`).
@@ -97,7 +99,7 @@ pub fn write_all(
     result: &TuneResult,
     state: &Checkpoint,
     z: &[f32],
-    prompt: &[Vec<f32>],
+    prompt: Option<&[Vec<f32>]>,
 ) -> anyhow::Result<()> {
     write_json(&dir.join("result.json"), result)?;
     let saved = SavedPrompt {
@@ -106,7 +108,9 @@ pub fn write_all(
         best_dev_accuracy: result.best_dev_accuracy,
     };
     write_json(&dir.join("best_prompt.json"), &saved)?;
-    write_prompt_safetensors(&dir.join("best_prompt.safetensors"), prompt, &result.task)?;
+    if let Some(prompt) = prompt {
+        write_prompt_safetensors(&dir.join("best_prompt.safetensors"), prompt, &result.task)?;
+    }
     let points: Vec<CurveXy> = result
         .curve
         .iter()
