@@ -417,5 +417,13 @@ mod tests {
             DeepProjection::layer_std(&spec, 0.7, &[9.0, 2.0, 4.0]),
             vec![0.7 / 50f64.sqrt(), 2.0 / 50f64.sqrt(), 4.0 / 50f64.sqrt()]
         );
+        let gained = ProjectionSpec {
+            gain: Some(2.0),
+            ..spec.clone()
+        };
+        assert_eq!(
+            DeepProjection::layer_std(&gained, 0.7, &[9.0, 2.0]),
+            vec![1.4 / 50f64.sqrt(), 4.0 / 50f64.sqrt()]
+        );
     }
 }
