@@ -10,29 +10,18 @@ prints one JSON line: {"logits": [[...], ...], "torch": ..., "transformers": ...
 """
 
 import json
-import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+from hf_model import load_model, versions  # sets HF_HUB_OFFLINE first
 import peft  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
 
 
 def main() -> None:
     gguf_file, adapter_dir, inputs_path = sys.argv[1:4]
     with open(inputs_path) as f:
         inputs = json.load(f)
-    if os.path.isdir(gguf_file):  # a HF-style directory
-        base = AutoModelForCausalLM.from_pretrained(gguf_file, torch_dtype=torch.float32)
-    else:
-        base = AutoModelForCausalLM.from_pretrained(
-            os.path.dirname(os.path.abspath(gguf_file)),
-            gguf_file=os.path.basename(gguf_file),
-            torch_dtype=torch.float32,
-        )
+    base = load_model(gguf_file)
     model = peft.PeftModel.from_pretrained(base, adapter_dir)
     model.eval()
     verbalizer = torch.tensor(inputs["verbalizer"])
@@ -45,9 +34,7 @@ def main() -> None:
         json.dumps(
             {
                 "logits": rows,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "peft": peft.__version__,
+                **versions(),
             }
         )
     )

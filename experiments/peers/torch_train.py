@@ -20,26 +20,15 @@ import resource
 import sys
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+from hf_model import load_model, versions  # sets HF_HUB_OFFLINE first
 import peft  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import transformers  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
 
 EVAL_CHUNK = 64
 
 
-def load_base(model_path):
-    if os.path.isdir(model_path):
-        return AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32)
-    return AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(os.path.abspath(model_path)),
-        gguf_file=os.path.basename(model_path),
-        torch_dtype=torch.float32,
-    )
 
 
 def verbalizer_logits(model, rows, verbalizer):
@@ -80,7 +69,7 @@ def main() -> None:
     with open(run_path) as f:
         run = json.load(f)
     start = time.perf_counter()
-    model = load_base(model_path)
+    model = load_model(model_path)
     if run["method"] == "lora":
         model = peft.PeftModel.from_pretrained(model, run["init_adapter"], is_trainable=True)
     elif run["method"] == "prompt-tuning":
@@ -145,9 +134,7 @@ def main() -> None:
                 "wall_seconds": time.perf_counter() - start,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "threads": torch.get_num_threads(),
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "peft": peft.__version__,
+                **versions(),
             }
         )
     )

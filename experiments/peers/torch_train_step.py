@@ -11,28 +11,16 @@ prints one JSON line per method.
 """
 
 import json
-import os
 import resource
 import statistics
 import sys
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+from hf_model import load_model, versions  # sets HF_HUB_OFFLINE first
 import peft  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
 
 
-def load(model_path):
-    if os.path.isdir(model_path):
-        return AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32)
-    return AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(os.path.abspath(model_path)),
-        gguf_file=os.path.basename(model_path),
-        torch_dtype=torch.float32,
-    )
 
 
 def main() -> None:
@@ -41,7 +29,7 @@ def main() -> None:
     steps = int(steps)
     with open(inputs_path) as f:
         inputs = json.load(f)
-    model = load(model_path)
+    model = load_model(model_path)
     if method == "prompt-tuning":
         model = peft.get_peft_model(
             model,
@@ -92,9 +80,7 @@ def main() -> None:
                 "seconds_per_step": statistics.median(times),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "threads": torch.get_num_threads(),
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "peft": peft.__version__,
+                **versions(),
             }
         )
     )

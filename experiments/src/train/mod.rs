@@ -229,6 +229,39 @@ pub struct TrainResult {
     pub notes: Vec<String>,
 }
 
+impl TrainResult {
+    /// The result of `config`'s run before anything was measured: the run's identity, no API
+    /// calls or bytes (training runs locally), everything else empty.
+    fn unmeasured(config: &TrainConfig) -> Self {
+        let mc = &config.method;
+        Self {
+            method: mc.method.name().to_string(),
+            task: config.task.clone(),
+            seed: config.seed,
+            budget: mc.steps as u64,
+            api_calls: 0,
+            train_api_calls: 0,
+            best_dev_accuracy: None,
+            test_accuracy: None,
+            test_f1: None,
+            test_examples: None,
+            zero_shot_test_accuracy: None,
+            best_train_loss: f64::INFINITY,
+            wall_seconds: 0.0,
+            bytes_up: 0,
+            bytes_down: 0,
+            peak_rss_mb: None,
+            curve: Vec::new(),
+            config: config.clone(),
+            trainable_params: 0,
+            steps: 0,
+            best_step: None,
+            seconds_per_step: 0.0,
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// Runs (or resumes) a training run.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
@@ -359,29 +392,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     state.wall_seconds = prior_wall + start.elapsed().as_secs_f64();
     state.step_seconds += step_seconds_here;
     let result = TrainResult {
-        method: mc.method.name().to_string(),
-        task: config.task.clone(),
-        seed: config.seed,
-        budget: mc.steps as u64,
-        api_calls: 0,
-        train_api_calls: 0,
         best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
         test_accuracy: test_result.as_ref().map(|t| t.accuracy),
         test_f1: test_result.as_ref().and_then(|t| t.f1),
         test_examples: Some(test.len()),
-        zero_shot_test_accuracy: None,
         best_train_loss: state.best_train_loss,
         wall_seconds: state.wall_seconds,
-        bytes_up: 0,
-        bytes_down: 0,
         peak_rss_mb: peak_rss_mb(),
         curve: state.curve.clone(),
-        config: config.clone(),
         trainable_params: trainer.trainable.num_trainable(),
         steps: state.step,
         best_step: state.best.as_ref().map(|b| b.step),
         seconds_per_step: state.step_seconds / state.step.max(1) as f64,
         notes: trainer.trainable.notes().to_vec(),
+        ..TrainResult::unmeasured(&config)
     };
     write_outputs(&dir, &result, &trainer, &engine)?;
     if args.json {

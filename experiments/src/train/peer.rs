@@ -130,31 +130,20 @@ fn peer_result(
     let tested =
         (!test.is_empty()).then(|| score(&test_logits, &test.labels, Loss::CrossEntropy, metric));
     let version = |name: &str| peer[name].as_str().unwrap_or("?").to_string();
-    let mc = &config.method;
     Ok(TrainResult {
-        method: mc.method.name().to_string(),
-        task: config.task.clone(),
-        seed: config.seed,
-        budget: mc.steps as u64,
-        api_calls: 0,
-        train_api_calls: 0,
         best_dev_accuracy: field("best_dev_accuracy")?.as_f64(),
         test_accuracy: tested.as_ref().map(|t| t.accuracy),
         test_f1: tested.as_ref().and_then(|t| t.f1),
         test_examples: Some(test.len()),
-        zero_shot_test_accuracy: None,
         best_train_loss: curve
             .iter()
             .map(|p| p.train_loss)
             .fold(f64::INFINITY, f64::min),
         wall_seconds: start.elapsed().as_secs_f64(),
-        bytes_up: 0,
-        bytes_down: 0,
         peak_rss_mb: field("peak_rss_mb")?.as_f64(),
         steps: curve.len(),
         best_step: field("best_step")?.as_u64().map(|s| s as usize),
         curve,
-        config: config.clone(),
         trainable_params: field("trainable_params")?.as_u64().unwrap_or(0) as usize,
         seconds_per_step: field("seconds_per_step")?.as_f64().unwrap_or(f64::NAN),
         notes: vec![format!(
@@ -164,5 +153,6 @@ fn peer_result(
             version("transformers"),
             version("peft")
         )],
+        ..TrainResult::unmeasured(config)
     })
 }
