@@ -475,20 +475,27 @@ async fn concurrent_requests_share_engine_passes_with_unchanged_results() {
     assert_eq!(status, 201, "{b}");
     let b = b["id"].as_str().unwrap().to_string();
     let c = create(&s, None, "suffix").await;
-    let requests: Vec<(String, Vec<Vec<f32>>)> = vec![
-        (a.clone(), z(1, 3)),
-        (b.clone(), z(2, 2)),
-        (a.clone(), z(3, 1)),
-        (c.clone(), z(4, 2)),
-        (b.clone(), z(5, 4)),
+    // And a deep (BBTv2) session, whose prompts merge with the shallow ones.
+    let mut deep = session_body("prefix");
+    deep["deep"] = json!(true);
+    let (status, d) = s.post("/v1/sessions", None, &deep).await;
+    assert_eq!(status, 201, "{d}");
+    let d = d["id"].as_str().unwrap().to_string();
+    let requests: Vec<(String, Vec<Vec<f32>>, Option<usize>)> = vec![
+        (a.clone(), z(1, 3), None),
+        (b.clone(), z(2, 2), None),
+        (d.clone(), z(6, 2), Some(1)),
+        (a.clone(), z(3, 1), None),
+        (c.clone(), z(4, 2), None),
+        (b.clone(), z(5, 4), None),
     ];
     let mut sequential = Vec::new();
-    for (id, cands) in &requests {
+    for (id, cands, layer) in &requests {
         let (_, r) = s
             .post(
                 &format!("/v1/sessions/{id}/evaluate"),
                 None,
-                &json!({"candidates": cands}),
+                &json!({"candidates": cands, "layer": layer}),
             )
             .await;
         sequential.push(losses(&r));
@@ -515,11 +522,14 @@ async fn concurrent_requests_share_engine_passes_with_unchanged_results() {
     );
 }
 
-async fn futures_join(s: &Server, requests: &[(String, Vec<Vec<f32>>)]) -> Vec<Vec<f64>> {
+async fn futures_join(
+    s: &Server,
+    requests: &[(String, Vec<Vec<f32>>, Option<usize>)],
+) -> Vec<Vec<f64>> {
     // All requests are in flight before any answer is awaited.
-    futures::future::join_all(requests.iter().map(|(id, cands)| {
+    futures::future::join_all(requests.iter().map(|(id, cands, layer)| {
         let path = format!("/v1/sessions/{id}/evaluate");
-        let body = json!({"candidates": cands});
+        let body = json!({"candidates": cands, "layer": layer});
         async move { losses(&s.post(&path, None, &body).await.1) }
     }))
     .await
