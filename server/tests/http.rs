@@ -481,7 +481,7 @@ async fn concurrent_requests_share_engine_passes_with_unchanged_results() {
     let (status, d) = s.post("/v1/sessions", None, &deep).await;
     assert_eq!(status, 201, "{d}");
     let d = d["id"].as_str().unwrap().to_string();
-    let requests: Vec<(String, Vec<Vec<f32>>, Option<usize>)> = vec![
+    let requests: Vec<EvaluateCall> = vec![
         (a.clone(), z(1, 3), None),
         (b.clone(), z(2, 2), None),
         (d.clone(), z(6, 2), Some(1)),
@@ -522,10 +522,10 @@ async fn concurrent_requests_share_engine_passes_with_unchanged_results() {
     );
 }
 
-async fn futures_join(
-    s: &Server,
-    requests: &[(String, Vec<Vec<f32>>, Option<usize>)],
-) -> Vec<Vec<f64>> {
+/// A session id, its candidates and (deep sessions) the layer they are for.
+type EvaluateCall = (String, Vec<Vec<f32>>, Option<usize>);
+
+async fn futures_join(s: &Server, requests: &[EvaluateCall]) -> Vec<Vec<f64>> {
     // All requests are in flight before any answer is awaited.
     futures::future::join_all(requests.iter().map(|(id, cands, layer)| {
         let path = format!("/v1/sessions/{id}/evaluate");
