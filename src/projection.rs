@@ -386,28 +386,15 @@ mod tests {
         assert_eq!(prompts.len(), 2);
         let d = prompts[0].deep.as_ref().unwrap();
         assert_eq!(d.dims(), [layers, 4, 30]);
-        let row =
-            |l: usize| -> Vec<f32> { d.get(l).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
-        assert!(row(0).iter().chain(&row(2)).all(|&x| x == 1.0));
-        let offsets = deep.layer_offsets(1, &z).unwrap();
-        let want: Vec<f32> = offsets
-            .get(0)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(row(1), want);
+        // Row `i` of a tensor, flattened.
+        let row_of = |t: &Tensor, i: usize| -> Vec<f32> {
+            t.get(i).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        };
+        assert!(row_of(d, 0).iter().chain(&row_of(d, 2)).all(|&x| x == 1.0));
+        let want = row_of(&deep.layer_offsets(1, &z).unwrap(), 0);
+        assert_eq!(row_of(d, 1), want);
         // Each layer draws its own matrix, at its own scale.
-        let other: Vec<f32> = deep
-            .layer_offsets(2, &z)
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let other = row_of(&deep.layer_offsets(2, &z).unwrap(), 0);
         assert_ne!(want, other);
         let spread = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
         let ratio = spread(&other) / spread(&want);
