@@ -105,6 +105,10 @@ pub enum TaskRequest {
         k: usize,
         #[serde(default = "default_seed")]
         seed: u64,
+        /// Score only the first `test_limit` test examples (the same ones for every seed and
+        /// method), to bound the cost of comparisons; the whole test set if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test_limit: Option<usize>,
     },
     /// The client's own examples.
     Explicit {
@@ -154,15 +158,33 @@ pub struct CreateSessionRequest {
     /// candidates are for, so a call still uploads one `d`-vector per candidate.
     #[serde(default)]
     pub deep: bool,
+    /// In-context learning: training examples, each rendered with its template and its label
+    /// word, placed before every input (and before any prompt vectors). Prefix placement only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demonstrations: Option<DemonstrationSpec>,
+}
+
+/// Which training examples a session puts in context, in which order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DemonstrationSpec {
+    /// At most this many; as many as fit the model's context (and the server's limit) if absent.
+    #[serde(default)]
+    pub max: Option<usize>,
+    /// Seed of their order (a random permutation of the training split).
+    #[serde(default)]
+    pub seed: u64,
 }
 
 /// A split of a session's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum SplitName {
     Train,
     Dev,
     Test,
+    /// Contextual calibration's content-free inputs (`N/A`, the empty string, `[MASK]`) in the
+    /// session's template. Unlabelled: read their logits, not their accuracy.
+    ContentFree,
 }
 
 /// A session as the server describes it.
@@ -189,7 +211,29 @@ pub struct SessionInfo {
     /// layer 0, the spread of the hidden states entering each later layer, over `sqrt(d)`).
     #[serde(default)]
     pub layer_scales: Option<Vec<f64>>,
+    /// Training examples placed in context before every input (in-context learning), and the
+    /// tokens they take.
+    #[serde(default)]
+    pub demonstrations: usize,
+    #[serde(default)]
+    pub context_tokens: usize,
 }
+
+impl SessionInfo {
+    /// Examples in `split`.
+    pub fn split_size(&self, split: SplitName) -> usize {
+        match split {
+            SplitName::Train => self.train_size,
+            SplitName::Dev => self.dev_size,
+            SplitName::Test => self.test_size,
+            SplitName::ContentFree => CONTENT_FREE_TEXTS.len(),
+        }
+    }
+}
+
+/// The content-free inputs of every session's `content_free` split (Zhao et al. 2021), put in
+/// both slots of a two-input template.
+pub const CONTENT_FREE_TEXTS: [&str; 3] = ["N/A", "", "[MASK]"];
 
 /// Candidates `z`, as JSON numbers or base64 little-endian floats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,6 +313,47 @@ pub struct PromptRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromptResponse {
     pub prompt: Vec<Vec<f32>>,
+}
+
+/// `POST /v1/sessions/{id}/features`: the final hidden state (after the last norm) at the
+/// position the label word is read from, per example of a split, under the prompt `A·z + p0`
+/// (`z = 0` if absent). One API call. The feature-probe baseline trains a classifier on these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeaturesRequest {
+    #[serde(default = "default_split")]
+    pub split: SplitName,
+    #[serde(default)]
+    pub z: Option<Vec<f32>>,
+}
+
+/// Answer to `features`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FeaturesResponse {
+    /// `[examples][hidden]`.
+    pub features: Vec<Vec<f32>>,
+    /// Gold labels of the train and dev splits (the client's own labelled examples); none for
+    /// the test split, whose labels stay on the server (score predictions with `score`).
+    pub labels: Option<Vec<usize>>,
+    /// The session's API calls after this request.
+    pub api_calls: u64,
+}
+
+/// `POST /v1/sessions/{id}/score`: the task's metric for the client's own class scores on a
+/// split (e.g. a calibrated or a feature-probe prediction), against labels the server keeps.
+/// No forward pass, not an API call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreRequest {
+    pub split: SplitName,
+    /// `[examples][classes]`: the predicted class is each row's largest entry.
+    pub scores: Vec<Vec<f32>>,
+}
+
+/// Answer to `score`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScoreResponse {
+    pub accuracy: f64,
+    /// F1 of class 1, for tasks whose metric includes it.
+    pub f1: Option<f64>,
 }
 
 /// `POST /v1/forward`: stateless scoring with a full prompt matrix.

@@ -4,7 +4,7 @@
 
 use candle_core::Tensor;
 
-use crate::engine::{Engine, Prompt, Readout};
+use crate::engine::{Engine, Prompt, Readout, Row, Segment};
 use crate::model::decoder::KvCache;
 use crate::protocol::{CandidateResult, Loss, Placement};
 use crate::tasks::{Example, Metric, TaskSpec};
@@ -115,6 +115,46 @@ pub fn candidate_logits(
         .collect())
 }
 
+/// The final hidden state (after the last norm) at each example's last position, where the label
+/// word is read, under one `prompt` in `placement`: `[examples][hidden]`, f32. The features a
+/// probe classifier is trained on.
+pub fn split_features(
+    engine: &Engine,
+    split: &EncodedSplit,
+    prompt: Prompt,
+    placement: Placement,
+    verbalizer: &[u32],
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let bos = engine.bos_segment();
+    let rows: Vec<Row> = split
+        .heads
+        .iter()
+        .zip(&split.tails)
+        .map(|(h, t)| {
+            let (before, after) = match placement {
+                Placement::Prefix => (bos.clone(), h.iter().chain(t).copied().collect()),
+                Placement::Suffix => (bos.iter().chain(h).copied().collect(), t.clone()),
+            };
+            Row::new(vec![
+                Segment::Tokens(before),
+                Segment::Prompt(0),
+                Segment::Tokens(after),
+            ])
+        })
+        .collect();
+    let out = engine.forward(
+        &rows,
+        &[prompt],
+        None,
+        &Readout::Tokens(verbalizer.to_vec()),
+        true,
+    )?;
+    let features = out
+        .features
+        .ok_or_else(|| anyhow::anyhow!("the engine returned no features"))?;
+    Ok(features.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+}
+
 /// The mean training loss over verbalizer logits `[n, classes]` as candle ops, so gradients flow
 /// into whatever produced the logits: the same values [`score`] computes on the host.
 pub fn loss_tensor(logits: &Tensor, labels: &[usize], loss: Loss) -> anyhow::Result<Tensor> {
@@ -202,9 +242,73 @@ pub fn score(logits: &[Vec<f32>], labels: &[usize], loss: Loss, metric: Metric) 
     }
 }
 
+/// Contextual calibration (Zhao et al. 2021): each example's class probabilities (softmax of
+/// its verbalizer logits) divided by the mean probabilities of the content-free inputs, then
+/// renormalised; returned as log-probabilities `[examples][classes]`. A model that leans to one
+/// label word whatever the input has that lean divided out.
+pub fn calibrate(logits: &[Vec<f32>], content_free: &[Vec<f32>]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let classes = content_free.first().map_or(0, Vec::len);
+    anyhow::ensure!(
+        classes > 0 && content_free.iter().all(|r| r.len() == classes),
+        "content-free logits must be non-empty rows of equal length"
+    );
+    let softmax = |row: &[f32]| -> Vec<f64> {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let exp: Vec<f64> = row.iter().map(|&x| (x as f64 - max).exp()).collect();
+        let sum: f64 = exp.iter().sum();
+        exp.into_iter().map(|e| e / sum).collect()
+    };
+    let mut bias = vec![0f64; classes];
+    for row in content_free {
+        for (b, p) in bias.iter_mut().zip(softmax(row)) {
+            *b += p / content_free.len() as f64;
+        }
+    }
+    logits
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            anyhow::ensure!(
+                row.len() == classes,
+                "example {i} has {} logits, the content-free inputs {classes}",
+                row.len()
+            );
+            let divided: Vec<f64> = softmax(row).iter().zip(&bias).map(|(p, b)| p / b).collect();
+            let sum: f64 = divided.iter().sum();
+            Ok(divided.iter().map(|q| (q / sum).ln() as f32).collect())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calibration_divides_out_the_content_free_lean() {
+        // Content-free inputs: probabilities (0.8, 0.2) and (0.6, 0.4), mean (0.7, 0.3).
+        let cf = vec![
+            vec![(0.8f32).ln(), (0.2f32).ln()],
+            vec![(0.6f32).ln(), (0.4f32).ln()],
+        ];
+        // An example at (0.6, 0.4): 0.6/0.7 = 0.857, 0.4/0.3 = 1.333 -> (0.3913, 0.6087).
+        let example = vec![vec![(0.6f32).ln(), (0.4f32).ln()]];
+        let out = calibrate(&example, &cf).unwrap();
+        let p: Vec<f32> = out[0].iter().map(|l| l.exp()).collect();
+        assert!((p[0] - 0.391_304).abs() < 1e-5, "{p:?}");
+        assert!((p[1] - 0.608_696).abs() < 1e-5, "{p:?}");
+        // The prediction flips from class 0 to class 1.
+        let labels = [1];
+        let before = score(&example, &labels, Loss::CrossEntropy, Metric::Accuracy);
+        let after = score(&out, &labels, Loss::CrossEntropy, Metric::Accuracy);
+        assert_eq!((before.accuracy, after.accuracy), (0.0, 1.0));
+        // A shift of every logit by a constant changes nothing.
+        let shifted = vec![vec![(0.6f32).ln() + 5.0, (0.4f32).ln() + 5.0]];
+        let again = calibrate(&shifted, &cf).unwrap();
+        assert!((again[0][1] - out[0][1]).abs() < 1e-5);
+        assert!(calibrate(&[vec![0.0; 3]], &cf).is_err());
+        assert!(calibrate(&example, &[]).is_err());
+    }
 
     #[test]
     fn cross_entropy_hinge_accuracy_and_f1() {

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use bbt::protocol::{
-    CreateSessionRequest, ErrorBody, EvaluateResponse, ModelsResponse, PromptRequest,
-    PromptResponse, SessionInfo, SetLayerRequest, SplitName,
+    CreateSessionRequest, ErrorBody, EvaluateResponse, FeaturesRequest, FeaturesResponse,
+    ModelsResponse, PromptRequest, PromptResponse, ScoreRequest, ScoreResponse, SessionInfo,
+    SetLayerRequest, SplitName,
 };
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::StatusCode;
@@ -120,17 +121,7 @@ impl ServerClient {
 
     /// `POST /v1/sessions`.
     pub fn create_session(&mut self, req: &CreateSessionRequest) -> Result<SessionInfo, CallError> {
-        let body = serde_json::to_vec(req).expect("a request serialises");
-        let len = body.len() as u64;
-        self.call(
-            "/v1/sessions",
-            move |http, url| {
-                http.post(url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-            },
-            len,
-        )
+        self.post_json("/v1/sessions", req)
     }
 
     /// `GET /v1/sessions/{id}`.
@@ -148,11 +139,33 @@ impl ServerClient {
         split: SplitName,
         layer: Option<usize>,
     ) -> Result<EvaluateResponse, CallError> {
+        self.evaluate_raw(id, z, split, layer, false)
+    }
+
+    /// [`Self::evaluate`] of a shallow session that also returns each example's verbalizer
+    /// logits.
+    pub fn evaluate_with_logits(
+        &mut self,
+        id: &str,
+        z: &[f32],
+        split: SplitName,
+    ) -> Result<EvaluateResponse, CallError> {
+        self.evaluate_raw(id, z, split, None, true)
+    }
+
+    fn evaluate_raw(
+        &mut self,
+        id: &str,
+        z: &[f32],
+        split: SplitName,
+        layer: Option<usize>,
+        return_logits: bool,
+    ) -> Result<EvaluateResponse, CallError> {
         let body: Vec<u8> = z.iter().flat_map(|v| v.to_le_bytes()).collect();
         let len = body.len() as u64;
         let split = serde_json::to_value(split).expect("split serialises");
         let mut path = format!(
-            "/v1/sessions/{id}/evaluate?dtype=f32&split={}",
+            "/v1/sessions/{id}/evaluate?dtype=f32&split={}&return_logits={return_logits}",
             split.as_str().unwrap_or("train")
         );
         if let Some(l) = layer {
@@ -192,10 +205,51 @@ impl ServerClient {
 
     /// `POST /v1/sessions/{id}/prompt`: the full prompt for `z`.
     pub fn prompt(&mut self, id: &str, z: &[f32]) -> Result<PromptResponse, CallError> {
-        let body = serde_json::to_vec(&PromptRequest { z: z.to_vec() }).expect("serialises");
+        self.post_json(
+            &format!("/v1/sessions/{id}/prompt"),
+            &PromptRequest { z: z.to_vec() },
+        )
+    }
+
+    /// `POST /v1/sessions/{id}/features`: the final hidden state at the prediction position of
+    /// each example of `split` (one API call).
+    pub fn features(
+        &mut self,
+        id: &str,
+        split: SplitName,
+        z: Option<&[f32]>,
+    ) -> Result<FeaturesResponse, CallError> {
+        let req = FeaturesRequest {
+            split,
+            z: z.map(<[f32]>::to_vec),
+        };
+        self.post_json(&format!("/v1/sessions/{id}/features"), &req)
+    }
+
+    /// `POST /v1/sessions/{id}/score`: the task's metric for the client's class scores on a
+    /// split (not an API call).
+    pub fn score(
+        &mut self,
+        id: &str,
+        split: SplitName,
+        scores: Vec<Vec<f32>>,
+    ) -> Result<ScoreResponse, CallError> {
+        self.post_json(
+            &format!("/v1/sessions/{id}/score"),
+            &ScoreRequest { split, scores },
+        )
+    }
+
+    /// A JSON `POST` and its decoded JSON answer.
+    fn post_json<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        req: &impl serde::Serialize,
+    ) -> Result<T, CallError> {
+        let body = serde_json::to_vec(req).expect("a request serialises");
         let len = body.len() as u64;
         self.call(
-            &format!("/v1/sessions/{id}/prompt"),
+            path,
             move |http, url| {
                 http.post(url)
                     .header("content-type", "application/json")

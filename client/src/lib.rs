@@ -1,6 +1,9 @@
-//! The bbt client: CMA-ES ([`cmaes`]), an HTTP client for bbt-server ([`http`]), and the
-//! black-box tuner that joins them ([`tune`]).
+//! The bbt client: CMA-ES ([`cmaes`]), an HTTP client for bbt-server ([`http`]), the
+//! black-box tuner that joins them ([`tune`]), the gradient-free baselines ([`baselines`]) and
+//! the summary every run's `result.json` shares ([`summary`]).
 
+pub mod baselines;
 pub mod cmaes;
 pub mod http;
+pub mod summary;
 pub mod tune;

@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// Prompt length L.
     #[arg(long, default_value_t = Limits::default().max_prompt_length)]
     max_prompt_length: usize,
+    /// Tokens of in-context demonstrations per session (before every input).
+    #[arg(long, default_value_t = Limits::default().max_context_tokens)]
+    max_context_tokens: usize,
     /// Intrinsic dimension d.
     #[arg(long, default_value_t = Limits::default().max_intrinsic_dim)]
     max_intrinsic_dim: usize,
@@ -69,6 +72,7 @@ pub fn run(cli: ServeArgs) -> anyhow::Result<()> {
         max_examples: cli.max_examples,
         max_example_tokens: cli.max_example_tokens,
         max_prompt_length: cli.max_prompt_length,
+        max_context_tokens: cli.max_context_tokens,
         max_intrinsic_dim: cli.max_intrinsic_dim,
         session_idle: Duration::from_secs(cli.session_idle_secs),
         max_session_bytes: (cli.max_session_mb as usize) << 20,

@@ -704,3 +704,225 @@ async fn deep_sessions_tune_one_layer_at_a_time() {
     assert_eq!(status, 422, "{e}");
     assert_eq!(eval(2, vec![vec![0.0; 6]]).await[0], seen);
 }
+
+/// The rows of a JSON matrix.
+fn rows(v: &Value) -> Vec<Vec<f32>> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn baseline_routes_demonstrations_content_free_features_and_score() {
+    let s = start(Limits::default(), ApiKeys::open()).await;
+    // In-context learning: 8 training examples of 5 tokens with their label word; the tiny
+    // model's 40 positions leave 40 - 1 (bos) - 4 (longest input) = 35 for demonstrations.
+    let mut body = session_body("prefix");
+    body["prompt_length"] = json!(0);
+    body["demonstrations"] = json!({"seed": 5});
+    let (status, icl) = s.post("/v1/sessions", None, &body).await;
+    assert_eq!(status, 201, "{icl}");
+    assert_eq!(
+        (
+            icl["demonstrations"].as_u64(),
+            icl["context_tokens"].as_u64()
+        ),
+        (Some(7), Some(35))
+    );
+    let id = icl["id"].as_str().unwrap().to_string();
+    // The context is the embeddings of exactly the demonstrations `assemble` builds.
+    let engine = tiny_engine(Architecture::Llama, 3);
+    let spec = bbt::tasks::TaskSpec {
+        name: "custom".into(),
+        classes: vec!["a".into(), "b".into()],
+        template: bbt::tasks::Template::new(" <S> t40").unwrap(),
+        verbalizer: vec![" t50".into(), " t51".into()],
+        metric: bbt::tasks::Metric::Accuracy,
+    };
+    let train: Vec<bbt::tasks::Example> = examples(8)
+        .iter()
+        .map(|e| bbt::tasks::Example {
+            text_a: e["text"].as_str().unwrap().into(),
+            text_b: None,
+            label: e["label"].as_u64().unwrap() as usize,
+        })
+        .collect();
+    let (verbalizer, _) = spec
+        .verbalizer_ids(engine.tokenizer(), bbt::tasks::MultiTokenWords::Reject)
+        .unwrap();
+    let demos = bbt::tasks::demonstrations::assemble(
+        engine.tokenizer(),
+        &spec,
+        &verbalizer,
+        &train,
+        5,
+        None,
+        35,
+    )
+    .unwrap();
+    let expected = engine
+        .embed_tokens(&demos.ids)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let zero = vec![0.0f32; 6];
+    let (status, p) = s
+        .post(
+            &format!("/v1/sessions/{id}/prompt"),
+            None,
+            &json!({"z": zero}),
+        )
+        .await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(rows(&p["prompt"]), expected);
+    // The session's test logits are those of the demonstrations before each input...
+    let evaluate =
+        |split: &str| json!({"candidates": [zero], "split": split, "return_logits": true});
+    let (status, e) = s
+        .post(
+            &format!("/v1/sessions/{id}/evaluate"),
+            None,
+            &evaluate("test"),
+        )
+        .await;
+    assert_eq!(status, 200, "{e}");
+    let icl_logits = rows(&e["results"][0]["logits"]);
+    let inputs: Vec<Value> = examples(6)
+        .iter()
+        .map(|e| json!({"text": e["text"]}))
+        .collect();
+    let (status, f) = s
+        .post(
+            "/v1/forward",
+            None,
+            &json!({"template": " <S> t40", "verbalizer": [" t50", " t51"], "inputs": inputs,
+                    "prompt": p["prompt"], "placement": "prefix"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{f}");
+    for (a, b) in icl_logits
+        .iter()
+        .flatten()
+        .zip(rows(&f["logits"]).iter().flatten())
+    {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    // ... and not those without them.
+    body["demonstrations"] = json!({"seed": 5, "max": 3});
+    let (_, three) = s.post("/v1/sessions", None, &body).await;
+    assert_eq!(
+        (
+            three["demonstrations"].as_u64(),
+            three["context_tokens"].as_u64()
+        ),
+        (Some(3), Some(15))
+    );
+    body["demonstrations"] = json!(null);
+    let (_, plain) = s.post("/v1/sessions", None, &body).await;
+    let plain_id = plain["id"].as_str().unwrap().to_string();
+    let (_, e0) = s
+        .post(
+            &format!("/v1/sessions/{plain_id}/evaluate"),
+            None,
+            &evaluate("test"),
+        )
+        .await;
+    assert_ne!(rows(&e0["results"][0]["logits"]), icl_logits);
+
+    // Content-free inputs: three, scored in the session's context.
+    let (status, cf) = s
+        .post(
+            &format!("/v1/sessions/{id}/evaluate"),
+            None,
+            &evaluate("content_free"),
+        )
+        .await;
+    assert_eq!(status, 200, "{cf}");
+    assert_eq!(rows(&cf["results"][0]["logits"]).len(), 3);
+
+    // Score: the client's scores against the server's labels, not an API call.
+    let calls = e["api_calls"].as_u64().unwrap() + 1;
+    let (status, scored) = s
+        .post(
+            &format!("/v1/sessions/{id}/score"),
+            None,
+            &json!({"split": "test", "scores": icl_logits}),
+        )
+        .await;
+    assert_eq!(status, 200, "{scored}");
+    assert_eq!(scored["accuracy"], e["results"][0]["accuracy"]);
+    let flipped: Vec<Vec<f32>> = icl_logits.iter().map(|r| vec![r[1], r[0]]).collect();
+    let (_, scored_flipped) = s
+        .post(
+            &format!("/v1/sessions/{id}/score"),
+            None,
+            &json!({"split": "test", "scores": flipped}),
+        )
+        .await;
+    let (a, b) = (
+        scored["accuracy"].as_f64().unwrap(),
+        scored_flipped["accuracy"].as_f64().unwrap(),
+    );
+    assert!((a + b - 1.0).abs() < 1e-9, "{a} + {b}");
+    for bad in [
+        json!({"split": "test", "scores": icl_logits[..2]}),
+        json!({"split": "test", "scores": vec![vec![1.0f32]; 6]}),
+        json!({"split": "content_free", "scores": vec![vec![1.0f32, 0.0]; 3]}),
+    ] {
+        let (status, err) = s
+            .post(&format!("/v1/sessions/{id}/score"), None, &bad)
+            .await;
+        assert_eq!(status, 422, "{bad} -> {err}");
+    }
+
+    // Features: one API call per split; labels for train and dev only.
+    let (status, ft) = s
+        .post(
+            &format!("/v1/sessions/{plain_id}/features"),
+            None,
+            &json!({"split": "train"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ft}");
+    let features = rows(&ft["features"]);
+    assert_eq!((features.len(), features[0].len()), (8, 32));
+    let labels: Vec<u64> = examples(8)
+        .iter()
+        .map(|e| e["label"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ft["labels"], json!(labels));
+    let (_, fz) = s
+        .post(
+            &format!("/v1/sessions/{plain_id}/features"),
+            None,
+            &json!({"split": "test", "z": zero}),
+        )
+        .await;
+    assert_eq!(fz["labels"], Value::Null);
+    assert_eq!(fz["api_calls"].as_u64(), Some(3));
+    // With demonstrations in context the features change.
+    let (_, fi) = s
+        .post(
+            &format!("/v1/sessions/{id}/features"),
+            None,
+            &json!({"split": "train"}),
+        )
+        .await;
+    assert_ne!(rows(&fi["features"]), features);
+    assert_eq!(fi["api_calls"].as_u64(), Some(calls + 1));
+    let (status, _) = s
+        .post(
+            &format!("/v1/sessions/{plain_id}/features"),
+            None,
+            &json!({"split": "train", "z": [1.0]}),
+        )
+        .await;
+    assert_eq!(status, 422);
+
+    // Demonstrations need a shallow prefix prompt.
+    for (placement, deep) in [("suffix", false), ("prefix", true)] {
+        let mut bad = session_body(placement);
+        bad["deep"] = json!(deep);
+        bad["demonstrations"] = json!({"seed": 1});
+        let (status, err) = s.post("/v1/sessions", None, &bad).await;
+        assert_eq!(status, 422, "{err}");
+    }
+}

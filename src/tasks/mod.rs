@@ -3,6 +3,7 @@
 //! ([`registry`]), the user's own files ([`user`]) and BBT's few-shot protocol ([`fewshot`]).
 
 pub mod builtin;
+pub mod demonstrations;
 pub mod fewshot;
 pub mod formats;
 pub mod registry;

@@ -46,7 +46,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(!saved.z.is_empty(), "{} holds no z", args.prompt.display());
     let mut session = saved.session.clone();
     if let Some(task) = &args.task {
-        session.task = task_request(task, args.k, args.seed)?;
+        session.task = task_request(task, args.k, args.seed, None)?;
     }
     let split: SplitName = serde_json::from_value(serde_json::json!(args.split))?;
     let mut client = args.server.connect()?;
@@ -67,9 +67,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"task": info.task, "split": args.split, "examples": match split {
-                SplitName::Train => info.train_size, SplitName::Dev => info.dev_size, SplitName::Test => info.test_size,
-            }, "accuracy": result.accuracy, "f1": result.f1, "loss": result.loss})
+            serde_json::json!({"task": info.task, "split": args.split, "examples": info.split_size(split), "accuracy": result.accuracy, "f1": result.f1, "loss": result.loss})
         );
     } else {
         let f1 = result

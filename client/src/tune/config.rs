@@ -50,6 +50,10 @@ pub struct TuneConfig {
     /// other layers fixed at their best). Prefix placement only. BBT: off.
     #[serde(default)]
     pub deep: bool,
+    /// Score only the first N test examples (the same ones for every seed and method), to bound
+    /// the cost of comparisons. Paper: the whole test set.
+    #[serde(default)]
+    pub test_limit: Option<usize>,
 }
 
 impl TuneConfig {
@@ -74,6 +78,7 @@ impl TuneConfig {
             bound: None,
             zero_shot: false,
             deep: false,
+            test_limit: None,
         }
     }
 

@@ -144,7 +144,7 @@ pub fn session_request(
         )
     };
     Ok(CreateSessionRequest {
-        task: task_request(&config.task, config.k, config.seed)?,
+        task: task_request(&config.task, config.k, config.seed, config.test_limit)?,
         prompt_length: config.prompt_length,
         placement: config.placement,
         projection: ProjectionSpec {
@@ -157,17 +157,24 @@ pub fn session_request(
         p0: PromptInit::Zeros,
         loss: config.loss,
         deep: config.deep,
+        demonstrations: None,
     })
 }
 
-/// The task as the server takes it.
-pub fn task_request(task: &str, k: usize, seed: u64) -> anyhow::Result<TaskRequest> {
+/// The task as the server takes it (scored on its first `test_limit` test examples, if set).
+pub fn task_request(
+    task: &str,
+    k: usize,
+    seed: u64,
+    test_limit: Option<usize>,
+) -> anyhow::Result<TaskRequest> {
     let is_file = task.ends_with(".toml") || task.ends_with(".json");
     if !is_file {
         return Ok(TaskRequest::Builtin {
             name: task.to_string(),
             k,
             seed,
+            test_limit,
         });
     }
     let options = LoadOptions {
@@ -194,7 +201,7 @@ pub fn task_request(task: &str, k: usize, seed: u64) -> anyhow::Result<TaskReque
         metric: data.spec.metric,
         train: convert(&data.train),
         dev: convert(&data.dev),
-        test: convert(&data.test),
+        test: convert(&data.test[..test_limit.unwrap_or(usize::MAX).min(data.test.len())]),
     })
 }
 
@@ -394,12 +401,7 @@ impl Tuner<'_> {
             None => self.with_session(state, |client, id| client.session(id))?,
         };
         self.info = Some(info.clone());
-        let size = match split {
-            SplitName::Train => info.train_size,
-            SplitName::Dev => info.dev_size,
-            SplitName::Test => info.test_size,
-        };
-        if size == 0 {
+        if info.split_size(split) == 0 {
             return Ok(None);
         }
         let answer = self.with_session(state, |client, id| client.evaluate(id, z, split, layer))?;

@@ -14,7 +14,7 @@ use bbt::scoring;
 use bbt::{Engine, Prompt, Readout, Row, Segment};
 use candle_core::Tensor;
 
-use super::sessions::{Session, SessionProjection};
+use super::sessions::Session;
 use super::worker::EvaluateJob;
 use super::CoreError;
 
@@ -25,24 +25,16 @@ fn internal(e: impl std::fmt::Display) -> CoreError {
 /// Positions a job adds to an engine pass (prompts and examples).
 pub fn job_tokens(job: &EvaluateJob) -> usize {
     let split = &job.session.splits[&job.split];
-    job.count * (split.tokens() + split.len() * job.session.prompt_length)
+    job.count * (split.tokens() + split.len() * job.session.prompt_positions())
 }
 
-/// The candidates' prompts: `A·z + p0`, or for a deep session `p0` with `A_l·z` at the job's
-/// layer and the chosen offsets at the others.
+/// The candidates' prompts (see [`Session::prompts`]).
 fn prompts(engine: &Engine, job: &EvaluateJob) -> Result<Vec<Prompt>, CoreError> {
     let d = job.session.projection.intrinsic_dim();
     let z = Tensor::from_vec(job.z.clone(), (job.count, d), engine.device()).map_err(internal)?;
-    match (&job.session.projection, &job.layer) {
-        (SessionProjection::Shallow(p), None) => p.prompts(&z),
-        (SessionProjection::Deep { projection, .. }, Some((layer, chosen))) => {
-            projection.prompts(*layer, &z, chosen)
-        }
-        _ => Err(anyhow::anyhow!(
-            "the job's layer does not match the session's prompt"
-        )),
-    }
-    .map_err(internal)
+    job.session
+        .prompts(&z, job.layer.as_ref())
+        .map_err(internal)
 }
 
 /// Per-candidate scores from `[candidates][examples][classes]` logits.

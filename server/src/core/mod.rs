@@ -67,6 +67,8 @@ pub struct Limits {
     pub max_example_tokens: usize,
     /// Prompt length `L`.
     pub max_prompt_length: usize,
+    /// Tokens of in-context demonstrations a session may put before every input.
+    pub max_context_tokens: usize,
     /// Intrinsic dimension `d`.
     pub max_intrinsic_dim: usize,
     /// Sessions idle this long are dropped.
@@ -89,6 +91,7 @@ impl Default for Limits {
             max_examples: 2048,
             max_example_tokens: 512,
             max_prompt_length: 128,
+            max_context_tokens: 4096,
             max_intrinsic_dim: 2048,
             session_idle: std::time::Duration::from_secs(3600),
             max_session_bytes: 2 << 30,

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bbt::protocol::{
-    CreateSessionRequest, EvaluateResponse, ForwardRequest, ForwardResponse, ModelCard,
-    ModelsResponse, PromptResponse, SessionInfo, SplitName, TaskRequest,
+    CreateSessionRequest, EvaluateResponse, FeaturesRequest, FeaturesResponse, ForwardRequest,
+    ForwardResponse, ModelCard, ModelsResponse, PromptResponse, ScoreRequest, ScoreResponse,
+    SessionInfo, SplitName, TaskRequest,
 };
 use bbt::scoring;
 use bbt::tasks::{self, Example, LoadOptions, TaskSpec, Template};
@@ -147,7 +148,12 @@ impl Service {
         task: &TaskRequest,
     ) -> Result<(TaskSpec, HashMap<SplitName, Vec<Example>>), CoreError> {
         match task {
-            TaskRequest::Builtin { name, k, seed } => {
+            TaskRequest::Builtin {
+                name,
+                k,
+                seed,
+                test_limit,
+            } => {
                 if *k == 0 || *k > self.limits.max_examples {
                     return Err(CoreError::Invalid(format!(
                         "k must be between 1 and {}",
@@ -175,10 +181,12 @@ impl Service {
                         CoreError::Internal(msg)
                     }
                 })?;
+                let mut test = data.test;
+                test.truncate(test_limit.unwrap_or(usize::MAX));
                 let splits = HashMap::from([
                     (SplitName::Train, data.train),
                     (SplitName::Dev, data.dev),
-                    (SplitName::Test, data.test),
+                    (SplitName::Test, test),
                 ]);
                 Ok((data.spec, splits))
             }
@@ -293,7 +301,8 @@ impl Service {
             .ok_or_else(|| {
                 CoreError::Invalid(format!("the session has no {split_name:?} examples"))
             })?;
-        let tokens = (split.tokens() + split.len() * session.prompt_length) as u64 * count as u64;
+        let tokens =
+            (split.tokens() + split.len() * session.prompt_positions()) as u64 * count as u64;
         let account = key.unwrap_or(super::usage::ANONYMOUS);
         self.usage.reserve_calls(account, count as u64)?;
         let flat: Vec<f32> = z.concat();
@@ -348,20 +357,13 @@ impl Service {
             ));
         };
         check_layer(layer, projection.num_layers())?;
-        let d = projection.intrinsic_dim();
-        let z = decode_candidates(
-            &CandidatesIn::Json(bbt::protocol::Candidates::Json(vec![z])),
-            d,
-            1,
-        )?;
+        let z = single_candidate(&z, projection.intrinsic_dim())?;
         let worker_session = session.clone();
         // Drawing A_l (L * hidden * d numbers) is compute: off the async runtime.
         tokio::task::spawn_blocking(move || -> Result<(), CoreError> {
             let SessionProjection::Deep { projection, chosen } = &worker_session.projection else {
                 return Err(internal("the session lost its deep prompt"));
             };
-            let z = Tensor::from_vec(z.concat(), (1, d), &candle_core::Device::Cpu)
-                .map_err(internal)?;
             let offsets = projection.layer_offsets(layer, &z).map_err(internal)?;
             let mut chosen = chosen.lock().expect("deep lock");
             let updated = chosen
@@ -397,22 +399,131 @@ impl Service {
                     .into(),
             ));
         };
-        let d = projection.intrinsic_dim();
-        let z = decode_candidates(
-            &CandidatesIn::Json(bbt::protocol::Candidates::Json(vec![z.to_vec()])),
-            d,
-            1,
-        )?;
-        let z =
-            Tensor::from_vec(z.concat(), (1, d), &candle_core::Device::Cpu).map_err(internal)?;
-        let prompt = projection
-            .prompts(&z)
+        let z = single_candidate(z, projection.intrinsic_dim())?;
+        let prompt = session
+            .prompts(&z, None)
             .and_then(|mut prompts| {
                 let embeddings = prompts.remove(0).embeddings;
                 Ok(embeddings.to_dtype(candle_core::DType::F32)?.to_vec2()?)
             })
             .map_err(internal)?;
         Ok(PromptResponse { prompt })
+    }
+
+    /// `POST /v1/sessions/{id}/features`: one API call.
+    pub async fn features(
+        &self,
+        key: Option<&str>,
+        id: &str,
+        req: FeaturesRequest,
+    ) -> Result<FeaturesResponse, CoreError> {
+        let session = self.sessions.get(id, key)?;
+        let SessionProjection::Shallow(projection) = &session.projection else {
+            return Err(CoreError::Invalid(
+                "features are read under a shallow prompt; deep sessions have none".into(),
+            ));
+        };
+        let d = projection.intrinsic_dim();
+        let z = single_candidate(req.z.as_deref().unwrap_or(&vec![0.0; d]), d)?;
+        let split = session
+            .splits
+            .get(&req.split)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                CoreError::Invalid(format!("the session has no {:?} examples", req.split))
+            })?;
+        let labels =
+            matches!(req.split, SplitName::Train | SplitName::Dev).then(|| split.labels.clone());
+        let tokens = (split.tokens() + split.len() * session.prompt_positions()) as u64;
+        let account = key.unwrap_or(super::usage::ANONYMOUS);
+        self.usage.reserve_calls(account, 1)?;
+        let worker_session = session.clone();
+        let split_name = req.split;
+        let result = self
+            .worker
+            .run(move |engine| {
+                let prompt = worker_session
+                    .prompts(&z, None)
+                    .map_err(internal)?
+                    .remove(0);
+                scoring::split_features(
+                    engine,
+                    &worker_session.splits[&split_name],
+                    prompt,
+                    worker_session.placement,
+                    &worker_session.verbalizer,
+                )
+                .map_err(internal)
+            })
+            .await;
+        match result {
+            Ok(features) => {
+                self.metrics.tokens.inc_by(tokens);
+                self.usage.record(account, tokens, 0, 0);
+                let calls = session.api_calls.fetch_add(1, Ordering::Relaxed) + 1;
+                Ok(FeaturesResponse {
+                    features,
+                    labels,
+                    api_calls: calls,
+                })
+            }
+            Err(e) => {
+                self.usage.refund_calls(account, 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// `POST /v1/sessions/{id}/score`: the metric of the client's class scores (no forward).
+    pub fn score(
+        &self,
+        key: Option<&str>,
+        id: &str,
+        req: &ScoreRequest,
+    ) -> Result<ScoreResponse, CoreError> {
+        let session = self.sessions.get(id, key)?;
+        if req.split == SplitName::ContentFree {
+            return Err(CoreError::Invalid(
+                "the content-free inputs have no labels to score against".into(),
+            ));
+        }
+        let split = session
+            .splits
+            .get(&req.split)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                CoreError::Invalid(format!("the session has no {:?} examples", req.split))
+            })?;
+        let classes = session.spec.classes.len();
+        if req.scores.len() != split.len() {
+            return Err(CoreError::Invalid(format!(
+                "{} rows of scores for {} {:?} examples",
+                req.scores.len(),
+                split.len(),
+                req.split
+            )));
+        }
+        if let Some((i, row)) = req
+            .scores
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.len() != classes || r.iter().any(|x| !x.is_finite()))
+        {
+            return Err(CoreError::Invalid(format!(
+                "scores row {i} must be {classes} finite numbers, got {} numbers",
+                row.len()
+            )));
+        }
+        let r = scoring::score(
+            &req.scores,
+            &split.labels,
+            bbt::protocol::Loss::CrossEntropy,
+            session.spec.metric,
+        );
+        Ok(ScoreResponse {
+            accuracy: r.accuracy,
+            f1: r.f1,
+        })
     }
 
     /// `POST /v1/forward`: one API call, no session.
@@ -518,6 +629,16 @@ impl Service {
             }
         }
     }
+}
+
+/// One `z` of `d` numbers as a `[1, d]` tensor; a 422 naming the mistake otherwise.
+fn single_candidate(z: &[f32], d: usize) -> Result<Tensor, CoreError> {
+    let z = decode_candidates(
+        &CandidatesIn::Json(bbt::protocol::Candidates::Json(vec![z.to_vec()])),
+        d,
+        1,
+    )?;
+    Tensor::from_vec(z.concat(), (1, d), &candle_core::Device::Cpu).map_err(internal)
 }
 
 /// A 422 unless `layer` is one of the model's `layers`.

@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 
 use bbt::projection::{DeepProjection, Projection};
-use bbt::protocol::{CreateSessionRequest, Placement, PromptInit, SplitName};
+use bbt::protocol::{CreateSessionRequest, Placement, PromptInit, SplitName, CONTENT_FREE_TEXTS};
 use bbt::scoring::EncodedSplit;
-use bbt::tasks::{Example, MultiTokenWords, TaskSpec};
+use bbt::tasks::{demonstrations, Example, MultiTokenWords, TaskSpec};
 use bbt::{Engine, Prompt, Row, Segment};
 use candle_core::{DType, Tensor};
 
-use super::sessions::{Session, SessionProjection};
+use super::sessions::{Context, Session, SessionProjection};
 use super::{CoreError, Limits};
 
 fn internal(e: impl std::fmt::Display) -> CoreError {
@@ -63,6 +63,8 @@ pub fn build_session(
     for (name, examples) in &splits {
         encoded.insert(*name, encode_split(engine, limits, &spec, examples)?);
     }
+    let content_free = encode_split(engine, limits, &spec, &content_free_inputs(&spec))?;
+    encoded.insert(SplitName::ContentFree, content_free);
     let longest = encoded
         .values()
         .flat_map(|s| s.heads.iter().zip(&s.tails).map(|(h, t)| h.len() + t.len()))
@@ -75,6 +77,42 @@ pub fn build_session(
             engine.max_positions()
         )));
     }
+    let context = match &req.demonstrations {
+        None => None,
+        Some(demos) => {
+            if req.placement != Placement::Prefix || req.deep {
+                return Err(CoreError::Invalid(
+                    "demonstrations need the prefix placement and a shallow prompt".into(),
+                ));
+            }
+            let budget = limits
+                .max_context_tokens
+                .min(engine.max_positions() - positions);
+            let built = demonstrations::assemble(
+                engine.tokenizer(),
+                &spec,
+                &verbalizer,
+                &splits[&SplitName::Train],
+                demos.seed,
+                demos.max,
+                budget,
+            )
+            .map_err(|e| CoreError::Invalid(format!("demonstrations: {e:#}")))?;
+            if built.count == 0 && demos.max != Some(0) {
+                return Err(CoreError::TooLarge(format!(
+                    "no demonstration fits in {budget} tokens of context"
+                )));
+            }
+            let embeddings = engine
+                .embed_tokens(&built.ids)
+                .and_then(|e| Ok(e.to_dtype(engine.dtype())?))
+                .map_err(internal)?;
+            Some(Context {
+                embeddings,
+                count: built.count,
+            })
+        }
+    };
     let hidden = engine.config().hidden_size;
     let p0 = match &req.p0 {
         PromptInit::Zeros => {
@@ -121,7 +159,21 @@ pub fn build_session(
         req.placement,
         req.loss,
         req.prompt_length,
+        context,
     ))
+}
+
+/// Contextual calibration's content-free inputs (Zhao et al. 2021), in both slots of a
+/// two-input template.
+fn content_free_inputs(spec: &TaskSpec) -> Vec<Example> {
+    CONTENT_FREE_TEXTS
+        .iter()
+        .map(|text| Example {
+            text_a: text.to_string(),
+            text_b: spec.template.two_inputs().then(|| text.to_string()),
+            label: 0,
+        })
+        .collect()
 }
 
 /// Rounds of 3-sigma clipping when measuring hidden-state spreads (as the BBTv2 reference code).

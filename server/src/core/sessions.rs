@@ -11,6 +11,7 @@ use bbt::projection::{DeepProjection, Projection};
 use bbt::protocol::{Loss, Placement, SessionInfo, SplitName};
 use bbt::scoring::EncodedSplit;
 use bbt::tasks::TaskSpec;
+use bbt::Prompt;
 use candle_core::Tensor;
 
 use super::{CoreError, Limits};
@@ -45,6 +46,14 @@ impl SessionProjection {
     }
 }
 
+/// In-context demonstrations a session puts before every candidate's prompt.
+pub struct Context {
+    /// Word embeddings of the demonstrations' tokens, `[tokens, hidden]` in the model's dtype.
+    pub embeddings: Tensor,
+    /// Training examples they hold.
+    pub count: usize,
+}
+
 /// One tuning session.
 pub struct Session {
     pub id: String,
@@ -58,6 +67,8 @@ pub struct Session {
     pub placement: Placement,
     pub loss: Loss,
     pub prompt_length: usize,
+    /// In-context demonstrations, placed before the prompt (prefix placement).
+    pub context: Option<Context>,
     /// Suffix placement: `[bos][head]` keys/values per split, built on first use.
     pub caches: Mutex<HashMap<SplitName, Arc<KvCache>>>,
     pub api_calls: std::sync::atomic::AtomicU64,
@@ -77,6 +88,7 @@ impl Session {
         placement: Placement,
         loss: Loss,
         prompt_length: usize,
+        context: Option<Context>,
     ) -> Self {
         Self {
             id,
@@ -88,13 +100,14 @@ impl Session {
             placement,
             loss,
             prompt_length,
+            context,
             caches: Mutex::new(HashMap::new()),
             api_calls: Default::default(),
             last_used: Mutex::new(Instant::now()),
         }
     }
 
-    /// Bytes held: the projection plus any caches.
+    /// Bytes held: the projection, the demonstrations and any caches.
     pub fn bytes(&self) -> usize {
         let caches: usize = self
             .caches
@@ -103,7 +116,49 @@ impl Session {
             .values()
             .map(|c| c.bytes())
             .sum();
-        self.projection.bytes() + caches
+        let context = self.context.as_ref().map_or(0, |c| {
+            c.embeddings.elem_count() * c.embeddings.dtype().size_in_bytes()
+        });
+        self.projection.bytes() + context + caches
+    }
+
+    /// Positions each candidate adds before the examples: demonstrations and prompt vectors.
+    pub fn prompt_positions(&self) -> usize {
+        self.context_tokens() + self.prompt_length
+    }
+
+    fn context_tokens(&self) -> usize {
+        self.context
+            .as_ref()
+            .map_or(0, |c| c.embeddings.dim(0).unwrap_or(0))
+    }
+
+    /// The candidates' prompts: `A·z + p0` (`z` is `[count, d]`), or for a deep session `p0`
+    /// with `A_l·z` at `layer` and the `chosen` offsets at the others; after the session's
+    /// demonstrations, if it has any.
+    pub fn prompts(
+        &self,
+        z: &Tensor,
+        layer: Option<&(usize, Tensor)>,
+    ) -> anyhow::Result<Vec<Prompt>> {
+        let prompts = match (&self.projection, layer) {
+            (SessionProjection::Shallow(p), None) => p.prompts(z)?,
+            (SessionProjection::Deep { projection, .. }, Some((layer, chosen))) => {
+                projection.prompts(*layer, z, chosen)?
+            }
+            _ => anyhow::bail!("the job's layer does not match the session's prompt"),
+        };
+        let Some(context) = &self.context else {
+            return Ok(prompts);
+        };
+        prompts
+            .into_iter()
+            .map(|p| {
+                anyhow::ensure!(p.deep.is_none(), "demonstrations with a deep prompt");
+                let embeddings = Tensor::cat(&[&context.embeddings, &p.embeddings], 0)?;
+                Ok(Prompt::new(embeddings))
+            })
+            .collect()
     }
 
     fn touch(&self) {
@@ -135,6 +190,8 @@ impl Session {
                 SessionProjection::Deep { projection, .. } => Some(projection.scales().to_vec()),
                 SessionProjection::Shallow(_) => None,
             },
+            demonstrations: self.context.as_ref().map_or(0, |c| c.count),
+            context_tokens: self.context_tokens(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub fn router(service: Arc<Service>, keys: ApiKeys) -> Router {
         )
         .route("/v1/sessions/{id}/evaluate", post(routes::evaluate))
         .route("/v1/sessions/{id}/prompt", post(routes::prompt))
+        .route("/v1/sessions/{id}/features", post(routes::features))
+        .route("/v1/sessions/{id}/score", post(routes::score))
         .route("/v1/sessions/{id}/layers/{layer}", put(routes::set_layer))
         .route("/v1/forward", post(routes::forward))
         .route("/v1/usage", get(routes::usage))

@@ -9,8 +9,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use bbt::protocol::{
-    CreateSessionRequest, EvaluateRequest, FloatType, ForwardRequest, PromptRequest,
-    SetLayerRequest, SplitName,
+    CreateSessionRequest, EvaluateRequest, FeaturesRequest, FloatType, ForwardRequest,
+    PromptRequest, ScoreRequest, SetLayerRequest, SplitName,
 };
 
 use super::auth::Caller;
@@ -156,6 +156,28 @@ pub async fn prompt(
 ) -> Result<impl IntoResponse> {
     let Json(req) = body?;
     Ok(Json(service.prompt(caller.0.as_deref(), &id, &req.z)?))
+}
+
+/// `POST /v1/sessions/{id}/features`.
+pub async fn features(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: std::result::Result<Json<FeaturesRequest>, JsonRejection>,
+) -> Result<impl IntoResponse> {
+    let Json(req) = body?;
+    Ok(Json(service.features(caller.0.as_deref(), &id, req).await?))
+}
+
+/// `POST /v1/sessions/{id}/score`.
+pub async fn score(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: std::result::Result<Json<ScoreRequest>, JsonRejection>,
+) -> Result<impl IntoResponse> {
+    let Json(req) = body?;
+    Ok(Json(service.score(caller.0.as_deref(), &id, &req)?))
 }
 
 /// `POST /v1/forward`.
