@@ -5,6 +5,7 @@ mod bench_forward;
 mod bench_server;
 mod bench_train;
 mod cma_bench;
+mod compare;
 mod peers;
 mod train;
 
@@ -35,6 +36,12 @@ enum Command {
     /// Train a gradient-based method (LoRA, prompt tuning, adapters, ...) on a task's few-shot
     /// split, on the same model and scoring as `bbt tune`; resumable.
     Train(Box<train::Args>),
+    /// Every method × task × seed of a preset (gradient-free baselines, BBT, BBTv2, gradient
+    /// methods), resumable; writes each run's result.json, REPORT.md and SVG plots.
+    Compare(Box<compare::Args>),
+    /// Run a bbt-server in this process (what `compare` starts for its API methods).
+    #[command(hide = true)]
+    Serve(bbt_server::cli::ServeArgs),
     /// Load a LoRA or prompt-tuning run's adapter into HF transformers + peft (needs python3
     /// with torch, transformers, peft and gguf) and compare the verbalizer logits.
     PeftCheck(train::peft_check::Args),
@@ -49,6 +56,8 @@ fn main() {
         Command::BenchTrain(args) => bench_train::run(&args),
         Command::Train(args) => train::run(&args),
         Command::PeftCheck(args) => train::peft_check::run(&args),
+        Command::Compare(args) => compare::run(&args),
+        Command::Serve(args) => bbt_server::cli::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

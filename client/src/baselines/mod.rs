@@ -126,7 +126,7 @@ fn session(
         p0: PromptInit::Zeros,
         loss: Default::default(),
         deep: false,
-        demonstrations: demonstrations.then(|| DemonstrationSpec {
+        demonstrations: demonstrations.then_some(DemonstrationSpec {
             max: settings.max_demonstrations,
             seed: settings.seed,
         }),

@@ -36,6 +36,9 @@ pub struct TuneResult {
     pub bytes_down: u64,
     /// Peak resident memory of this process.
     pub peak_rss_mb: Option<f64>,
+    /// Numbers CMA-ES searches: `d`, or `layers * d` for BBTv2.
+    #[serde(default)]
+    pub trainable_params: Option<usize>,
     pub curve: Vec<CurvePoint>,
     pub config: TuneConfig,
 }
@@ -64,6 +67,7 @@ impl TuneResult {
             bytes_up: state.bytes_up,
             bytes_down: state.bytes_down,
             peak_rss_mb: peak_rss_mb(),
+            trainable_params: Some(state.searches.len() * state.config.intrinsic_dim),
             curve: state.curve.clone(),
             config: state.config.clone(),
         }

@@ -3,7 +3,7 @@
 //! `--out` layout (`result.json`, the parameters, `curve.svg`; a HF peft adapter folder for
 //! LoRA and prompt tuning).
 
-mod checkpoint;
+pub mod checkpoint;
 mod export;
 mod peer;
 pub mod peft_check;

@@ -1,0 +1,267 @@
+//! `bbt-experiments compare`: every method × task × seed of a preset — the gradient-free
+//! baselines, BBT and BBTv2 against a bbt-server (started here unless one is given), the
+//! gradient methods locally — each in its own folder, skipping cells already done (so a killed
+//! comparison continues where it stopped), then `REPORT.md` and SVG plots from the results.
+
+pub mod plan;
+mod plots;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bbt_client::baselines::{self, BaselineSettings};
+use bbt_client::http::{RetryPolicy, ServerClient};
+use bbt_client::tune::checkpoint::CHECKPOINT_FILE;
+use bbt_client::tune::outputs::{peak_rss_mb_of, write_json};
+use bbt_client::tune::progress::ProgressOptions;
+use bbt_client::tune::{self, Start};
+use bbt_server::process::ServerProcess;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use plan::{Cell, MethodKind, Preset};
+
+/// Options of `compare`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// `cpu` (2 CPU cores, about 3 hours) or `paper` (the papers' budgets, for a GPU server);
+    /// every setting of both is in `experiments/src/compare/plan.rs`.
+    #[arg(long, default_value = "cpu")]
+    preset: String,
+    /// Tasks, comma-separated (default: the preset's).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Option<Vec<String>>,
+    /// Methods, comma-separated (default: the preset's): manual, manual-cc, icl, icl-cc,
+    /// feature-probe, bbt, bbtv2, and the `train` methods (lora, prompt-tuning, ...).
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<String>>,
+    /// Seeds, comma-separated (default: the preset's).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// Use this bbt-server for the API methods instead of starting one.
+    #[arg(long)]
+    server: Option<String>,
+    /// API key for --server; also read from $BBT_API_KEY.
+    #[arg(long, env = "BBT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Model (the local server's and the gradient methods').
+    #[arg(long, default_value = bbt::cli::DEFAULT_MODEL)]
+    model: String,
+    /// Output folder; cells whose result.json is there are skipped.
+    #[arg(long)]
+    out: PathBuf,
+    /// Write REPORT.md and the plots from the results already in --out; run nothing.
+    #[arg(long)]
+    report_only: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The grid a comparison covers.
+pub struct Grid {
+    pub preset: Preset,
+    pub tasks: Vec<String>,
+    pub methods: Vec<String>,
+    pub seeds: Vec<u64>,
+}
+
+impl Grid {
+    fn from_args(args: &Args) -> anyhow::Result<Self> {
+        let preset = Preset::named(&args.preset)?;
+        let grid = Self {
+            tasks: args.tasks.clone().unwrap_or_else(|| preset.tasks.clone()),
+            methods: args
+                .methods
+                .clone()
+                .unwrap_or_else(|| preset.methods.clone()),
+            seeds: args.seeds.clone().unwrap_or_else(|| preset.seeds.clone()),
+            preset,
+        };
+        for m in &grid.methods {
+            MethodKind::parse(m)?;
+        }
+        anyhow::ensure!(
+            !grid.tasks.is_empty() && !grid.methods.is_empty() && !grid.seeds.is_empty(),
+            "give at least one task, method and seed"
+        );
+        Ok(grid)
+    }
+}
+
+/// Runs `compare`.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let grid = Grid::from_args(args)?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", args.out.display()))?;
+    if !args.report_only {
+        run_grid(args, &grid)?;
+    }
+    let command = std::env::args()
+        .map(|a| shell_word(&a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let path = report::write(&args.out, &grid, &args.model, &command)?;
+    plots::write_all(&args.out, &grid)?;
+    eprintln!("report: {}", path.display());
+    Ok(())
+}
+
+/// Quotes a command-line word for a POSIX shell when it needs it.
+fn shell_word(word: &str) -> String {
+    if word
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// Runs every cell not yet done.
+fn run_grid(args: &Args, grid: &Grid) -> anyhow::Result<()> {
+    let all = plan::cells(&grid.tasks, &grid.methods, &grid.seeds);
+    let pending = plan::pending(&all, &args.out);
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(all.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} cells, {elapsed_precise} {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position((all.len() - pending.len()) as u64);
+    let needs_server = pending
+        .iter()
+        .any(|c| MethodKind::parse(&c.method).is_ok_and(MethodKind::uses_server));
+    let local = match (&args.server, needs_server) {
+        (None, true) => Some(start_server(&args.model)?),
+        _ => None,
+    };
+    let url = args
+        .server
+        .clone()
+        .or_else(|| local.as_ref().map(|s| s.url().to_string()));
+    let mut client = match &url {
+        Some(url) => Some(ServerClient::new(
+            url,
+            args.api_key.clone(),
+            RetryPolicy::default(),
+        )?),
+        None => None,
+    };
+    for cell in pending {
+        // A baseline run fills its calibrated twin's cell too.
+        if cell.done(&args.out) {
+            bar.inc(1);
+            continue;
+        }
+        bar.set_message(format!("{} {} seed {}", cell.task, cell.method, cell.seed));
+        let kind = MethodKind::parse(&cell.method)?;
+        let dir = cell.dir(&args.out);
+        std::fs::create_dir_all(&dir)?;
+        match kind {
+            MethodKind::Gradient(_) => run_gradient(args, grid, cell, &dir)?,
+            _ => {
+                let client = client.as_mut().expect("a server for API methods");
+                run_api(client, grid, cell, kind, &args.out)?;
+                if let Some(server) = &local {
+                    record_server_memory(&dir, server.pid())?;
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Starts `bbt-experiments serve` (this binary) on a free loopback port.
+fn start_server(model: &str) -> anyhow::Result<ServerProcess> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["serve", "--bind", "127.0.0.1:0", "--model", model]);
+    ServerProcess::spawn(command, false)
+}
+
+/// A baseline family or a BBT/BBTv2 run against the server.
+fn run_api(
+    client: &mut ServerClient,
+    grid: &Grid,
+    cell: &Cell,
+    kind: MethodKind,
+    out: &Path,
+) -> anyhow::Result<()> {
+    match kind {
+        MethodKind::Baseline(baseline) => {
+            let settings = BaselineSettings {
+                task: cell.task.clone(),
+                k: 16,
+                seed: cell.seed,
+                test_limit: grid.preset.test_limit,
+                max_demonstrations: None,
+            };
+            for summary in baselines::run(client, baseline, &settings)? {
+                let twin = Cell {
+                    method: summary.method.clone(),
+                    ..cell.clone()
+                };
+                let dir = twin.dir(out);
+                std::fs::create_dir_all(&dir)?;
+                write_json(&dir.join("result.json"), &summary)?;
+            }
+        }
+        MethodKind::BlackBox { deep } => {
+            let dir = cell.dir(out);
+            let start = if dir.join(CHECKPOINT_FILE).exists() {
+                Start::Resume
+            } else {
+                Start::Fresh(grid.preset.black_box(&cell.task, cell.seed, deep))
+            };
+            let quiet = ProgressOptions {
+                quiet: true,
+                json_lines: false,
+            };
+            tune::run(client, start, &dir, quiet)?;
+        }
+        MethodKind::Gradient(_) => unreachable!("gradient methods run locally"),
+    }
+    Ok(())
+}
+
+/// `bbt-experiments train` in a child process (its own peak memory), resumed if its
+/// checkpoint is there.
+fn run_gradient(args: &Args, grid: &Grid, cell: &Cell, dir: &Path) -> anyhow::Result<()> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("train").arg("--quiet");
+    if dir.join(crate::train::checkpoint::CHECKPOINT_FILE).exists() {
+        command.arg("--resume").arg(dir);
+    } else {
+        // A folder left by a run killed before its first checkpoint starts over.
+        std::fs::remove_dir_all(dir)?;
+        command
+            .args(["--method", &cell.method, "--task", &cell.task])
+            .args(["--seed", &cell.seed.to_string(), "--model", &args.model])
+            .arg("--out")
+            .arg(dir)
+            .args(grid.preset.train_flags());
+    }
+    let status = command.status()?;
+    anyhow::ensure!(
+        status.success(),
+        "{} on {} (seed {}) failed: {status}",
+        cell.method,
+        cell.task,
+        cell.seed
+    );
+    Ok(())
+}
+
+/// The local server's resident and peak memory when a cell ends (`server.json`).
+fn record_server_memory(dir: &Path, pid: u32) -> anyhow::Result<()> {
+    let value = serde_json::json!({
+        "server_peak_rss_mb": peak_rss_mb_of(&pid.to_string()),
+    });
+    write_json(&dir.join("server.json"), &value)
+}

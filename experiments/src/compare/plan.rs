@@ -1,0 +1,249 @@
+//! What a comparison runs: the methods (by kind), the tasks, the seeds, and each method's
+//! settings under a preset. Every setting of every preset is here, with the reason for it.
+
+use bbt::peft::Method;
+use bbt::protocol::Placement;
+use bbt_client::baselines::Baseline;
+use bbt_client::tune::config::TuneConfig;
+use clap::ValueEnum;
+
+/// How a method runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodKind {
+    /// A gradient-free baseline over the server API.
+    Baseline(Baseline),
+    /// BBT (`deep: false`) or BBTv2 (`deep: true`) over the server API.
+    BlackBox { deep: bool },
+    /// A gradient method of the PEFT trainer, run locally (`bbt-experiments train`).
+    Gradient(Method),
+}
+
+impl MethodKind {
+    /// The method called `name` (`manual`, `icl`, `bbt`, `bbtv2`, `lora`, ...).
+    pub fn parse(name: &str) -> anyhow::Result<Self> {
+        if let Some(b) = Baseline::from_name(name) {
+            return Ok(Self::Baseline(b));
+        }
+        match name {
+            "bbt" => Ok(Self::BlackBox { deep: false }),
+            "bbtv2" => Ok(Self::BlackBox { deep: true }),
+            _ => Method::from_str(name, false)
+                .map(Self::Gradient)
+                .map_err(|_| anyhow::anyhow!("unknown method `{name}`; {}", known_methods())),
+        }
+    }
+
+    /// Whether it needs a bbt-server.
+    pub fn uses_server(self) -> bool {
+        !matches!(self, Self::Gradient(_))
+    }
+}
+
+fn known_methods() -> String {
+    let baselines: Vec<&str> = Baseline::ALL.iter().map(|b| b.name()).collect();
+    let gradient: Vec<String> = Method::value_variants()
+        .iter()
+        .filter_map(|m| m.to_possible_value().map(|v| v.get_name().to_string()))
+        .collect();
+    format!(
+        "known: {}, bbt, bbtv2, {}",
+        baselines.join(", "),
+        gradient.join(", ")
+    )
+}
+
+/// A named set of tasks, seeds, methods and budgets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preset {
+    pub name: &'static str,
+    pub tasks: Vec<String>,
+    pub seeds: Vec<u64>,
+    pub methods: Vec<String>,
+    /// Test examples scored per task (the first N; all if absent).
+    pub test_limit: Option<usize>,
+    /// Why the budgets are what they are (printed in the report).
+    pub rationale: &'static str,
+}
+
+fn strings(xs: &[&str]) -> Vec<String> {
+    xs.iter().map(|s| s.to_string()).collect()
+}
+
+impl Preset {
+    /// The preset called `name`: `cpu` or `paper`.
+    pub fn named(name: &str) -> anyhow::Result<Self> {
+        let methods = strings(&[
+            "manual",
+            "manual-cc",
+            "icl",
+            "icl-cc",
+            "feature-probe",
+            "bbt",
+            "bbtv2",
+            "prompt-tuning",
+            "lora",
+            "adapter",
+            "bitfit",
+            "model-tuning",
+        ]);
+        match name {
+            "cpu" => Ok(Self {
+                name: "cpu",
+                tasks: strings(&["mr", "sst2", "agnews"]),
+                seeds: vec![13, 42, 87],
+                methods,
+                test_limit: Some(300),
+                rationale: "Sized for 2 CPU cores and the default 135M-parameter model, about \
+                    3 hours for the whole grid. Every method scores the same first 300 test \
+                    examples of each task (a standard error of about 2.5 points per run at 70% \
+                    accuracy; the spread over seeds is larger). BBT runs the quickstart \
+                    settings (5 prompt vectors before the template's tail, so each call reuses \
+                    the server's cached texts; d = 100; population 20) for 400 calls. BBTv2 \
+                    needs the prefix placement, where every call runs the whole texts, so it \
+                    gets one divide-and-conquer round: one generation of 10 per layer, 300 \
+                    calls on 30 layers. The gradient methods take 15 steps of 16 examples \
+                    with dev checks every 5 steps. All of this is far below the papers' \
+                    budgets (8,000 calls; 1,000 steps): read the table as what each method \
+                    reaches in a few minutes of a laptop, not as its ceiling.",
+            }),
+            "paper" => Ok(Self {
+                name: "paper",
+                tasks: strings(&["sst2", "yelp", "agnews", "dbpedia", "mrpc", "snli", "rte"]),
+                seeds: vec![13, 42, 87],
+                methods,
+                test_limit: None,
+                rationale: "The papers' settings: BBT and BBTv2 with 8,000 calls (BBT: L = 50 \
+                    prefix, d = 500, population 20; BBTv2: a deep prompt, sigma = alpha = 0.2), \
+                    the gradient methods with their defaults (`bbt::peft::config`), whole \
+                    test sets. Meant for a GPU server.",
+            }),
+            _ => anyhow::bail!("unknown preset `{name}`: cpu or paper"),
+        }
+    }
+
+    /// BBT's or BBTv2's settings on `task` with `seed`.
+    pub fn black_box(&self, task: &str, seed: u64, deep: bool) -> TuneConfig {
+        let mut config = match (self.name, deep) {
+            ("cpu", false) => TuneConfig {
+                budget: 400,
+                dev_every: 100,
+                zero_shot: false,
+                ..TuneConfig::quick(task)
+            },
+            ("cpu", true) => TuneConfig {
+                budget: 300,
+                popsize: 10,
+                prompt_length: 5,
+                intrinsic_dim: 100,
+                placement: Placement::Prefix,
+                dev_every: 100,
+                ..TuneConfig::bbtv2(task)
+            },
+            (_, false) => TuneConfig::paper(task),
+            (_, true) => TuneConfig::bbtv2(task),
+        };
+        config.seed = seed;
+        config.test_limit = self.test_limit;
+        config
+    }
+
+    /// Flags for `bbt-experiments train` beyond method, task, seed and output.
+    pub fn train_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if self.name == "cpu" {
+            flags.extend(strings(&[
+                "--steps",
+                "15",
+                "--batch-size",
+                "16",
+                "--eval-every",
+                "5",
+            ]));
+        }
+        if let Some(n) = self.test_limit {
+            flags.extend(["--test-limit".to_string(), n.to_string()]);
+        }
+        flags
+    }
+}
+
+/// One run of the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    pub task: String,
+    pub method: String,
+    pub seed: u64,
+}
+
+impl Cell {
+    /// Its folder under the comparison's output: `TASK/METHOD/seedSEED`.
+    pub fn dir(&self, out: &std::path::Path) -> std::path::PathBuf {
+        out.join(&self.task)
+            .join(&self.method)
+            .join(format!("seed{}", self.seed))
+    }
+
+    /// Whether its `result.json` is already there.
+    pub fn done(&self, out: &std::path::Path) -> bool {
+        self.dir(out).join("result.json").exists()
+    }
+}
+
+/// The cells of `all` whose result is not yet under `out`, in order.
+pub fn pending<'a>(all: &'a [Cell], out: &std::path::Path) -> Vec<&'a Cell> {
+    all.iter().filter(|c| !c.done(out)).collect()
+}
+
+/// Every cell, seed by seed (so a partial run has every method on the first seeds), then task,
+/// then method.
+pub fn cells(tasks: &[String], methods: &[String], seeds: &[u64]) -> Vec<Cell> {
+    let mut out = Vec::new();
+    for &seed in seeds {
+        for task in tasks {
+            for method in methods {
+                out.push(Cell {
+                    task: task.clone(),
+                    method: method.clone(),
+                    seed,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_cells_are_skipped_and_the_order_is_seed_first() {
+        let out = tempfile::tempdir().unwrap();
+        let tasks = vec!["mr".to_string(), "sst2".to_string()];
+        let methods = vec!["manual".to_string(), "lora".to_string()];
+        let all = cells(&tasks, &methods, &[13, 42]);
+        assert_eq!(all.len(), 8);
+        assert_eq!(
+            all.iter().take(4).map(|c| c.seed).collect::<Vec<_>>(),
+            [13; 4]
+        );
+        assert_eq!(pending(&all, out.path()).len(), 8);
+        // A finished run (its result.json) and a run killed midway (a checkpoint only).
+        let done = &all[1];
+        std::fs::create_dir_all(done.dir(out.path())).unwrap();
+        std::fs::write(done.dir(out.path()).join("result.json"), "{}").unwrap();
+        let killed = &all[2];
+        std::fs::create_dir_all(killed.dir(out.path())).unwrap();
+        std::fs::write(killed.dir(out.path()).join("checkpoint.json"), "{}").unwrap();
+        let left = pending(&all, out.path());
+        assert_eq!(left.len(), 7);
+        assert!(!left.contains(&done));
+        assert!(left.contains(&killed));
+        assert!(MethodKind::parse("nonsense").is_err());
+        assert_eq!(
+            MethodKind::parse("bbtv2").unwrap(),
+            MethodKind::BlackBox { deep: true }
+        );
+        assert!(!MethodKind::parse("lora").unwrap().uses_server());
+    }
+}

@@ -1,0 +1,317 @@
+//! `REPORT.md` from the `result.json` files of a comparison: the accuracy table (mean ± std over
+//! seeds per method × task, and the average over tasks), the cost table, the command, the
+//! machine and the model. Everything in it is read back from the files, never from memory.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use bbt_client::summary::RunSummary;
+use statrs::statistics::Statistics;
+
+use super::plan::Cell;
+use super::Grid;
+
+/// A finished cell's summary, and the local server's peak memory when it ended.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub summary: RunSummary,
+    pub server_peak_rss_mb: Option<f64>,
+}
+
+/// Every finished cell of `grid` under `out`; a result that does not parse is an error naming
+/// its file.
+pub fn load(out: &Path, grid: &Grid) -> anyhow::Result<Vec<Finished>> {
+    let mut found = Vec::new();
+    for cell in super::plan::cells(&grid.tasks, &grid.methods, &grid.seeds) {
+        if let Some(f) = load_cell(out, &cell)? {
+            found.push(f);
+        }
+    }
+    Ok(found)
+}
+
+fn load_cell(out: &Path, cell: &Cell) -> anyhow::Result<Option<Finished>> {
+    let dir = cell.dir(out);
+    let path = dir.join("result.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)?;
+    let summary: RunSummary = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a run result: {e}", path.display()))?;
+    let server_peak_rss_mb = std::fs::read_to_string(dir.join("server.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["server_peak_rss_mb"].as_f64());
+    Ok(Some(Finished {
+        summary,
+        server_peak_rss_mb,
+    }))
+}
+
+/// `mean ± std` (sample std over seeds) of percentages, or the value alone for one seed.
+pub fn mean_std(values: &[f64]) -> String {
+    match values {
+        [] => "–".into(),
+        [one] => format!("{:.1}", 100.0 * one),
+        _ => format!(
+            "{:.1} ± {:.1}",
+            100.0 * values.mean(),
+            100.0 * values.std_dev()
+        ),
+    }
+}
+
+/// The accuracy table: one row per method, one column per task, then the average of the task
+/// means (over the tasks every method has). Tasks with an F1 metric show `accuracy / F1`.
+pub fn accuracy_table(results: &[Finished], grid: &Grid) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "| method | {} | average |", grid.tasks.join(" | "));
+    let _ = writeln!(t, "|---|{}---|", "---|".repeat(grid.tasks.len()));
+    for method in &grid.methods {
+        let mut cells = Vec::new();
+        let mut task_means = Vec::new();
+        for task in &grid.tasks {
+            let of = |f: fn(&RunSummary) -> Option<f64>| -> Vec<f64> {
+                results
+                    .iter()
+                    .filter(|r| &r.summary.method == method && &r.summary.task == task)
+                    .filter_map(|r| f(&r.summary))
+                    .collect()
+            };
+            let accuracy = of(|s| s.test_accuracy);
+            let f1 = of(|s| s.test_f1);
+            if !accuracy.is_empty() {
+                task_means.push(accuracy.clone().mean());
+            }
+            let mut cell = mean_std(&accuracy);
+            if !f1.is_empty() {
+                let _ = write!(cell, " / F1 {}", mean_std(&f1));
+            }
+            if accuracy.len() < grid.seeds.len() && !accuracy.is_empty() {
+                let _ = write!(cell, " ({} of {} seeds)", accuracy.len(), grid.seeds.len());
+            }
+            cells.push(cell);
+        }
+        let average = if task_means.len() == grid.tasks.len() {
+            format!("{:.1}", 100.0 * task_means.mean())
+        } else {
+            "–".into()
+        };
+        let _ = writeln!(t, "| {method} | {} | {average} |", cells.join(" | "));
+    }
+    t
+}
+
+/// The cost table: per method, the mean over its runs of wall time, API calls and traffic per
+/// API call; the largest peak memory of the process that ran it and of the server; the numbers
+/// it tunes.
+pub fn cost_table(results: &[Finished], grid: &Grid) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| method | runs | wall time (s) | API calls | up / call | down / call | peak memory: method (MB) | server (MB) | trainable numbers |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
+    for method in &grid.methods {
+        let runs: Vec<&Finished> = results
+            .iter()
+            .filter(|r| &r.summary.method == method)
+            .collect();
+        if runs.is_empty() {
+            let _ = writeln!(t, "| {method} | 0 | | | | | | | |");
+            continue;
+        }
+        let mean = |f: &dyn Fn(&RunSummary) -> f64| -> f64 {
+            runs.iter()
+                .map(|r| f(&r.summary))
+                .collect::<Vec<_>>()
+                .mean()
+        };
+        let max = |xs: Vec<f64>| {
+            xs.into_iter()
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+        };
+        let calls = mean(&|s| s.api_calls as f64);
+        let per_call = |bytes: f64| -> String {
+            if calls > 0.0 {
+                human_bytes(bytes / calls)
+            } else {
+                "–".into()
+            }
+        };
+        let client = max(runs.iter().filter_map(|r| r.summary.peak_rss_mb).collect());
+        let server = max(runs.iter().filter_map(|r| r.server_peak_rss_mb).collect());
+        let trainable: Vec<usize> = runs
+            .iter()
+            .filter_map(|r| r.summary.trainable_params)
+            .collect();
+        let trainable = match (trainable.iter().min(), trainable.iter().max()) {
+            (Some(lo), Some(hi)) if lo == hi => lo.to_string(),
+            (Some(lo), Some(hi)) => format!("{lo}–{hi}"),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| {method} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {trainable} |",
+            runs.len(),
+            mean(&|s| s.wall_seconds),
+            calls,
+            per_call(mean(&|s| s.bytes_up as f64)),
+            per_call(mean(&|s| s.bytes_down as f64)),
+            client.map_or("–".into(), |m| format!("{m:.0}")),
+            server.map_or("–".into(), |m| format!("{m:.0}")),
+        );
+    }
+    t
+}
+
+fn human_bytes(b: f64) -> String {
+    if b < 1e3 {
+        format!("{b:.0} B")
+    } else if b < 1e6 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{:.1} MB", b / 1e6)
+    }
+}
+
+/// The CPU model and core count, from `/proc/cpuinfo` where it exists.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!("{model}, {cores} cores")
+}
+
+/// Writes `REPORT.md` under `out`; returns its path.
+pub fn write(out: &Path, grid: &Grid, model: &str, command: &str) -> anyhow::Result<PathBuf> {
+    let results = load(out, grid)?;
+    let total = super::plan::cells(&grid.tasks, &grid.methods, &grid.seeds).len();
+    let mut r = String::new();
+    let _ = writeln!(r, "# Comparison: {} preset\n", grid.preset.name);
+    let _ = writeln!(
+        r,
+        "{} of {} runs finished. Model `{model}`; machine: {}. Seeds {}; 16 examples per class \
+         in train and in dev.\n",
+        results.len(),
+        total,
+        machine(),
+        grid.seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(r, "```sh\n{command}\n```\n");
+    let _ = writeln!(r, "{}\n", grid.preset.rationale);
+    let _ = writeln!(
+        r,
+        "## Test accuracy (%), mean ± std over seeds\n\n{}",
+        accuracy_table(&results, grid)
+    );
+    let _ = writeln!(
+        r,
+        "## Cost per run\n\nMeans over tasks and seeds. An API call is one forward pass over a \
+         split for one candidate prompt; gradient methods run the model locally and make none. \
+         Memory is the peak resident set of the process that ran the method (the client for \
+         API methods, the trainer for gradient methods) and of the shared local server when \
+         the run ended.\n\n{}",
+        cost_table(&results, grid)
+    );
+    let _ = writeln!(r, "## Plots\n");
+    for task in &grid.tasks {
+        for (file, what) in super::plots::files(task) {
+            if out.join(&file).exists() {
+                let _ = writeln!(r, "- {what}: [{file}]({file})");
+            }
+        }
+    }
+    let path = out.join("REPORT.md");
+    std::fs::write(&path, r)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::plan::Preset;
+    use super::*;
+
+    fn fake(method: &str, task: &str, seed: u64, accuracy: f64) -> RunSummary {
+        RunSummary {
+            method: method.into(),
+            task: task.into(),
+            seed,
+            budget: 10,
+            api_calls: 4,
+            train_api_calls: 2,
+            best_dev_accuracy: None,
+            test_accuracy: Some(accuracy),
+            test_f1: None,
+            test_examples: Some(100),
+            wall_seconds: 10.0 * seed as f64,
+            bytes_up: 4000,
+            bytes_down: 400,
+            peak_rss_mb: Some(50.0 + seed as f64),
+            trainable_params: Some(100),
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn tables_come_from_the_result_files() {
+        let out = tempfile::tempdir().unwrap();
+        let grid = Grid {
+            preset: Preset::named("cpu").unwrap(),
+            tasks: vec!["mr".into()],
+            methods: vec!["bbt".into(), "lora".into()],
+            seeds: vec![13, 42],
+        };
+        for (seed, accuracy) in [(13, 0.80), (42, 0.90)] {
+            let cell = Cell {
+                task: "mr".into(),
+                method: "bbt".into(),
+                seed,
+            };
+            std::fs::create_dir_all(cell.dir(out.path())).unwrap();
+            let json = serde_json::to_string(&fake("bbt", "mr", seed, accuracy)).unwrap();
+            std::fs::write(cell.dir(out.path()).join("result.json"), json).unwrap();
+        }
+        let results = load(out.path(), &grid).unwrap();
+        assert_eq!(results.len(), 2);
+        let table = accuracy_table(&results, &grid);
+        // mean 85.0, sample std of (80, 90) = 7.07.
+        assert!(table.contains("| bbt | 85.0 ± 7.1 | 85.0 |"), "{table}");
+        assert!(table.contains("| lora | – | – |"), "{table}");
+        let costs = cost_table(&results, &grid);
+        // wall (130 + 420) / 2 = 275 s; 4 calls; 4000 B / 4 = 1.0 kB up; peak max(63, 92).
+        assert!(
+            costs.contains("| bbt | 2 | 275 | 4 | 1.0 kB | 100 B | 92 | – | 100 |"),
+            "{costs}"
+        );
+        let path = write(out.path(), &grid, "smollm2-135m", "bbt-experiments compare").unwrap();
+        let report = std::fs::read_to_string(path).unwrap();
+        assert!(report.contains("2 of 4 runs finished"), "{report}");
+        // A result that is not one fails loudly, naming the file.
+        std::fs::write(
+            Cell {
+                task: "mr".into(),
+                method: "bbt".into(),
+                seed: 13,
+            }
+            .dir(out.path())
+            .join("result.json"),
+            "{}",
+        )
+        .unwrap();
+        let err = load(out.path(), &grid).unwrap_err().to_string();
+        assert!(err.contains("seed13/result.json"), "{err}");
+    }
+}
