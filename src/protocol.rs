@@ -105,8 +105,8 @@ pub enum TaskRequest {
         k: usize,
         #[serde(default = "default_seed")]
         seed: u64,
-        /// Score only the first `test_limit` test examples (the same ones for every seed and
-        /// method), to bound the cost of comparisons; the whole test set if absent.
+        /// Score only a fixed subset of `test_limit` test examples (the same ones for every seed
+        /// and method), to bound the cost of comparisons; the whole test set if absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         test_limit: Option<usize>,
     },

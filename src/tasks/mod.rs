@@ -225,6 +225,22 @@ impl TaskData {
     }
 }
 
+/// A fixed subset of `limit` test examples (all of them if absent): the same examples for every
+/// seed and method, drawn by a seeded shuffle (seed 0) because test files are often sorted by
+/// label, so their first examples would be one class.
+pub fn test_subset(test: Vec<Example>, limit: Option<usize>) -> Vec<Example> {
+    let Some(limit) = limit.filter(|&n| n < test.len()) else {
+        return test;
+    };
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut order: Vec<usize> = (0..test.len()).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    order.truncate(limit);
+    order.sort_unstable();
+    order.into_iter().map(|i| test[i].clone()).collect()
+}
+
 /// `k` per class for train and for dev from `pool`, with the run's seed (see [`fewshot`]).
 pub fn sample_train_dev(
     spec: &TaskSpec,
@@ -290,4 +306,28 @@ pub fn split_pool(
         test_stand_in: None,
         spec,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_subset_is_fixed_and_mixes_a_sorted_file() {
+        // A file sorted by label: the first 100 are class 0.
+        let test: Vec<Example> = (0..200)
+            .map(|i| Example {
+                text_a: format!("text {i}"),
+                text_b: None,
+                label: usize::from(i >= 100),
+            })
+            .collect();
+        let subset = test_subset(test.clone(), Some(50));
+        assert_eq!(subset.len(), 50);
+        let ones = subset.iter().filter(|e| e.label == 1).count();
+        assert!((15..=35).contains(&ones), "{ones} of 50 from class 1");
+        assert_eq!(subset, test_subset(test.clone(), Some(50)));
+        assert_eq!(test_subset(test.clone(), None), test);
+        assert_eq!(test_subset(test.clone(), Some(500)), test);
+    }
 }

@@ -82,7 +82,7 @@ pub struct BaselineSettings {
     pub k: usize,
     /// Seed of the few-shot sample and of the demonstrations' order.
     pub seed: u64,
-    /// Score only the first N test examples.
+    /// Score only a fixed subset of N test examples.
     pub test_limit: Option<usize>,
     /// In-context learning: at most this many demonstrations (as many as fit if absent).
     pub max_demonstrations: Option<usize>,

@@ -50,8 +50,8 @@ pub struct TuneConfig {
     /// other layers fixed at their best). Prefix placement only. BBT: off.
     #[serde(default)]
     pub deep: bool,
-    /// Score only the first N test examples (the same ones for every seed and method), to bound
-    /// the cost of comparisons. Paper: the whole test set.
+    /// Score only a fixed subset of N test examples (the same ones for every seed and method),
+    /// to bound the cost of comparisons. Paper: the whole test set.
     #[serde(default)]
     pub test_limit: Option<usize>,
 }

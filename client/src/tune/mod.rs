@@ -201,7 +201,7 @@ pub fn task_request(
         metric: data.spec.metric,
         train: convert(&data.train),
         dev: convert(&data.dev),
-        test: convert(&data.test[..test_limit.unwrap_or(usize::MAX).min(data.test.len())]),
+        test: convert(&tasks::test_subset(data.test.clone(), test_limit)),
     })
 }
 

@@ -59,7 +59,8 @@ pub struct Preset {
     pub tasks: Vec<String>,
     pub seeds: Vec<u64>,
     pub methods: Vec<String>,
-    /// Test examples scored per task (the first N; all if absent).
+    /// Test examples scored per task (a fixed subset of N, see `bbt::tasks::test_subset`; all if
+    /// absent).
     pub test_limit: Option<usize>,
     /// Why the budgets are what they are (printed in the report).
     pub rationale: &'static str,
@@ -94,8 +95,8 @@ impl Preset {
                 methods,
                 test_limit: Some(300),
                 rationale: "Sized for 2 CPU cores and the default 135M-parameter model, about \
-                    3 hours for the whole grid. Every method scores the same first 300 test \
-                    examples of each task (a standard error of about 2.5 points per run at 70% \
+                    3 hours for the whole grid. Every method scores the same 300 test examples \
+                    of each task, drawn once by a fixed shuffle (a standard error of about 2.5 points per run at 70% \
                     accuracy; the spread over seeds is larger). BBT runs the quickstart \
                     settings (5 prompt vectors before the template's tail, so each call reuses \
                     the server's cached texts; d = 100; population 20) for 400 calls. BBTv2 \

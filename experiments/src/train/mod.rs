@@ -61,7 +61,8 @@ pub struct Args {
     /// Data directory laid out like shared/datasets (default: $BBT_DATA_DIR or ../shared/datasets).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Score only the first N test examples (all by default).
+    /// Score only a fixed subset of N test examples, the same for every seed and method (all by
+    /// default).
     #[arg(long)]
     test_limit: Option<usize>,
     /// Score the first token of label words that are several tokens instead of refusing them.
@@ -492,11 +493,8 @@ pub fn prepare(config: &TrainConfig, device: &str) -> anyhow::Result<Prepared> {
     let (verbalizer, _) = spec.verbalizer_ids(engine.tokenizer(), multi)?;
     let train = EncodedSplit::new(&engine, &spec, &data.train)?;
     let dev = EncodedSplit::new(&engine, &spec, &data.dev)?;
-    let test_examples = match config.test_limit {
-        Some(n) => &data.test[..n.min(data.test.len())],
-        None => &data.test[..],
-    };
-    let test = EncodedSplit::new(&engine, &spec, test_examples)?;
+    let test_examples = tasks::test_subset(data.test.clone(), config.test_limit);
+    let test = EncodedSplit::new(&engine, &spec, &test_examples)?;
     anyhow::ensure!(!train.is_empty(), "the training split is empty");
     Ok(Prepared {
         engine,

@@ -181,8 +181,7 @@ impl Service {
                         CoreError::Internal(msg)
                     }
                 })?;
-                let mut test = data.test;
-                test.truncate(test_limit.unwrap_or(usize::MAX));
+                let test = tasks::test_subset(data.test, *test_limit);
                 let splits = HashMap::from([
                     (SplitName::Train, data.train),
                     (SplitName::Dev, data.dev),
