@@ -73,6 +73,9 @@ pub enum PromptInit {
     Zeros,
     /// `p0` = the embeddings of these token ids (exactly `L` of them).
     Tokens { ids: Vec<u32> },
+    /// `p0` = these `L` rows of `hidden` numbers: a prompt tuned before, e.g. on another task
+    /// (prompt transfer, as in PPT).
+    Vectors { rows: Vec<Vec<f32>> },
 }
 
 /// The training loss the server reports per candidate.

@@ -135,6 +135,8 @@ async fn health_models_openapi_and_metrics() {
     assert_eq!(status, 200);
     assert!(doc["paths"]["/v1/sessions/{id}/evaluate"]["post"].is_object());
     assert!(doc["paths"]["/v1/sessions/{id}/layers/{layer}"]["put"].is_object());
+    assert!(doc["paths"]["/v1/sessions/{id}/features"]["post"].is_object());
+    assert!(doc["paths"]["/v1/sessions/{id}/score"]["post"].is_object());
     let (status, _) = s.get("/nope", None).await;
     assert_eq!(status, 404);
     let (_, metrics) = s.get("/metrics", None).await;
@@ -923,6 +925,35 @@ async fn baseline_routes_demonstrations_content_free_features_and_score() {
         bad["deep"] = json!(deep);
         bad["demonstrations"] = json!({"seed": 1});
         let (status, err) = s.post("/v1/sessions", None, &bad).await;
+        assert_eq!(status, 422, "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_prompt_given_as_vectors_is_the_starting_point() {
+    let s = start(Limits::default(), ApiKeys::open()).await;
+    let rows: Vec<Vec<f32>> = (0..3)
+        .map(|i| (0..32).map(|j| ((i * 32 + j) as f32 * 0.1).sin()).collect())
+        .collect();
+    let mut body = session_body("prefix");
+    body["p0"] = json!({"kind": "vectors", "rows": rows});
+    let (status, info) = s.post("/v1/sessions", None, &body).await;
+    assert_eq!(status, 201, "{info}");
+    let id = info["id"].as_str().unwrap();
+    let (_, p) = s
+        .post(
+            &format!("/v1/sessions/{id}/prompt"),
+            None,
+            &json!({"z": vec![0.0f32; 6]}),
+        )
+        .await;
+    assert_eq!(self::rows(&p["prompt"]), rows);
+    for bad in [
+        json!({"kind": "vectors", "rows": rows[..2]}),
+        json!({"kind": "vectors", "rows": [vec![1.0f32; 31], vec![1.0f32; 32], vec![1.0f32; 32]]}),
+    ] {
+        body["p0"] = bad;
+        let (status, err) = s.post("/v1/sessions", None, &body).await;
         assert_eq!(status, 422, "{err}");
     }
 }

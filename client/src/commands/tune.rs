@@ -89,6 +89,13 @@ pub struct SettingArgs {
     /// Also measure the manual prompt's zero-shot test accuracy.
     #[arg(long)]
     pub zero_shot: bool,
+    /// Score only a fixed subset of N test examples (the same for every seed).
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Prompt transfer: start from the prompt of an earlier BBT run (its folder or its
+    /// best_prompt.safetensors; same prompt length), e.g. one tuned on another task.
+    #[arg(long)]
+    pub p0_from: Option<PathBuf>,
 }
 
 fn parse_placement(s: &str) -> Result<Placement, String> {
@@ -137,6 +144,12 @@ impl SettingArgs {
         c.zero_shot |= self.zero_shot;
         if self.bound.is_some() {
             c.bound = self.bound;
+        }
+        if self.test_limit.is_some() {
+            c.test_limit = self.test_limit;
+        }
+        if self.p0_from.is_some() {
+            c.p0_from = self.p0_from.clone();
         }
         c
     }

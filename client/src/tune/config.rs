@@ -54,6 +54,11 @@ pub struct TuneConfig {
     /// to bound the cost of comparisons. Paper: the whole test set.
     #[serde(default)]
     pub test_limit: Option<usize>,
+    /// Prompt transfer (as in PPT, Gu et al. 2022): start from the prompt of an earlier BBT run
+    /// (its folder or its `best_prompt.safetensors`), e.g. one tuned on another task, as `p0`
+    /// instead of zeros. Paper: none.
+    #[serde(default)]
+    pub p0_from: Option<std::path::PathBuf>,
 }
 
 impl TuneConfig {
@@ -79,6 +84,7 @@ impl TuneConfig {
             zero_shot: false,
             deep: false,
             test_limit: None,
+            p0_from: None,
         }
     }
 
@@ -131,6 +137,9 @@ impl TuneConfig {
                 "budget {} is less than one generation (popsize {})",
                 self.budget, self.popsize
             ));
+        }
+        if self.deep && self.p0_from.is_some() {
+            return Err("prompt transfer (p0_from) is for BBT's input prompt, not BBTv2".into());
         }
         if self.deep && self.placement != Placement::Prefix {
             return Err("a deep prompt (BBTv2) needs the prefix placement".into());

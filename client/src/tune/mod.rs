@@ -154,7 +154,12 @@ pub fn session_request(
             scale,
             gain,
         },
-        p0: PromptInit::Zeros,
+        p0: match &config.p0_from {
+            Some(path) => PromptInit::Vectors {
+                rows: outputs::read_prompt(path, config.prompt_length)?,
+            },
+            None => PromptInit::Zeros,
+        },
         loss: config.loss,
         deep: config.deep,
         demonstrations: None,

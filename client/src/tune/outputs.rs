@@ -113,7 +113,7 @@ pub fn write_all(
     };
     write_json(&dir.join("best_prompt.json"), &saved)?;
     if let Some(prompt) = prompt {
-        write_prompt_safetensors(&dir.join("best_prompt.safetensors"), prompt, &result.task)?;
+        write_prompt_safetensors(&dir.join(PROMPT_FILE), prompt, &result.task)?;
     }
     let points: Vec<CurveXy> = result
         .curve
@@ -137,6 +137,50 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
+
+/// The `[L, hidden]` prompt a BBT run saved, from its folder or its `best_prompt.safetensors`;
+/// an error unless it has `expected_len` rows.
+pub fn read_prompt(path: &Path, expected_len: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+    let file = if path.is_dir() {
+        path.join(PROMPT_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let bytes = std::fs::read(&file).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the prompt to start from, {}: {e} (BBT runs save it as {PROMPT_FILE})",
+            file.display()
+        )
+    })?;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", file.display()))?;
+    let prompt = tensors
+        .tensor("prompt")
+        .map_err(|e| anyhow::anyhow!("{}: no `prompt` tensor: {e}", file.display()))?;
+    let (rows, hidden) = match prompt.shape() {
+        [rows, hidden] if prompt.dtype() == safetensors::Dtype::F32 => (*rows, *hidden),
+        shape => anyhow::bail!(
+            "{}: `prompt` must be an f32 [L, hidden] matrix, it is {:?} {shape:?}",
+            file.display(),
+            prompt.dtype()
+        ),
+    };
+    anyhow::ensure!(
+        rows == expected_len,
+        "{} holds {rows} prompt vectors; this run's prompt length is {expected_len} (set it to \
+         match)",
+        file.display()
+    );
+    let values: Vec<f32> = prompt
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(values.chunks(hidden.max(1)).map(<[f32]>::to_vec).collect())
+}
+
+/// The file a BBT run keeps its full prompt in.
+pub const PROMPT_FILE: &str = "best_prompt.safetensors";
 
 /// The prompt as one f32 tensor `prompt` of shape `[L, hidden]`.
 fn write_prompt_safetensors(path: &Path, prompt: &[Vec<f32>], task: &str) -> anyhow::Result<()> {
@@ -221,4 +265,29 @@ pub fn plot_curve(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod prompt_file_tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_prompt_reads_back_and_a_wrong_length_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let prompt: Vec<Vec<f32>> = (0..3)
+            .map(|i| (0..4).map(|j| (i * 4 + j) as f32 - 5.5).collect())
+            .collect();
+        write_prompt_safetensors(&dir.path().join(PROMPT_FILE), &prompt, "mr").unwrap();
+        assert_eq!(read_prompt(dir.path(), 3).unwrap(), prompt);
+        assert_eq!(
+            read_prompt(&dir.path().join(PROMPT_FILE), 3).unwrap(),
+            prompt
+        );
+        let err = read_prompt(dir.path(), 5).unwrap_err().to_string();
+        assert!(err.contains("holds 3 prompt vectors"), "{err}");
+        let missing = read_prompt(&dir.path().join("nothing"), 3).unwrap_err();
+        assert!(missing.to_string().contains("cannot read"), "{missing}");
+        std::fs::write(dir.path().join("bad.safetensors"), b"not a file").unwrap();
+        assert!(read_prompt(&dir.path().join("bad.safetensors"), 3).is_err());
+    }
 }

@@ -212,12 +212,12 @@ fn run_api(
                 write_json(&dir.join("result.json"), &summary)?;
             }
         }
-        MethodKind::BlackBox { deep } => {
+        MethodKind::BlackBox { .. } | MethodKind::Transfer => {
             let dir = cell.dir(out);
             let start = if dir.join(CHECKPOINT_FILE).exists() {
                 Start::Resume
             } else {
-                Start::Fresh(grid.preset.black_box(&cell.task, cell.seed, deep))
+                Start::Fresh(black_box_config(grid, cell, kind, out)?)
             };
             let quiet = ProgressOptions {
                 quiet: true,
@@ -228,6 +228,38 @@ fn run_api(
         MethodKind::Gradient(_) => unreachable!("gradient methods run locally"),
     }
     Ok(())
+}
+
+/// The settings of a BBT, BBTv2 or prompt-transfer cell.
+fn black_box_config(
+    grid: &Grid,
+    cell: &Cell,
+    kind: MethodKind,
+    out: &Path,
+) -> anyhow::Result<bbt_client::tune::config::TuneConfig> {
+    let deep = kind == (MethodKind::BlackBox { deep: true });
+    let mut config = grid.preset.black_box(&cell.task, cell.seed, deep);
+    if kind == MethodKind::Transfer {
+        let source_task = cell
+            .method
+            .strip_prefix(plan::TRANSFER_PREFIX)
+            .unwrap_or_default();
+        let source = Cell {
+            task: source_task.to_string(),
+            method: "bbt".into(),
+            seed: cell.seed,
+        };
+        anyhow::ensure!(
+            source.done(out),
+            "{} on {} needs BBT's run on {source_task} with seed {} first (add bbt and \
+             {source_task} to the grid)",
+            cell.method,
+            cell.task,
+            cell.seed
+        );
+        config.p0_from = Some(source.dir(out));
+    }
+    Ok(config)
 }
 
 /// `bbt-experiments train` in a child process (its own peak memory), resumed if its

@@ -16,7 +16,13 @@ pub enum MethodKind {
     BlackBox { deep: bool },
     /// A gradient method of the PEFT trainer, run locally (`bbt-experiments train`).
     Gradient(Method),
+    /// BBT started from the prompt BBT tuned on another task with the same seed (prompt
+    /// transfer, `bbt-from-TASK`); runs after the grid's other methods, never on its source.
+    Transfer,
 }
+
+/// The prefix of prompt-transfer methods: `bbt-from-sst2` starts from SST-2's BBT prompt.
+pub const TRANSFER_PREFIX: &str = "bbt-from-";
 
 impl MethodKind {
     /// The method called `name` (`manual`, `icl`, `bbt`, `bbtv2`, `lora`, ...).
@@ -27,6 +33,12 @@ impl MethodKind {
         match name {
             "bbt" => Ok(Self::BlackBox { deep: false }),
             "bbtv2" => Ok(Self::BlackBox { deep: true }),
+            _ if name
+                .strip_prefix(TRANSFER_PREFIX)
+                .is_some_and(|t| !t.is_empty()) =>
+            {
+                Ok(Self::Transfer)
+            }
             _ => Method::from_str(name, false)
                 .map(Self::Gradient)
                 .map_err(|_| anyhow::anyhow!("unknown method `{name}`; {}", known_methods())),
@@ -46,7 +58,7 @@ fn known_methods() -> String {
         .filter_map(|m| m.to_possible_value().map(|v| v.get_name().to_string()))
         .collect();
     format!(
-        "known: {}, bbt, bbtv2, {}",
+        "known: {}, bbt, bbtv2, {TRANSFER_PREFIX}TASK, {}",
         baselines.join(", "),
         gradient.join(", ")
     )
@@ -196,17 +208,25 @@ pub fn pending<'a>(all: &'a [Cell], out: &std::path::Path) -> Vec<&'a Cell> {
 }
 
 /// Every cell, seed by seed (so a partial run has every method on the first seeds), then task,
-/// then method.
+/// then method; prompt-transfer cells come after the seed's other cells (their source prompts
+/// are tuned there), on every task but their source.
 pub fn cells(tasks: &[String], methods: &[String], seeds: &[u64]) -> Vec<Cell> {
+    let (transfers, others): (Vec<&String>, Vec<&String>) =
+        methods.iter().partition(|m| m.starts_with(TRANSFER_PREFIX));
     let mut out = Vec::new();
     for &seed in seeds {
-        for task in tasks {
-            for method in methods {
-                out.push(Cell {
-                    task: task.clone(),
-                    method: method.clone(),
-                    seed,
-                });
+        for group in [&others, &transfers] {
+            for task in tasks {
+                for method in group.iter() {
+                    if method.strip_prefix(TRANSFER_PREFIX) == Some(task.as_str()) {
+                        continue;
+                    }
+                    out.push(Cell {
+                        task: task.clone(),
+                        method: method.to_string(),
+                        seed,
+                    });
+                }
             }
         }
     }
@@ -246,5 +266,25 @@ mod tests {
             MethodKind::BlackBox { deep: true }
         );
         assert!(!MethodKind::parse("lora").unwrap().uses_server());
+        // Transfer cells: after the seed's others, never on their source task.
+        let methods = vec!["bbt-from-sst2".to_string(), "bbt".to_string()];
+        let order: Vec<(String, String)> = cells(&tasks, &methods, &[13])
+            .into_iter()
+            .map(|c| (c.task, c.method))
+            .collect();
+        let pair = |t: &str, m: &str| (t.to_string(), m.to_string());
+        assert_eq!(
+            order,
+            [
+                pair("mr", "bbt"),
+                pair("sst2", "bbt"),
+                pair("mr", "bbt-from-sst2")
+            ]
+        );
+        assert_eq!(
+            MethodKind::parse("bbt-from-mr").unwrap(),
+            MethodKind::Transfer
+        );
+        assert!(MethodKind::parse("bbt-from-").is_err());
     }
 }

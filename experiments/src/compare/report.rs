@@ -37,8 +37,10 @@ fn load_cell(out: &Path, cell: &Cell) -> anyhow::Result<Option<Finished>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path)?;
-    let summary: RunSummary = serde_json::from_str(&text)
+    let mut summary: RunSummary = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: not a run result: {e}", path.display()))?;
+    // A prompt-transfer run is a BBT run; the grid knows it by its cell's name.
+    summary.method.clone_from(&cell.method);
     let server_peak_rss_mb = std::fs::read_to_string(dir.join("server.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -166,6 +168,67 @@ pub fn cost_table(results: &[Finished], grid: &Grid) -> String {
     t
 }
 
+/// Prompt transfer: per source → target pair, BBT from zeros against BBT from the source
+/// task's prompt, and the gain over the seeds both have; `None` without transfer methods.
+pub fn transfer_table(results: &[Finished], grid: &Grid) -> Option<String> {
+    let transfers: Vec<&String> = grid
+        .methods
+        .iter()
+        .filter(|m| m.starts_with(super::plan::TRANSFER_PREFIX))
+        .collect();
+    if transfers.is_empty() {
+        return None;
+    }
+    let accuracy = |method: &str, task: &str, seed: u64| {
+        results
+            .iter()
+            .find(|r| {
+                r.summary.method == method && r.summary.task == task && r.summary.seed == seed
+            })
+            .and_then(|r| r.summary.test_accuracy)
+    };
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| source → target | BBT from zeros | BBT from the source's prompt | gain (points) |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|");
+    for method in transfers {
+        let source = &method[super::plan::TRANSFER_PREFIX.len()..];
+        for task in grid.tasks.iter().filter(|t| t.as_str() != source) {
+            let pairs: Vec<(f64, f64)> = grid
+                .seeds
+                .iter()
+                .filter_map(|&seed| {
+                    Some((accuracy("bbt", task, seed)?, accuracy(method, task, seed)?))
+                })
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let scratch: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+            let transferred: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+            let gains: Vec<f64> = pairs.iter().map(|p| p.1 - p.0).collect();
+            let gain = if gains.len() > 1 {
+                format!(
+                    "{:+.1} ± {:.1}",
+                    100.0 * gains.clone().mean(),
+                    100.0 * gains.std_dev()
+                )
+            } else {
+                format!("{:+.1}", 100.0 * gains[0])
+            };
+            let _ = writeln!(
+                t,
+                "| {source} → {task} | {} | {} | {gain} |",
+                mean_std(&scratch),
+                mean_std(&transferred)
+            );
+        }
+    }
+    Some(t)
+}
+
 fn human_bytes(b: f64) -> String {
     if b < 1e3 {
         format!("{b:.0} B")
@@ -226,6 +289,14 @@ pub fn write(out: &Path, grid: &Grid, model: &str, command: &str) -> anyhow::Res
          the run ended.\n\n{}",
         cost_table(&results, grid)
     );
+    if let Some(table) = transfer_table(&results, grid) {
+        let _ = writeln!(
+            r,
+            "## Prompt transfer\n\nBBT started from the prompt BBT tuned on the source task \
+             (same seed, same settings) instead of from zeros; test accuracy (%) on the target, \
+             and the gain over the seeds both runs have.\n\n{table}"
+        );
+    }
     let _ = writeln!(r, "## Plots\n");
     for task in &grid.tasks {
         for (file, what) in super::plots::files(task) {
@@ -313,5 +384,37 @@ mod tests {
         .unwrap();
         let err = load(out.path(), &grid).unwrap_err().to_string();
         assert!(err.contains("seed13/result.json"), "{err}");
+    }
+
+    #[test]
+    fn transfer_gains_pair_runs_by_seed() {
+        let grid = Grid {
+            preset: Preset::named("cpu").unwrap(),
+            tasks: vec!["mr".into(), "sst2".into()],
+            methods: vec!["bbt".into(), "bbt-from-sst2".into()],
+            seeds: vec![13, 42],
+        };
+        let finished = |method: &str, seed, accuracy| Finished {
+            summary: fake(method, "mr", seed, accuracy),
+            server_peak_rss_mb: None,
+        };
+        let results = vec![
+            finished("bbt", 13, 0.70),
+            finished("bbt", 42, 0.80),
+            finished("bbt-from-sst2", 13, 0.75),
+            finished("bbt-from-sst2", 42, 0.81),
+        ];
+        let table = transfer_table(&results, &grid).unwrap();
+        // Gains +5 and +1 points: +3.0 ± 2.8.
+        assert!(
+            table.contains("| sst2 → mr | 75.0 ± 7.1 | 78.0 ± 4.2 | +3.0 ± 2.8 |"),
+            "{table}"
+        );
+        assert!(!table.contains("→ sst2"), "{table}");
+        let plain = Grid {
+            methods: vec!["bbt".into()],
+            ..grid
+        };
+        assert!(transfer_table(&results, &plain).is_none());
     }
 }

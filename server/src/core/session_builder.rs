@@ -131,6 +131,28 @@ pub fn build_session(
                 .embed_tokens(ids)
                 .map_err(|e| CoreError::Invalid(format!("p0: {e:#}")))?
         }
+        PromptInit::Vectors { rows } => {
+            if rows.len() != req.prompt_length {
+                return Err(CoreError::Invalid(format!(
+                    "p0 has {} rows, prompt_length is {}",
+                    rows.len(),
+                    req.prompt_length
+                )));
+            }
+            if let Some((i, row)) = rows
+                .iter()
+                .enumerate()
+                .find(|(_, r)| r.len() != hidden || r.iter().any(|x| !x.is_finite()))
+            {
+                return Err(CoreError::Invalid(format!(
+                    "p0 row {i} must be {hidden} finite numbers (the model's hidden size), got {} \
+                     numbers",
+                    row.len()
+                )));
+            }
+            Tensor::from_vec(rows.concat(), (rows.len(), hidden), engine.device())
+                .map_err(internal)?
+        }
     };
     let projection = if req.deep {
         deep_projection(engine, &req, &encoded[&SplitName::Train], p0)?
