@@ -173,6 +173,10 @@ pub struct DemonstrationSpec {
     /// At most this many; as many as fit the model's context (and the server's limit) if absent.
     #[serde(default)]
     pub max: Option<usize>,
+    /// At most this many tokens of demonstrations (e.g. the 512 positions of the paper's
+    /// RoBERTa); the model's free positions and the server's limit otherwise.
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
     /// Seed of their order (a random permutation of the training split).
     #[serde(default)]
     pub seed: u64,

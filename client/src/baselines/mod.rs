@@ -86,6 +86,9 @@ pub struct BaselineSettings {
     pub test_limit: Option<usize>,
     /// In-context learning: at most this many demonstrations (as many as fit if absent).
     pub max_demonstrations: Option<usize>,
+    /// In-context learning: at most this many tokens of demonstrations (the model's context
+    /// and the server's limit if absent).
+    pub max_context_tokens: Option<usize>,
 }
 
 /// Runs `baseline`'s family (see [`Baseline::family`]); one summary per member, in order.
@@ -128,6 +131,7 @@ fn session(
         deep: false,
         demonstrations: demonstrations.then_some(DemonstrationSpec {
             max: settings.max_demonstrations,
+            max_tokens: settings.max_context_tokens,
             seed: settings.seed,
         }),
     };

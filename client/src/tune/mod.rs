@@ -40,6 +40,8 @@ pub fn run(
     progress: ProgressOptions,
 ) -> anyhow::Result<TuneResult> {
     let started = Instant::now();
+    // The client may have served other runs: only what this run sends and receives counts.
+    let client_start = (client.bytes_up, client.bytes_down);
     let mut state = match start {
         Start::Resume => Checkpoint::load(out)?,
         Start::Fresh(config) => {
@@ -60,6 +62,7 @@ pub fn run(
     let mut tuner = Tuner {
         progress: Progress::new(out, progress, state.config.budget, state.train_calls)?,
         base_bytes: (state.bytes_up, state.bytes_down),
+        client_start,
         client,
         out,
         started,
@@ -218,6 +221,8 @@ struct Tuner<'a> {
     started: Instant,
     /// Bytes moved by earlier processes of this run.
     base_bytes: (u64, u64),
+    /// The client's byte counters when this process took the run up.
+    client_start: (u64, u64),
     /// The session's split sizes, once asked.
     info: Option<bbt::protocol::SessionInfo>,
 }
@@ -447,8 +452,8 @@ impl Tuner<'_> {
     }
 
     fn save(&mut self, state: &mut Checkpoint) -> anyhow::Result<()> {
-        state.bytes_up = self.base_bytes.0 + self.client.bytes_up;
-        state.bytes_down = self.base_bytes.1 + self.client.bytes_down;
+        state.bytes_up = self.base_bytes.0 + self.client.bytes_up - self.client_start.0;
+        state.bytes_down = self.base_bytes.1 + self.client.bytes_down - self.client_start.1;
         let now = self.started.elapsed().as_secs_f64();
         state.wall_seconds += now;
         self.started = Instant::now();

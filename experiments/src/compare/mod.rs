@@ -89,6 +89,72 @@ impl Grid {
     }
 }
 
+impl Grid {
+    /// This grid plus the tasks, methods and seeds of every finished run under `out` (theirs
+    /// after its own, in name order).
+    pub fn with_results_in(&self, out: &Path) -> anyhow::Result<Self> {
+        let mut grid = Self {
+            preset: self.preset.clone(),
+            tasks: self.tasks.clone(),
+            methods: self.methods.clone(),
+            seeds: self.seeds.clone(),
+        };
+        let (mut tasks, mut methods, mut seeds) = (Vec::new(), Vec::new(), Vec::new());
+        for task in subfolders(out)? {
+            for method in subfolders(&out.join(&task))? {
+                for seed in subfolders(&out.join(&task).join(&method))? {
+                    let finished = out
+                        .join(&task)
+                        .join(&method)
+                        .join(&seed)
+                        .join("result.json");
+                    if let (Some(n), true) = (seed.strip_prefix("seed"), finished.exists()) {
+                        if let Ok(n) = n.parse::<u64>() {
+                            tasks.push(task.clone());
+                            methods.push(method.clone());
+                            seeds.push(n);
+                        }
+                    }
+                }
+            }
+        }
+        tasks.sort();
+        methods.sort();
+        seeds.sort_unstable();
+        for t in tasks {
+            if !grid.tasks.contains(&t) {
+                grid.tasks.push(t);
+            }
+        }
+        for m in methods {
+            if !grid.methods.contains(&m) && MethodKind::parse(&m).is_ok() {
+                grid.methods.push(m);
+            }
+        }
+        for s in seeds {
+            if !grid.seeds.contains(&s) {
+                grid.seeds.push(s);
+            }
+        }
+        Ok(grid)
+    }
+}
+
+/// Names of the folders in `dir` (none if it does not exist).
+fn subfolders(dir: &Path) -> anyhow::Result<Vec<String>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
+}
+
 /// Runs `compare`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let grid = Grid::from_args(args)?;
@@ -101,8 +167,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .map(|a| shell_word(&a))
         .collect::<Vec<_>>()
         .join(" ");
-    let path = report::write(&args.out, &grid, &args.model, &command)?;
-    plots::write_all(&args.out, &grid)?;
+    // The report covers every result in the folder, from this grid or earlier ones.
+    let shown = grid.with_results_in(&args.out)?;
+    plots::write_all(&args.out, &shown)?;
+    let pending = plan::pending(
+        &plan::cells(&grid.tasks, &grid.methods, &grid.seeds),
+        &args.out,
+    )
+    .len();
+    let path = report::write(&args.out, &shown, pending, &args.model, &command)?;
     eprintln!("report: {}", path.display());
     Ok(())
 }
@@ -166,9 +239,10 @@ fn run_grid(args: &Args, grid: &Grid) -> anyhow::Result<()> {
             MethodKind::Gradient(_) => run_gradient(args, grid, cell, &dir)?,
             _ => {
                 let client = client.as_mut().expect("a server for API methods");
-                run_api(client, grid, cell, kind, &args.out)?;
-                if let Some(server) = &local {
-                    record_server_memory(&dir, server.pid())?;
+                for written in run_api(client, grid, cell, kind, &args.out)? {
+                    if let Some(server) = &local {
+                        record_server_memory(&written, server.pid())?;
+                    }
                 }
             }
         }
@@ -185,14 +259,15 @@ fn start_server(model: &str) -> anyhow::Result<ServerProcess> {
     ServerProcess::spawn(command, false)
 }
 
-/// A baseline family or a BBT/BBTv2 run against the server.
+/// A baseline family or a BBT/BBTv2 run against the server; the folders it filled.
 fn run_api(
     client: &mut ServerClient,
     grid: &Grid,
     cell: &Cell,
     kind: MethodKind,
     out: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
     match kind {
         MethodKind::Baseline(baseline) => {
             let settings = BaselineSettings {
@@ -201,6 +276,7 @@ fn run_api(
                 seed: cell.seed,
                 test_limit: grid.preset.test_limit,
                 max_demonstrations: None,
+                max_context_tokens: grid.preset.context_tokens,
             };
             for summary in baselines::run(client, baseline, &settings)? {
                 let twin = Cell {
@@ -210,6 +286,7 @@ fn run_api(
                 let dir = twin.dir(out);
                 std::fs::create_dir_all(&dir)?;
                 write_json(&dir.join("result.json"), &summary)?;
+                written.push(dir);
             }
         }
         MethodKind::BlackBox { .. } | MethodKind::Transfer => {
@@ -224,10 +301,11 @@ fn run_api(
                 json_lines: false,
             };
             tune::run(client, start, &dir, quiet)?;
+            written.push(dir);
         }
         MethodKind::Gradient(_) => unreachable!("gradient methods run locally"),
     }
-    Ok(())
+    Ok(written)
 }
 
 /// The settings of a BBT, BBTv2 or prompt-transfer cell.

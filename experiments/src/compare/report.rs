@@ -254,10 +254,17 @@ pub fn machine() -> String {
     format!("{model}, {cores} cores")
 }
 
-/// Writes `REPORT.md` under `out`; returns its path.
-pub fn write(out: &Path, grid: &Grid, model: &str, command: &str) -> anyhow::Result<PathBuf> {
+/// Writes `REPORT.md` under `out` for the runs of `grid` found there, `pending` runs of the
+/// requested grid still to do; returns its path.
+pub fn write(
+    out: &Path,
+    grid: &Grid,
+    pending: usize,
+    model: &str,
+    command: &str,
+) -> anyhow::Result<PathBuf> {
     let results = load(out, grid)?;
-    let total = super::plan::cells(&grid.tasks, &grid.methods, &grid.seeds).len();
+    let total = results.len() + pending;
     let mut r = String::new();
     let _ = writeln!(r, "# Comparison: {} preset\n", grid.preset.name);
     let _ = writeln!(
@@ -367,7 +374,14 @@ mod tests {
             costs.contains("| bbt | 2 | 275 | 4 | 1.0 kB | 100 B | 92 | – | 100 |"),
             "{costs}"
         );
-        let path = write(out.path(), &grid, "smollm2-135m", "bbt-experiments compare").unwrap();
+        let path = write(
+            out.path(),
+            &grid,
+            2,
+            "smollm2-135m",
+            "bbt-experiments compare",
+        )
+        .unwrap();
         let report = std::fs::read_to_string(path).unwrap();
         assert!(report.contains("2 of 4 runs finished"), "{report}");
         // A result that is not one fails loudly, naming the file.

@@ -87,7 +87,8 @@ pub fn build_session(
             }
             let budget = limits
                 .max_context_tokens
-                .min(engine.max_positions() - positions);
+                .min(engine.max_positions() - positions)
+                .min(demos.max_tokens.unwrap_or(usize::MAX));
             let built = demonstrations::assemble(
                 engine.tokenizer(),
                 &spec,
