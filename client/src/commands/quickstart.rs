@@ -93,10 +93,13 @@ fn print_table(r: &TuneResult, server_rss: Option<f64>) {
     let pct = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
     let c = &r.config;
     println!();
-    let test = r.test_examples.map_or("-".to_string(), |n| n.to_string());
+    let test = r
+        .summary
+        .test_examples
+        .map_or("-".to_string(), |n| n.to_string());
     println!(
         "{} {}-shot (seed {}), {test} test examples",
-        r.task, c.k, c.seed
+        r.summary.task, c.k, c.seed
     );
     println!("{:<44} {:>14}", "method", "test accuracy");
     println!(
@@ -112,19 +115,19 @@ fn print_table(r: &TuneResult, server_rss: Option<f64>) {
         c.intrinsic_dim,
         c.popsize
     );
-    println!("{:<44} {:>14}", label, pct(r.test_accuracy));
-    if let (Some(zs), Some(t)) = (r.zero_shot_test_accuracy, r.test_accuracy) {
+    println!("{:<44} {:>14}", label, pct(r.summary.test_accuracy));
+    if let (Some(zs), Some(t)) = (r.zero_shot_test_accuracy, r.summary.test_accuracy) {
         println!("{:<44} {:>+13.1}", "gain (points)", 100.0 * (t - zs));
     }
     println!();
     println!(
         "API calls {} ({} training), wall {:.0} s, {} up, {} down, peak memory: client {:.0} MB{}",
-        r.api_calls,
-        r.train_api_calls,
-        r.wall_seconds,
-        human_bytes(r.bytes_up),
-        human_bytes(r.bytes_down),
-        r.peak_rss_mb.unwrap_or(0.0),
+        r.summary.api_calls,
+        r.summary.train_api_calls,
+        r.summary.wall_seconds,
+        human_bytes(r.summary.bytes_up),
+        human_bytes(r.summary.bytes_down),
+        r.summary.peak_rss_mb.unwrap_or(0.0),
         server_rss.map_or(String::new(), |m| format!(", server {m:.0} MB"))
     );
 }

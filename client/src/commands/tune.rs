@@ -236,14 +236,14 @@ pub fn report(result: &TuneResult, out: &std::path::Path, json: bool) {
     let pct = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
     println!(
         "{}: best dev {}, test {} after {} training calls ({} in all), {:.0} s, {} up / {} down",
-        result.task,
-        pct(result.best_dev_accuracy),
-        pct(result.test_accuracy),
-        result.train_api_calls,
-        result.api_calls,
-        result.wall_seconds,
-        human_bytes(result.bytes_up),
-        human_bytes(result.bytes_down)
+        result.summary.task,
+        pct(result.summary.best_dev_accuracy),
+        pct(result.summary.test_accuracy),
+        result.summary.train_api_calls,
+        result.summary.api_calls,
+        result.summary.wall_seconds,
+        human_bytes(result.summary.bytes_up),
+        human_bytes(result.summary.bytes_down)
     );
     println!("results in {}", out.display());
 }

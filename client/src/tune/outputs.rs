@@ -12,33 +12,17 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, CurvePoint};
 use super::config::TuneConfig;
+use crate::summary::RunSummary;
 
 /// `result.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TuneResult {
-    pub method: String,
-    pub task: String,
-    pub seed: u64,
-    pub budget: u64,
-    /// All API calls: training, dev, test and zero-shot.
-    pub api_calls: u64,
-    pub train_api_calls: u64,
-    pub best_dev_accuracy: Option<f64>,
-    pub test_accuracy: Option<f64>,
-    pub test_f1: Option<f64>,
-    /// Size of the test split.
-    pub test_examples: Option<usize>,
+    /// The fields every run's result has; `api_calls` counts training, dev, test and zero-shot
+    /// calls, `trainable_params` the numbers CMA-ES searches (`d`, or `layers * d` for BBTv2).
+    #[serde(flatten)]
+    pub summary: RunSummary,
     pub zero_shot_test_accuracy: Option<f64>,
     pub best_train_loss: f64,
-    pub wall_seconds: f64,
-    /// HTTP body bytes sent and received.
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    /// Peak resident memory of this process.
-    pub peak_rss_mb: Option<f64>,
-    /// Numbers CMA-ES searches: `d`, or `layers * d` for BBTv2.
-    #[serde(default)]
-    pub trainable_params: Option<usize>,
     pub curve: Vec<CurvePoint>,
     pub config: TuneConfig,
 }
@@ -51,23 +35,26 @@ impl TuneResult {
         test_examples: Option<usize>,
     ) -> Self {
         Self {
-            method: if state.config.deep { "bbtv2" } else { "bbt" }.into(),
-            task: state.config.task.clone(),
-            seed: state.config.seed,
-            budget: state.config.budget,
-            api_calls: state.train_calls + state.other_calls,
-            train_api_calls: state.train_calls,
-            best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
-            test_accuracy: test.as_ref().map(|t| t.accuracy),
-            test_f1: test.and_then(|t| t.f1),
-            test_examples,
+            summary: RunSummary {
+                method: if state.config.deep { "bbtv2" } else { "bbt" }.into(),
+                task: state.config.task.clone(),
+                seed: state.config.seed,
+                budget: state.config.budget,
+                api_calls: state.train_calls + state.other_calls,
+                train_api_calls: state.train_calls,
+                best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
+                test_accuracy: test.as_ref().map(|t| t.accuracy),
+                test_f1: test.and_then(|t| t.f1),
+                test_examples,
+                wall_seconds: state.wall_seconds,
+                bytes_up: state.bytes_up,
+                bytes_down: state.bytes_down,
+                peak_rss_mb: peak_rss_mb(),
+                trainable_params: Some(state.searches.len() * state.config.intrinsic_dim),
+                notes: Vec::new(),
+            },
             zero_shot_test_accuracy: state.zero_shot_test_accuracy,
             best_train_loss: state.best_train_loss,
-            wall_seconds: state.wall_seconds,
-            bytes_up: state.bytes_up,
-            bytes_down: state.bytes_down,
-            peak_rss_mb: peak_rss_mb(),
-            trainable_params: Some(state.searches.len() * state.config.intrinsic_dim),
             curve: state.curve.clone(),
             config: state.config.clone(),
         }
@@ -109,11 +96,11 @@ pub fn write_all(
     let saved = SavedPrompt {
         session: state.session_request.clone(),
         z: z.to_vec(),
-        best_dev_accuracy: result.best_dev_accuracy,
+        best_dev_accuracy: result.summary.best_dev_accuracy,
     };
     write_json(&dir.join("best_prompt.json"), &saved)?;
     if let Some(prompt) = prompt {
-        write_prompt_safetensors(&dir.join(PROMPT_FILE), prompt, &result.task)?;
+        write_prompt_safetensors(&dir.join(PROMPT_FILE), prompt, &result.summary.task)?;
     }
     let points: Vec<CurveXy> = result
         .curve
@@ -123,7 +110,10 @@ pub fn write_all(
     plot_curve(
         &dir.join("curve.svg"),
         &points,
-        &format!("bbt on {}: training loss and dev accuracy", result.task),
+        &format!(
+            "bbt on {}: training loss and dev accuracy",
+            result.summary.task
+        ),
         "API calls (training)",
         "best training loss of the generation",
     )?;

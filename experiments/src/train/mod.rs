@@ -18,6 +18,7 @@ use bbt::protocol::{CandidateResult, Loss, Placement};
 use bbt::scoring::{score, EncodedSplit};
 use bbt::tasks::{self, LoadOptions, Metric, MultiTokenWords, TaskSpec, Template};
 use bbt::Engine;
+use bbt_client::summary::RunSummary;
 use bbt_client::tune::outputs::{peak_rss_mb, plot_curve, write_json, CurveXy};
 use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -196,38 +197,21 @@ pub struct TrainConfig {
     pub method: MethodConfig,
 }
 
-/// `result.json`: `bbt tune`'s fields (API calls and bytes are 0: training runs locally),
-/// plus the method's own.
+/// `result.json`: the fields every run's result has (API calls and bytes are 0: training runs
+/// locally), plus the method's own.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainResult {
-    pub method: String,
-    pub task: String,
-    pub seed: u64,
-    /// Optimizer steps allowed.
-    pub budget: u64,
-    pub api_calls: u64,
-    pub train_api_calls: u64,
-    pub best_dev_accuracy: Option<f64>,
-    pub test_accuracy: Option<f64>,
-    pub test_f1: Option<f64>,
-    pub test_examples: Option<usize>,
+    #[serde(flatten)]
+    pub summary: RunSummary,
     pub zero_shot_test_accuracy: Option<f64>,
     pub best_train_loss: f64,
-    pub wall_seconds: f64,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    pub peak_rss_mb: Option<f64>,
     pub curve: Vec<StepPoint>,
     pub config: TrainConfig,
-    /// Trainable scalars.
-    pub trainable_params: usize,
     /// Optimizer steps taken, and the step whose parameters were kept (best dev).
     pub steps: usize,
     pub best_step: Option<usize>,
     /// Mean wall time of one optimizer step (forward, backward, update).
     pub seconds_per_step: f64,
-    /// How the method was applied to this model.
-    pub notes: Vec<String>,
 }
 
 impl TrainResult {
@@ -236,29 +220,31 @@ impl TrainResult {
     fn unmeasured(config: &TrainConfig) -> Self {
         let mc = &config.method;
         Self {
-            method: mc.method.name().to_string(),
-            task: config.task.clone(),
-            seed: config.seed,
-            budget: mc.steps as u64,
-            api_calls: 0,
-            train_api_calls: 0,
-            best_dev_accuracy: None,
-            test_accuracy: None,
-            test_f1: None,
-            test_examples: None,
+            summary: RunSummary {
+                method: mc.method.name().to_string(),
+                task: config.task.clone(),
+                seed: config.seed,
+                budget: mc.steps as u64,
+                api_calls: 0,
+                train_api_calls: 0,
+                best_dev_accuracy: None,
+                test_accuracy: None,
+                test_f1: None,
+                test_examples: None,
+                wall_seconds: 0.0,
+                bytes_up: 0,
+                bytes_down: 0,
+                peak_rss_mb: None,
+                trainable_params: None,
+                notes: Vec::new(),
+            },
             zero_shot_test_accuracy: None,
             best_train_loss: f64::INFINITY,
-            wall_seconds: 0.0,
-            bytes_up: 0,
-            bytes_down: 0,
-            peak_rss_mb: None,
             curve: Vec::new(),
             config: config.clone(),
-            trainable_params: 0,
             steps: 0,
             best_step: None,
             seconds_per_step: 0.0,
-            notes: Vec::new(),
         }
     }
 }
@@ -392,21 +378,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     state.wall_seconds = prior_wall + start.elapsed().as_secs_f64();
     state.step_seconds += step_seconds_here;
+    let unmeasured = TrainResult::unmeasured(&config);
     let result = TrainResult {
-        best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
-        test_accuracy: test_result.as_ref().map(|t| t.accuracy),
-        test_f1: test_result.as_ref().and_then(|t| t.f1),
-        test_examples: Some(test.len()),
+        summary: RunSummary {
+            best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
+            test_accuracy: test_result.as_ref().map(|t| t.accuracy),
+            test_f1: test_result.as_ref().and_then(|t| t.f1),
+            test_examples: Some(test.len()),
+            wall_seconds: state.wall_seconds,
+            peak_rss_mb: peak_rss_mb(),
+            trainable_params: Some(trainer.trainable.num_trainable()),
+            notes: trainer.trainable.notes().to_vec(),
+            ..unmeasured.summary
+        },
         best_train_loss: state.best_train_loss,
-        wall_seconds: state.wall_seconds,
-        peak_rss_mb: peak_rss_mb(),
         curve: state.curve.clone(),
-        trainable_params: trainer.trainable.num_trainable(),
         steps: state.step,
         best_step: state.best.as_ref().map(|b| b.step),
         seconds_per_step: state.step_seconds / state.step.max(1) as f64,
-        notes: trainer.trainable.notes().to_vec(),
-        ..TrainResult::unmeasured(&config)
+        ..unmeasured
     };
     write_outputs(&dir, &result, &trainer, &engine)?;
     if args.json {
@@ -646,7 +636,7 @@ fn write_curve(dir: &Path, result: &TrainResult) -> anyhow::Result<()> {
         &points,
         &format!(
             "{} on {}: training loss and dev accuracy",
-            result.method, result.task
+            result.summary.method, result.summary.task
         ),
         "optimizer steps",
         "training loss of the batch",
@@ -691,23 +681,23 @@ fn print_summary(r: &TrainResult, dir: &Path) {
     let pct = |x: Option<f64>| x.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a));
     println!(
         "{} on {} (seed {}): test accuracy {} on {} examples, best dev {} at step {}",
-        r.method,
-        r.task,
-        r.seed,
-        pct(r.test_accuracy),
-        r.test_examples.unwrap_or(0),
-        pct(r.best_dev_accuracy),
+        r.summary.method,
+        r.summary.task,
+        r.summary.seed,
+        pct(r.summary.test_accuracy),
+        r.summary.test_examples.unwrap_or(0),
+        pct(r.summary.best_dev_accuracy),
         r.best_step.map_or("-".into(), |s| s.to_string()),
     );
     println!(
         "{} trainable parameters, {} steps, {:.2} s/step, wall {:.0} s, peak memory {:.0} MB",
-        r.trainable_params,
+        r.summary.trainable_params.unwrap_or(0),
         r.steps,
         r.seconds_per_step,
-        r.wall_seconds,
-        r.peak_rss_mb.unwrap_or(0.0)
+        r.summary.wall_seconds,
+        r.summary.peak_rss_mb.unwrap_or(0.0)
     );
-    for n in &r.notes {
+    for n in &r.summary.notes {
         println!("note: {n}");
     }
     println!("results in {}", dir.display());

@@ -14,6 +14,7 @@ use bbt::peft::optim::learning_rate_at;
 use bbt::peft::{Method, Trainable};
 use bbt::protocol::{Loss, Placement};
 use bbt::scoring::{score, EncodedSplit};
+use bbt_client::summary::RunSummary;
 use serde_json::{json, Value};
 
 use super::checkpoint::StepPoint;
@@ -130,29 +131,33 @@ fn peer_result(
     let tested =
         (!test.is_empty()).then(|| score(&test_logits, &test.labels, Loss::CrossEntropy, metric));
     let version = |name: &str| peer[name].as_str().unwrap_or("?").to_string();
+    let unmeasured = TrainResult::unmeasured(config);
     Ok(TrainResult {
-        best_dev_accuracy: field("best_dev_accuracy")?.as_f64(),
-        test_accuracy: tested.as_ref().map(|t| t.accuracy),
-        test_f1: tested.as_ref().and_then(|t| t.f1),
-        test_examples: Some(test.len()),
+        summary: RunSummary {
+            best_dev_accuracy: field("best_dev_accuracy")?.as_f64(),
+            test_accuracy: tested.as_ref().map(|t| t.accuracy),
+            test_f1: tested.as_ref().and_then(|t| t.f1),
+            test_examples: Some(test.len()),
+            wall_seconds: start.elapsed().as_secs_f64(),
+            peak_rss_mb: field("peak_rss_mb")?.as_f64(),
+            trainable_params: field("trainable_params")?.as_u64().map(|n| n as usize),
+            notes: vec![format!(
+                "trained by the PyTorch peer (torch {}, transformers {}, peft {}) from bbt's \
+                 initialisation, batches and learning rates",
+                version("torch"),
+                version("transformers"),
+                version("peft")
+            )],
+            ..unmeasured.summary
+        },
         best_train_loss: curve
             .iter()
             .map(|p| p.train_loss)
             .fold(f64::INFINITY, f64::min),
-        wall_seconds: start.elapsed().as_secs_f64(),
-        peak_rss_mb: field("peak_rss_mb")?.as_f64(),
         steps: curve.len(),
         best_step: field("best_step")?.as_u64().map(|s| s as usize),
         curve,
-        trainable_params: field("trainable_params")?.as_u64().unwrap_or(0) as usize,
         seconds_per_step: field("seconds_per_step")?.as_f64().unwrap_or(f64::NAN),
-        notes: vec![format!(
-            "trained by the PyTorch peer (torch {}, transformers {}, peft {}) from bbt's \
-             initialisation, batches and learning rates",
-            version("torch"),
-            version("transformers"),
-            version("peft")
-        )],
-        ..TrainResult::unmeasured(config)
+        ..unmeasured
     })
 }

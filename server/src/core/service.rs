@@ -293,13 +293,7 @@ impl Service {
         let z = decode_candidates(&candidates, d, self.limits.max_candidates)?;
         let count = z.len();
         let split_name = split;
-        let split = session
-            .splits
-            .get(&split_name)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                CoreError::Invalid(format!("the session has no {split_name:?} examples"))
-            })?;
+        let split = session.split(split_name)?;
         let tokens =
             (split.tokens() + split.len() * session.prompt_positions()) as u64 * count as u64;
         let account = key.unwrap_or(super::usage::ANONYMOUS);
@@ -424,13 +418,7 @@ impl Service {
         };
         let d = projection.intrinsic_dim();
         let z = single_candidate(req.z.as_deref().unwrap_or(&vec![0.0; d]), d)?;
-        let split = session
-            .splits
-            .get(&req.split)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                CoreError::Invalid(format!("the session has no {:?} examples", req.split))
-            })?;
+        let split = session.split(req.split)?;
         let labels =
             matches!(req.split, SplitName::Train | SplitName::Dev).then(|| split.labels.clone());
         let tokens = (split.tokens() + split.len() * session.prompt_positions()) as u64;
@@ -486,13 +474,7 @@ impl Service {
                 "the content-free inputs have no labels to score against".into(),
             ));
         }
-        let split = session
-            .splits
-            .get(&req.split)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                CoreError::Invalid(format!("the session has no {:?} examples", req.split))
-            })?;
+        let split = session.split(req.split)?;
         let classes = session.spec.classes.len();
         if req.scores.len() != split.len() {
             return Err(CoreError::Invalid(format!(

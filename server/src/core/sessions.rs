@@ -122,6 +122,14 @@ impl Session {
         self.projection.bytes() + context + caches
     }
 
+    /// The examples of `name`; a 422 if the session has none.
+    pub fn split(&self, name: SplitName) -> Result<&EncodedSplit, CoreError> {
+        self.splits
+            .get(&name)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| CoreError::Invalid(format!("the session has no {name:?} examples")))
+    }
+
     /// Positions each candidate adds before the examples: demonstrations and prompt vectors.
     pub fn prompt_positions(&self) -> usize {
         self.context_tokens() + self.prompt_length
