@@ -324,3 +324,61 @@ fn bad_flags_and_files_fail_cleanly() {
     ]);
     assert!(err.contains("budget"), "{err}");
 }
+
+/// `--p0-from`: a run starts from the prompt an earlier run saved (sent as p0 vectors), and a
+/// prompt of another length is refused before anything runs.
+#[test]
+fn a_run_starts_from_another_runs_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = write_task(dir.path());
+    let server = serve("127.0.0.1:0");
+    let source = dir.path().join("source");
+    run_to_end(&tune_args(server.url(), &task, &source, BBT_RUN));
+    let saved = std::fs::read(source.join("best_prompt.safetensors")).unwrap();
+    let saved = safetensors::SafeTensors::deserialize(&saved).unwrap();
+    let saved: Vec<f32> = saved
+        .tensor("prompt")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+
+    let transferred = dir.path().join("transferred");
+    let mut args = tune_args(server.url(), &task, &transferred, BBT_RUN);
+    args.extend([
+        "--p0-from".to_string(),
+        source.to_str().unwrap().to_string(),
+    ]);
+    run_to_end(&args);
+    let checkpoint: Value = serde_json::from_str(
+        &std::fs::read_to_string(transferred.join("checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    let p0 = &checkpoint["session_request"]["p0"];
+    assert_eq!(p0["kind"], "vectors");
+    let rows: Vec<Vec<f32>> = serde_json::from_value(p0["rows"].clone()).unwrap();
+    assert_eq!(rows.concat(), saved);
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(transferred.join("result.json")).unwrap())
+            .unwrap();
+    assert!(result["test_accuracy"].as_f64().is_some());
+
+    let three: Vec<&str> = BBT_RUN
+        .iter()
+        .zip(std::iter::once(&"").chain(BBT_RUN))
+        .map(|(arg, before)| {
+            if *before == "--prompt-length" {
+                "3"
+            } else {
+                arg
+            }
+        })
+        .collect();
+    let mut wrong = tune_args(server.url(), &task, &dir.path().join("wrong"), &three);
+    wrong.extend(["--p0-from", source.to_str().unwrap()].map(String::from));
+    let out = Command::new(BBT).args(&wrong).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds 2 prompt vectors"), "{err}");
+}

@@ -351,6 +351,7 @@ impl Tuner<'_> {
             prompt_length: 0,
             placement: Placement::Prefix,
             deep: false,
+            p0: PromptInit::Zeros,
             projection: ProjectionSpec {
                 intrinsic_dim: 1,
                 ..state.session_request.projection.clone()
