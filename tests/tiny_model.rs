@@ -412,3 +412,41 @@ fn batches_larger_than_one_chunk_equal_one_at_a_time() {
         assert_close(&all[i..i + 1], &alone, 1e-4);
     }
 }
+
+/// In-context demonstrations reach the model as a prompt of their token embeddings: that must
+/// read exactly like the tokens themselves (Gemma scales both the same way).
+#[test]
+fn a_prompt_of_token_embeddings_reads_like_the_tokens() {
+    for architecture in [Architecture::Llama, Architecture::Gemma3] {
+        let engine = tiny_engine(architecture);
+        let context = ids(10, 7);
+        let tail = ids(20, 4);
+        let readout = Readout::Tokens(vec![4, 7]);
+        let prompt = Prompt::new(engine.embed_tokens(&context).unwrap());
+        let via_prompt = engine
+            .score_prefix(&[prompt], std::slice::from_ref(&tail), &readout)
+            .unwrap()
+            .logits
+            .to_vec2()
+            .unwrap();
+        let inline: Vec<u32> = engine
+            .bos_segment()
+            .into_iter()
+            .chain(context)
+            .chain(tail)
+            .collect();
+        let via_tokens = engine
+            .forward(
+                &[Row::new(vec![Segment::Tokens(inline)])],
+                &[],
+                None,
+                &readout,
+                false,
+            )
+            .unwrap()
+            .logits
+            .to_vec2()
+            .unwrap();
+        assert_close(&via_prompt, &via_tokens, 1e-4);
+    }
+}
