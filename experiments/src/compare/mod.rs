@@ -160,13 +160,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let grid = Grid::from_args(args)?;
     std::fs::create_dir_all(&args.out)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", args.out.display()))?;
-    if !args.report_only {
-        run_grid(args, &grid)?;
-    }
     let command = std::env::args()
         .map(|a| shell_word(&a))
         .collect::<Vec<_>>()
         .join(" ");
+    if !args.report_only {
+        remember_command(&args.out, &command)?;
+        run_grid(args, &grid)?;
+    }
+    let commands = std::fs::read_to_string(args.out.join(COMMANDS_FILE)).unwrap_or(command);
     // The report covers every result in the folder, from this grid or earlier ones.
     let shown = grid.with_results_in(&args.out)?;
     plots::write_all(&args.out, &shown)?;
@@ -175,8 +177,23 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &args.out,
     )
     .len();
-    let path = report::write(&args.out, &shown, pending, &args.model, &command)?;
+    let path = report::write(&args.out, &shown, pending, &args.model, commands.trim())?;
     eprintln!("report: {}", path.display());
+    Ok(())
+}
+
+/// The commands that ran grids into a folder, one per line (the report quotes them).
+const COMMANDS_FILE: &str = "commands.txt";
+
+/// Adds `command` to the folder's [`COMMANDS_FILE`] unless it is there already.
+fn remember_command(out: &Path, command: &str) -> anyhow::Result<()> {
+    let path = out.join(COMMANDS_FILE);
+    let mut known = std::fs::read_to_string(&path).unwrap_or_default();
+    if !known.lines().any(|l| l == command) {
+        known.push_str(command);
+        known.push('\n');
+        std::fs::write(&path, known)?;
+    }
     Ok(())
 }
 
@@ -365,6 +382,15 @@ fn run_gradient(args: &Args, grid: &Grid, cell: &Cell, dir: &Path) -> anyhow::Re
         cell.task,
         cell.seed
     );
+    // The finished run's training state (parameters and optimizer moments, 2 GB for model
+    // tuning) is only needed to resume it.
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with("checkpoint-step") && n.ends_with(".safetensors")) {
+            std::fs::remove_file(&path)?;
+        }
+    }
     Ok(())
 }
 

@@ -255,13 +255,13 @@ pub fn machine() -> String {
 }
 
 /// Writes `REPORT.md` under `out` for the runs of `grid` found there, `pending` runs of the
-/// requested grid still to do; returns its path.
+/// requested grid still to do, and the `commands` that ran them; returns its path.
 pub fn write(
     out: &Path,
     grid: &Grid,
     pending: usize,
     model: &str,
-    command: &str,
+    commands: &str,
 ) -> anyhow::Result<PathBuf> {
     let results = load(out, grid)?;
     let total = results.len() + pending;
@@ -280,7 +280,7 @@ pub fn write(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _ = writeln!(r, "```sh\n{command}\n```\n");
+    let _ = writeln!(r, "```sh\n{commands}\n```\n");
     let _ = writeln!(r, "{}\n", grid.preset.rationale);
     let _ = writeln!(
         r,
