@@ -7,6 +7,7 @@ pub mod plan;
 mod plots;
 pub mod report;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -93,13 +94,8 @@ impl Grid {
     /// This grid plus the tasks, methods and seeds of every finished run under `out` (theirs
     /// after its own, in name order).
     pub fn with_results_in(&self, out: &Path) -> anyhow::Result<Self> {
-        let mut grid = Self {
-            preset: self.preset.clone(),
-            tasks: self.tasks.clone(),
-            methods: self.methods.clone(),
-            seeds: self.seeds.clone(),
-        };
-        let (mut tasks, mut methods, mut seeds) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut tasks, mut methods, mut seeds) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         for task in subfolders(out)? {
             for method in subfolders(&out.join(&task))? {
                 for seed in subfolders(&out.join(&task).join(&method))? {
@@ -108,36 +104,33 @@ impl Grid {
                         .join(&method)
                         .join(&seed)
                         .join("result.json");
-                    if let (Some(n), true) = (seed.strip_prefix("seed"), finished.exists()) {
-                        if let Ok(n) = n.parse::<u64>() {
-                            tasks.push(task.clone());
-                            methods.push(method.clone());
-                            seeds.push(n);
+                    let number = seed
+                        .strip_prefix("seed")
+                        .and_then(|n| n.parse::<u64>().ok());
+                    if let (Some(n), true) = (number, finished.exists()) {
+                        if MethodKind::parse(&method).is_ok() {
+                            tasks.insert(task.clone());
+                            methods.insert(method.clone());
+                            seeds.insert(n);
                         }
                     }
                 }
             }
         }
-        tasks.sort();
-        methods.sort();
-        seeds.sort_unstable();
-        for t in tasks {
-            if !grid.tasks.contains(&t) {
-                grid.tasks.push(t);
-            }
-        }
-        for m in methods {
-            if !grid.methods.contains(&m) && MethodKind::parse(&m).is_ok() {
-                grid.methods.push(m);
-            }
-        }
-        for s in seeds {
-            if !grid.seeds.contains(&s) {
-                grid.seeds.push(s);
-            }
-        }
-        Ok(grid)
+        Ok(Self {
+            preset: self.preset.clone(),
+            tasks: append_new(&self.tasks, tasks),
+            methods: append_new(&self.methods, methods),
+            seeds: append_new(&self.seeds, seeds),
+        })
     }
+}
+
+/// `list` followed by the items of `found` it lacks.
+fn append_new<T: PartialEq + Clone>(list: &[T], found: BTreeSet<T>) -> Vec<T> {
+    let mut out = list.to_vec();
+    out.extend(found.into_iter().filter(|x| !list.contains(x)));
+    out
 }
 
 /// Names of the folders in `dir` (none if it does not exist).
@@ -400,4 +393,33 @@ fn record_server_memory(dir: &Path, pid: u32) -> anyhow::Result<()> {
         "server_peak_rss_mb": peak_rss_mb_of(&pid.to_string()),
     });
     write_json(&dir.join("server.json"), &value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_grid_adds_every_finished_run_in_the_folder() {
+        let out = tempfile::tempdir().unwrap();
+        let finish = |path: &str| {
+            let dir = out.path().join(path);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("result.json"), "{}").unwrap();
+        };
+        finish("mr/bbt/seed13");
+        finish("agnews/icl/seed5");
+        finish("mr/not-a-method/seed1");
+        std::fs::create_dir_all(out.path().join("sst2/lora/seed7")).unwrap();
+        let grid = Grid {
+            preset: Preset::named("cpu").unwrap(),
+            tasks: vec!["mr".into()],
+            methods: vec!["lora".into(), "bbt".into()],
+            seeds: vec![42],
+        };
+        let shown = grid.with_results_in(out.path()).unwrap();
+        assert_eq!(shown.tasks, ["mr", "agnews"]);
+        assert_eq!(shown.methods, ["lora", "bbt", "icl"]);
+        assert_eq!(shown.seeds, [42, 5, 13]);
+    }
 }
