@@ -1,6 +1,7 @@
 //! A blocking HTTP client for bbt-server: the protocol types from `bbt::protocol`, candidates
-//! uploaded as raw little-endian f32, retries with exponential backoff on connection errors,
-//! 5xx and 429, and a count of the body bytes sent and received.
+//! uploaded as raw little-endian f32, retries with exponential backoff on connection errors and
+//! 5xx (waiting at least the server's `Retry-After`), and a count of the body bytes sent and
+//! received. A spent quota (429) is never retried.
 
 use std::time::Duration;
 
@@ -53,6 +54,11 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// Whether the key's quota of API calls is spent (retrying cannot help).
+    pub fn quota_spent(&self) -> bool {
+        matches!(self, Self::Status { status: 429, kind, .. } if kind == "quota_exceeded")
+    }
+
     /// Whether the session is unknown to the server (it restarted, or the session expired).
     pub fn session_lost(&self) -> bool {
         matches!(
@@ -311,8 +317,12 @@ impl ServerClient {
                         return Ok(body.to_vec());
                     }
                     let error = status_error(status, &body);
-                    let retryable =
-                        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                    // A 429 is retried only when the server says when (a rate limit), never
+                    // for a spent quota.
+                    let retryable = status.is_server_error()
+                        || (status == StatusCode::TOO_MANY_REQUESTS
+                            && retry_after.is_some()
+                            && !error.quota_spent());
                     if !retryable || attempt >= self.retry.max_attempts {
                         return Err(error);
                     }

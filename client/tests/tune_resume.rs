@@ -382,3 +382,57 @@ fn a_run_starts_from_another_runs_prompt() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds 2 prompt vectors"), "{err}");
 }
+
+/// A spent quota stops `bbt tune` at once with one clear line and no retries; the run so far is
+/// kept, and resumes to the end against a server with quota to spare.
+#[test]
+fn a_spent_quota_stops_the_run_and_it_resumes_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = write_task(dir.path());
+    let keys = dir.path().join("keys.txt");
+    std::fs::write(&keys, "tight 20\n").unwrap();
+    let mut command = Command::new(BBT);
+    command.args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--api-keys",
+        keys.to_str().unwrap(),
+    ]);
+    let server = ServerProcess::spawn(command, false).expect("bbt serve starts");
+    let out = dir.path().join("run");
+    let mut args = tune_args(server.url(), &task, &out, BBT_RUN);
+    args.extend(["--api-key", "tight"].map(String::from));
+    let run = Command::new(BBT).args(&args).output().unwrap();
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("quota of API calls for this key is spent"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("retrying"),
+        "a spent quota is not retried: {err}"
+    );
+    let done = generations_logged(&out);
+    assert!(
+        (1..8).contains(&done),
+        "{done} generations before the quota"
+    );
+    drop(server);
+
+    let server = serve("127.0.0.1:0");
+    let resume = [
+        "tune",
+        "--server",
+        server.url(),
+        "--resume",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]
+    .map(String::from);
+    run_to_end(&resume);
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["curve"].as_array().unwrap().len(), 8);
+}

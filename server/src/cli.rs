@@ -45,9 +45,13 @@ pub struct ServeArgs {
     /// Seconds a session may stay idle before it is dropped.
     #[arg(long, default_value_t = Limits::default().session_idle.as_secs())]
     session_idle_secs: u64,
-    /// Memory all sessions (projections, caches) may hold, MiB; the oldest are evicted beyond it.
+    /// Memory all sessions (projections, caches) may hold, MiB; beyond it the key holding the
+    /// most loses its least recently used session first.
     #[arg(long, default_value_t = (Limits::default().max_session_bytes >> 20) as u64)]
     max_session_mb: u64,
+    /// Memory one key's sessions may hold, MiB; beyond it that key's oldest sessions are evicted.
+    #[arg(long, default_value_t = (Limits::default().max_session_bytes_per_key >> 20) as u64)]
+    max_session_mb_per_key: u64,
     /// Requests waiting for the model before new ones get 503.
     #[arg(long, default_value_t = Limits::default().max_queue)]
     max_queue: usize,
@@ -57,6 +61,14 @@ pub struct ServeArgs {
     /// Milliseconds the model worker waits for more requests to join a batch.
     #[arg(long, default_value_t = Limits::default().max_batch_wait.as_millis() as u64)]
     max_batch_wait_ms: u64,
+}
+
+/// `mb` MiB in bytes; an error naming `flag` if that overflows.
+fn mib(mb: u64, flag: &str) -> anyhow::Result<usize> {
+    usize::try_from(mb)
+        .ok()
+        .and_then(|mb| mb.checked_mul(1 << 20))
+        .ok_or_else(|| anyhow::anyhow!("{flag} {mb} is more memory than this machine can address"))
 }
 
 /// Loads the model and serves until ctrl-c. Prints `bbt-server: listening on http://ADDR` to
@@ -75,7 +87,8 @@ pub fn run(cli: ServeArgs) -> anyhow::Result<()> {
         max_context_tokens: cli.max_context_tokens,
         max_intrinsic_dim: cli.max_intrinsic_dim,
         session_idle: Duration::from_secs(cli.session_idle_secs),
-        max_session_bytes: (cli.max_session_mb as usize) << 20,
+        max_session_bytes: mib(cli.max_session_mb, "--max-session-mb")?,
+        max_session_bytes_per_key: mib(cli.max_session_mb_per_key, "--max-session-mb-per-key")?,
         max_queue: cli.max_queue,
         max_batch_tokens: cli.max_batch_tokens,
         max_batch_wait: Duration::from_millis(cli.max_batch_wait_ms),

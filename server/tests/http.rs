@@ -17,11 +17,15 @@ struct Server {
 }
 
 async fn start(limits: Limits, keys: ApiKeys) -> Server {
+    start_with_data(limits, keys, bbt::tasks::default_data_dir()).await
+}
+
+async fn start_with_data(limits: Limits, keys: ApiKeys, data_dir: std::path::PathBuf) -> Server {
     let service = Arc::new(Service::new(
         tiny_engine(Architecture::Llama, 3),
         limits,
         keys.quotas(),
-        bbt::tasks::default_data_dir(),
+        data_dir,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -270,10 +274,22 @@ async fn api_keys_ownership_and_quota() {
         .post(&path, Some("bob"), &json!({"candidates": z(1, 2)}))
         .await;
     assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "quota_exceeded");
     assert!(body["detail"]
         .as_str()
         .unwrap()
         .contains("quota of 3 API calls is spent"));
+    // A spent quota is not "busy": no Retry-After, since waiting will not help.
+    let resp = s
+        .client
+        .post(format!("{}{path}", s.base))
+        .bearer_auth("bob")
+        .json(&json!({"candidates": z(1, 2)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_none());
     let (_, usage) = s.get("/v1/usage", Some("bob")).await;
     assert_eq!(
         (
@@ -326,6 +342,8 @@ async fn bad_input_gets_a_clear_4xx_and_never_breaks_the_session() {
         (413, "limit is 8 per call", json!({"candidates": z(3, 9)}).to_string().into_bytes()),
         (400, "base64", json!({"candidates": {"dtype": "f32", "count": 1, "data": "!!"}}).to_string().into_bytes()),
         (422, "need 24", json!({"candidates": {"dtype": "f32", "count": 1, "data": "AAAA"}}).to_string().into_bytes()),
+        // A count whose byte size overflows: refused, never a wrapped or panicking product.
+        (422, "more than this machine can address", json!({"candidates": {"dtype": "f32", "count": u64::MAX, "data": "AAAA"}}).to_string().into_bytes()),
         (400, "", b"{\"candidates\": [[0.0, ".to_vec()),
         (400, "", b"{\"candidates\": \"\xff\xfe\"}".to_vec()),
         (422, "", json!({"candidates": [vec![0.0f32; 6]], "split": "holdout"}).to_string().into_bytes()),
@@ -956,4 +974,170 @@ async fn a_prompt_given_as_vectors_is_the_starting_point() {
         let (status, err) = s.post("/v1/sessions", None, &body).await;
         assert_eq!(status, 422, "{err}");
     }
+}
+
+#[tokio::test]
+async fn sessions_are_sized_before_they_are_built_and_keys_evict_their_own_first() {
+    let one = 3 * 32 * 6 * 4;
+    let keys = || ApiKeys::parse("alice\nbob\n").unwrap();
+    let s = start(
+        Limits {
+            max_session_bytes_per_key: 2 * one + one / 2,
+            max_session_bytes: 100 * one,
+            ..Limits::default()
+        },
+        keys(),
+    )
+    .await;
+    // Too big for any key: refused with its size before anything is drawn.
+    let mut big = session_body("prefix");
+    big["projection"]["intrinsic_dim"] = json!(20);
+    let (status, body) = s.post("/v1/sessions", Some("alice"), &big).await;
+    assert_eq!(status, 413, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("7680 bytes") && detail.contains("5760 bytes per key"),
+        "{detail}"
+    );
+    // Over its own cap, a key loses its own least recently used session, never another key's.
+    let b1 = create(&s, Some("bob"), "prefix").await;
+    let a1 = create(&s, Some("alice"), "prefix").await;
+    let a2 = create(&s, Some("alice"), "prefix").await;
+    let a3 = create(&s, Some("alice"), "prefix").await;
+    let status = |id: &str, key: &'static str| {
+        let path = format!("/v1/sessions/{id}");
+        let s = &s;
+        async move { s.get(&path, Some(key)).await.0 }
+    };
+    assert_eq!(status(&a1, "alice").await, 410);
+    assert_eq!(status(&a2, "alice").await, 200);
+    assert_eq!(status(&a3, "alice").await, 200);
+    assert_eq!(status(&b1, "bob").await, 200);
+
+    // Over the global cap, the key holding the most loses its oldest session first, although
+    // another key's session is older.
+    let s = start(
+        Limits {
+            max_session_bytes_per_key: 100 * one,
+            max_session_bytes: 4 * one + one / 2,
+            ..Limits::default()
+        },
+        keys(),
+    )
+    .await;
+    let b1 = create(&s, Some("bob"), "prefix").await;
+    let mut a = Vec::new();
+    for _ in 0..3 {
+        a.push(create(&s, Some("alice"), "prefix").await);
+    }
+    let a4 = create(&s, Some("alice"), "prefix").await;
+    let status = |id: &str, key: &'static str| {
+        let path = format!("/v1/sessions/{id}");
+        let s = &s;
+        async move { s.get(&path, Some(key)).await.0 }
+    };
+    assert_eq!(status(&b1, "bob").await, 200);
+    assert_eq!(status(&a4, "alice").await, 200);
+    assert_eq!(
+        status(&a[0], "alice").await,
+        410,
+        "alice's oldest went first"
+    );
+    assert_eq!(status(&a[1], "alice").await, 200);
+}
+
+#[tokio::test]
+async fn task_loading_errors_are_the_callers_4xx_or_the_servers_500() {
+    let dir = std::env::temp_dir().join(format!("bbt-http-tasks-{}", std::process::id()));
+    let sst2 = dir.join("SST-2");
+    std::fs::create_dir_all(&sst2).unwrap();
+    let rows = |n: usize| -> String {
+        let mut out = String::from("sentence\tlabel\n");
+        for i in 0..n {
+            out.push_str(&format!("sentence number {i}\t{}\n", i % 2));
+        }
+        out
+    };
+    std::fs::write(sst2.join("train.tsv"), rows(6)).unwrap();
+    std::fs::write(sst2.join("dev.tsv"), rows(4)).unwrap();
+    let s = start_with_data(Limits::default(), ApiKeys::open(), dir.clone()).await;
+    let builtin = |task: Value| {
+        let mut body = session_body("prefix");
+        body["task"] = task;
+        body
+    };
+    let cases = [
+        (
+            json!({"kind": "builtin", "name": "sst2", "k": 8, "seed": 5}),
+            422,
+            "class 0 has 3 examples in the pool, 16 needed",
+        ),
+        (
+            json!({"kind": "builtin", "name": "nosuch"}),
+            422,
+            "unknown task `nosuch`",
+        ),
+        (
+            json!({"kind": "builtin", "name": "agnews", "k": 2}),
+            500,
+            "cannot load task `agnews`",
+        ),
+    ];
+    for (task, want, detail) in cases {
+        let (status, body) = s.post("/v1/sessions", None, &builtin(task)).await;
+        assert_eq!(status, want, "{body}");
+        assert!(body["detail"].as_str().unwrap().contains(detail), "{body}");
+    }
+    let (status, body) = s
+        .post(
+            "/v1/sessions",
+            None,
+            &builtin(json!({"kind": "builtin", "name": "sst2", "k": 1, "seed": 5})),
+        )
+        .await;
+    // The small pool meets k = 1: loading succeeds, and the tiny test model's vocabulary then
+    // refuses SST-2's label words, a 422 of its own.
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("label word"),
+        "{body}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn a_request_whose_client_left_is_not_charged() {
+    let keys = ApiKeys::parse("carol\n").unwrap();
+    let s = start(Limits::default(), keys).await;
+    let mut heavy = session_body("prefix");
+    heavy["task"]["train"] = json!(examples(2048));
+    let (status, body) = s.post("/v1/sessions", Some("carol"), &heavy).await;
+    assert_eq!(status, 201, "{body}");
+    let heavy = body["id"].as_str().unwrap().to_string();
+    let light = create(&s, Some("carol"), "prefix").await;
+    // The client gives up long before 64 candidates x 2048 examples are scored.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/v1/sessions/{heavy}/evaluate", s.base))
+        .bearer_auth("carol")
+        .json(&json!({"candidates": (0..64).map(|i| z(i, 1).remove(0)).collect::<Vec<_>>()}))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the request timed out on the client");
+    // The worker is first-in first-out: once this answers, the abandoned job is done or skipped.
+    let (status, body) = s
+        .post(
+            &format!("/v1/sessions/{light}/evaluate"),
+            Some("carol"),
+            &json!({"candidates": z(1, 1)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, usage) = s.get("/v1/usage", Some("carol")).await;
+    assert_eq!(usage["api_calls"], 1, "{usage}");
+    let (_, info) = s.get(&format!("/v1/sessions/{heavy}"), Some("carol")).await;
+    assert_eq!(info["api_calls"], 0, "{info}");
 }

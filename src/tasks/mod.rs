@@ -64,6 +64,34 @@ pub struct TaskData {
     pub test_stand_in: Option<String>,
 }
 
+/// Why a task could not be loaded: the request's fault, or the data's. A server answers the
+/// first two with a 4xx (the caller can fix them) and the last with a 5xx (its operator can).
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// No task by that name.
+    #[error("unknown task `{name}`; known tasks: {known}")]
+    Unknown { name: String, known: String },
+    /// The task exists but its data cannot meet the request (more examples per class than the
+    /// pool holds, a `k` or seed without a pre-sampled folder).
+    #[error("{0}")]
+    Request(String),
+    /// The task's data is missing or unreadable here (a file, a package fetch).
+    #[error(transparent)]
+    Data(#[from] anyhow::Error),
+}
+
+impl From<DataError> for TaskError {
+    fn from(e: DataError) -> Self {
+        Self::Data(e.into())
+    }
+}
+
+impl From<crate::assets::AssetError> for TaskError {
+    fn from(e: crate::assets::AssetError) -> Self {
+        Self::Data(e.into())
+    }
+}
+
 /// Options of [`load_builtin`].
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -86,13 +114,13 @@ pub fn default_data_dir() -> PathBuf {
 /// Loads any task: a user task spec file (`.toml` / `.json`, see [`user`]), a package-backed
 /// task ([`registry`]: mr, mr-snippets, bbc) or one of the paper's seven read from the data
 /// directory ([`load_builtin`]).
-pub fn load_task(name: &str, options: &LoadOptions) -> anyhow::Result<TaskData> {
+pub fn load_task(name: &str, options: &LoadOptions) -> Result<TaskData, TaskError> {
     let path = Path::new(name);
     if matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("toml" | "json")
     ) {
-        return user::load(path, options);
+        return Ok(user::load(path, options)?);
     }
     match registry::lookup(name) {
         Some((spec, package)) => registry::load(spec, &package, options),
@@ -112,20 +140,19 @@ pub fn task_names() -> Vec<&'static str> {
 /// Loads a built-in task under BBT's protocol: the pre-sampled `k-shot/<k>-<seed>` folder when
 /// present (LM-BFF style), else `k` per class for train and another `k` for dev sampled from the
 /// training pool with `seed`; the evaluation set untouched.
-pub fn load_builtin(name: &str, options: &LoadOptions) -> anyhow::Result<TaskData> {
-    let (spec, layout) = builtin::lookup(name).ok_or_else(|| {
-        anyhow::anyhow!(
-            "unknown task `{name}`; known tasks: {}",
-            task_names().join(", ")
-        )
+pub fn load_builtin(name: &str, options: &LoadOptions) -> Result<TaskData, TaskError> {
+    let (spec, layout) = builtin::lookup(name).ok_or_else(|| TaskError::Unknown {
+        name: name.to_string(),
+        known: task_names().join(", "),
     })?;
     let task_dir = options.data_dir.join(layout.dir);
-    anyhow::ensure!(
-        task_dir.is_dir(),
-        "no data for `{}`: {} does not exist (point --data-dir or BBT_DATA_DIR at a folder laid out like shared/datasets)",
-        spec.name,
-        task_dir.display()
-    );
+    if !task_dir.is_dir() {
+        return Err(TaskError::Data(anyhow::anyhow!(
+            "no data for `{}`: {} does not exist (point --data-dir or BBT_DATA_DIR at a folder laid out like shared/datasets)",
+            spec.name,
+            task_dir.display()
+        )));
+    }
     let read_pool = || -> Result<Vec<Example>, DataError> {
         let mut pool = Vec::new();
         for (file, format) in &layout.pool {
@@ -146,12 +173,13 @@ pub fn load_builtin(name: &str, options: &LoadOptions) -> anyhow::Result<TaskDat
             format!("pre-sampled {}", dir.display()),
         ),
         None => {
-            anyhow::ensure!(
-                !layout.pool.is_empty(),
-                "`{}` has no training pool here, only the pre-sampled folders k-shot/16-{{13,21,42,87,100}}; \
-                 use k = 16 and one of those seeds",
-                spec.name
-            );
+            if layout.pool.is_empty() {
+                return Err(TaskError::Request(format!(
+                    "`{}` has no training pool here, only the pre-sampled folders k-shot/16-{{13,21,42,87,100}}; \
+                     use k = 16 and one of those seeds",
+                    spec.name
+                )));
+            }
             let pool = read_pool()?;
             let (train, dev) = sample_train_dev(&spec, &pool, options)?;
             let files: Vec<&str> = layout.pool.iter().map(|(f, _)| *f).collect();
@@ -246,9 +274,9 @@ pub fn sample_train_dev(
     spec: &TaskSpec,
     pool: &[Example],
     options: &LoadOptions,
-) -> anyhow::Result<(Vec<Example>, Vec<Example>)> {
+) -> Result<(Vec<Example>, Vec<Example>), TaskError> {
     let (ti, di) = fewshot::sample_indices(pool, spec.classes.len(), options.k, options.seed)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.name))?;
+        .map_err(|e| TaskError::Request(format!("{}: {e}", spec.name)))?;
     let pick = |idx: &[usize]| idx.iter().map(|&i| pool[i].clone()).collect::<Vec<_>>();
     Ok((pick(&ti), pick(&di)))
 }
@@ -267,7 +295,7 @@ pub fn split_pool(
     all: Vec<Example>,
     source: &str,
     options: &LoadOptions,
-) -> anyhow::Result<TaskData> {
+) -> Result<TaskData, TaskError> {
     let mut seen = HashSet::new();
     let all: Vec<Example> = all
         .into_iter()
@@ -276,7 +304,7 @@ pub fn split_pool(
     let classes = spec.classes.len();
     let per_class = HELD_OUT.min(all.len() / 2) / classes;
     let test_idx = fewshot::stratified_indices(&all, classes, per_class, HELD_OUT_SEED)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.name))?;
+        .map_err(|e| TaskError::Data(anyhow::anyhow!("{}: {e}", spec.name)))?;
     let mut in_test = vec![false; all.len()];
     for &i in &test_idx {
         in_test[i] = true;

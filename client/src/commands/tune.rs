@@ -18,7 +18,8 @@ pub struct ServerArgs {
     /// API key (sent as a bearer token); also read from $BBT_API_KEY.
     #[arg(long, env = "BBT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Attempts per request on connection errors, 5xx and 429 (exponential backoff).
+    /// Attempts per request on connection errors and 5xx (exponential backoff, at least the
+    /// server's Retry-After); a spent quota is never retried.
     #[arg(long, default_value_t = RetryPolicy::default().max_attempts)]
     pub attempts: u32,
 }

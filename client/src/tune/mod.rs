@@ -441,6 +441,11 @@ impl Tuner<'_> {
                 }
             };
             match call(self.client, &id) {
+                Err(e) if e.quota_spent() => anyhow::bail!(
+                    "the server's quota of API calls for this key is spent; the run so far is \
+                     saved in {}: rerun the same command once the quota is raised ({e})",
+                    self.out.display()
+                ),
                 Err(e) if e.session_lost() => {
                     self.progress
                         .note("the server no longer has the session; creating it again");

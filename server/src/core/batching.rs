@@ -83,7 +83,7 @@ fn text_cache(
     session: &Session,
     job: &EvaluateJob,
 ) -> Result<Arc<bbt::KvCache>, CoreError> {
-    if let Some(c) = session.caches.lock().expect("cache lock").get(&job.split) {
+    if let Some(c) = session.caches.lock().get(&job.split) {
         return Ok(c.clone());
     }
     let built = Arc::new(
@@ -91,11 +91,7 @@ fn text_cache(
             .cache_heads(engine)
             .map_err(internal)?,
     );
-    session
-        .caches
-        .lock()
-        .expect("cache lock")
-        .insert(job.split, built.clone());
+    session.caches.lock().insert(job.split, built.clone());
     Ok(built)
 }
 

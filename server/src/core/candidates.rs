@@ -23,13 +23,18 @@ fn rows_from_le(
         FloatType::F32 => 4,
         FloatType::F16 => 2,
     };
-    let per_candidate = d * width;
-    let count = count.unwrap_or(bytes.len() / per_candidate.max(1));
-    if bytes.len() != count * per_candidate {
+    let per_candidate = d.saturating_mul(width).max(1);
+    let count = count.unwrap_or(bytes.len() / per_candidate);
+    // `count` may come from the client: checked, so a huge one is a 422, never an overflow.
+    let needed = count.checked_mul(per_candidate);
+    if needed != Some(bytes.len()) {
         return Err(CoreError::Invalid(format!(
             "the candidates hold {} bytes; {count} candidate(s) of d = {d} {dtype:?} need {}",
             bytes.len(),
-            count * per_candidate
+            needed.map_or_else(
+                || "more than this machine can address".into(),
+                |n| n.to_string()
+            )
         )));
     }
     let values: Vec<f32> = match dtype {

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod service;
 pub mod session_builder;
 pub mod sessions;
+pub mod task_request;
 pub mod usage;
 pub mod worker;
 
@@ -23,8 +24,10 @@ pub enum CoreError {
     TooLarge(String),
     /// 422: well-formed but invalid (wrong length, NaN, unknown label word, ...).
     Invalid(String),
-    /// 429: quota spent.
+    /// 429: the key's quota of API calls is spent (retrying will not help).
     Quota(String),
+    /// 503 with `Retry-After`: the model queue is full; the same request may succeed shortly.
+    Busy(String),
     /// 503: the model worker is gone or shutting down.
     Unavailable(String),
     /// 500: a bug or an engine failure.
@@ -48,6 +51,7 @@ impl CoreError {
             Self::TooLarge(d) => ("too_large", d),
             Self::Invalid(d) => ("invalid", d),
             Self::Quota(d) => ("quota_exceeded", d),
+            Self::Busy(d) => ("busy", d),
             Self::Unavailable(d) => ("unavailable", d),
             Self::Internal(d) => ("internal", d),
         }
@@ -73,8 +77,10 @@ pub struct Limits {
     pub max_intrinsic_dim: usize,
     /// Sessions idle this long are dropped.
     pub session_idle: std::time::Duration,
-    /// Memory held by all sessions' projections and caches.
+    /// Memory held by all sessions' projections, demonstrations and caches.
     pub max_session_bytes: usize,
+    /// Memory held by one key's sessions; a key over it loses its own oldest sessions.
+    pub max_session_bytes_per_key: usize,
     /// Jobs waiting for the model worker before new ones are refused with 503.
     pub max_queue: usize,
     /// Positions one merged engine pass may gather from queued evaluate requests.
@@ -95,6 +101,7 @@ impl Default for Limits {
             max_intrinsic_dim: 2048,
             session_idle: std::time::Duration::from_secs(3600),
             max_session_bytes: 2 << 30,
+            max_session_bytes_per_key: 1 << 30,
             max_queue: 256,
             max_batch_tokens: 65_536,
             max_batch_wait: std::time::Duration::from_millis(2),

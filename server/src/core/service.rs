@@ -10,17 +10,18 @@ use std::time::Instant;
 use bbt::protocol::{
     CreateSessionRequest, EvaluateResponse, FeaturesRequest, FeaturesResponse, ForwardRequest,
     ForwardResponse, ModelCard, ModelsResponse, PromptResponse, ScoreRequest, ScoreResponse,
-    SessionInfo, SplitName, TaskRequest,
+    SessionInfo, SplitName,
 };
 use bbt::scoring;
-use bbt::tasks::{self, Example, LoadOptions, TaskSpec, Template};
+use bbt::tasks::{Example, TaskSpec, Template};
 use bbt::{Engine, Prompt};
 use candle_core::Tensor;
 
 use super::candidates::{decode_candidates, CandidatesIn};
 use super::metrics::Metrics;
-use super::session_builder::{build_session, encode_split, verbalizer_ids};
+use super::session_builder::{self, build_session, encode_split, verbalizer_ids};
 use super::sessions::{SessionProjection, SessionStore};
+use super::task_request;
 use super::usage::UsageBook;
 use super::worker::{BatchPolicy, EvaluateJob, Worker};
 use super::{CoreError, Limits};
@@ -114,25 +115,15 @@ impl Service {
                 l.max_intrinsic_dim
             )));
         }
-        let (spec, splits) = self.task_examples(&req.task)?;
-        for (name, examples) in &splits {
-            if examples.len() > l.max_examples {
-                return Err(CoreError::TooLarge(format!(
-                    "{name:?} split has {} examples; this server's limit is {}",
-                    examples.len(),
-                    l.max_examples
-                )));
-            }
-        }
-        if splits.get(&SplitName::Train).is_none_or(Vec::is_empty) {
-            return Err(CoreError::Invalid(
-                "the task has no training examples".into(),
-            ));
-        }
+        self.sessions
+            .check_room(session_builder::estimated_bytes(&self.engine, l, &req))?;
         let engine = self.engine.clone();
         let limits = self.limits.clone();
+        let data_dir = self.data_dir.clone();
         let owner = key.map(str::to_string);
+        // Loading a task reads files (and may fetch a package); building draws the projection.
         let session = tokio::task::spawn_blocking(move || {
+            let (spec, splits) = task_request::task_examples(&req.task, &limits, &data_dir)?;
             build_session(&engine, &limits, owner, spec, splits, req)
         })
         .await
@@ -140,113 +131,6 @@ impl Service {
         let info = self.sessions.insert(session).info();
         self.refresh_gauges();
         Ok(info)
-    }
-
-    /// A task's spec and splits from the request.
-    fn task_examples(
-        &self,
-        task: &TaskRequest,
-    ) -> Result<(TaskSpec, HashMap<SplitName, Vec<Example>>), CoreError> {
-        match task {
-            TaskRequest::Builtin {
-                name,
-                k,
-                seed,
-                test_limit,
-            } => {
-                if *k == 0 || *k > self.limits.max_examples {
-                    return Err(CoreError::Invalid(format!(
-                        "k must be between 1 and {}",
-                        self.limits.max_examples
-                    )));
-                }
-                // Only task names: a client must never make the server read a file of its choosing.
-                if name.contains(['/', '\\']) || name.ends_with(".toml") || name.ends_with(".json")
-                {
-                    return Err(CoreError::Invalid(format!(
-                        "`{name}` is not a task name this server knows"
-                    )));
-                }
-                let options = LoadOptions {
-                    data_dir: self.data_dir.clone(),
-                    k: *k,
-                    seed: *seed,
-                    resample: false,
-                };
-                let data = tasks::load_task(name, &options).map_err(|e| {
-                    let msg = format!("{e:#}");
-                    if msg.contains("unknown task") {
-                        CoreError::Invalid(msg)
-                    } else {
-                        CoreError::Internal(msg)
-                    }
-                })?;
-                let test = tasks::test_subset(data.test, *test_limit);
-                let splits = HashMap::from([
-                    (SplitName::Train, data.train),
-                    (SplitName::Dev, data.dev),
-                    (SplitName::Test, test),
-                ]);
-                Ok((data.spec, splits))
-            }
-            TaskRequest::Explicit {
-                name,
-                template,
-                classes,
-                verbalizer,
-                metric,
-                train,
-                dev,
-                test,
-            } => {
-                let spec = TaskSpec {
-                    name: name.clone().unwrap_or_else(|| "custom".into()),
-                    classes: classes.clone(),
-                    template: Template::new(template).map_err(CoreError::Invalid)?,
-                    verbalizer: verbalizer.clone(),
-                    metric: *metric,
-                };
-                spec.validate().map_err(CoreError::Invalid)?;
-                let convert = |split: &str,
-                               xs: &[bbt::protocol::ExampleIn]|
-                 -> Result<Vec<Example>, CoreError> {
-                    xs.iter()
-                        .enumerate()
-                        .map(|(i, x)| {
-                            if x.label >= classes.len() {
-                                return Err(CoreError::Invalid(format!(
-                                    "{split}[{i}]: label {} but the task has {} classes",
-                                    x.label,
-                                    classes.len()
-                                )));
-                            }
-                            if x.text.trim().is_empty() {
-                                return Err(CoreError::Invalid(format!(
-                                    "{split}[{i}]: empty text"
-                                )));
-                            }
-                            if spec.template.two_inputs() != x.text_b.is_some() {
-                                return Err(CoreError::Invalid(format!(
-                                    "{split}[{i}]: the template takes {} text(s)",
-                                    if spec.template.two_inputs() { 2 } else { 1 }
-                                )));
-                            }
-                            Ok(Example {
-                                text_a: x.text.clone(),
-                                text_b: x.text_b.clone(),
-                                label: x.label,
-                            })
-                        })
-                        .collect()
-                };
-                let splits = HashMap::from([
-                    (SplitName::Train, convert("train", train)?),
-                    (SplitName::Dev, convert("dev", dev)?),
-                    (SplitName::Test, convert("test", test)?),
-                ]);
-                Ok((spec, splits))
-            }
-        }
     }
 
     /// `GET /v1/sessions/{id}`.
@@ -286,7 +170,7 @@ impl Service {
             }
             (SessionProjection::Deep { projection, chosen }, Some(l)) => {
                 check_layer(l, projection.num_layers())?;
-                Some((l, chosen.lock().expect("deep lock").clone()))
+                Some((l, chosen.lock().clone()))
             }
         };
         let d = session.projection.intrinsic_dim();
@@ -297,7 +181,7 @@ impl Service {
         let tokens =
             (split.tokens() + split.len() * session.prompt_positions()) as u64 * count as u64;
         let account = key.unwrap_or(super::usage::ANONYMOUS);
-        self.usage.reserve_calls(account, count as u64)?;
+        let reservation = self.usage.reserve_calls(account, count as u64)?;
         let flat: Vec<f32> = z.concat();
         let started = Instant::now();
         let result = self
@@ -311,28 +195,20 @@ impl Service {
                 layer,
             })
             .await;
-        match result {
-            Ok(results) => {
-                self.metrics
-                    .forward_seconds
-                    .inc_by(started.elapsed().as_secs_f64());
-                self.metrics.tokens.inc_by(tokens);
-                self.metrics
-                    .batch_rows
-                    .observe((count * split.len()) as f64);
-                self.usage.record(account, tokens, 0, 0);
-                let calls =
-                    session.api_calls.fetch_add(count as u64, Ordering::Relaxed) + count as u64;
-                Ok(EvaluateResponse {
-                    results,
-                    api_calls: calls,
-                })
-            }
-            Err(e) => {
-                self.usage.refund_calls(account, count as u64);
-                Err(e)
-            }
-        }
+        let results = result?;
+        self.metrics
+            .forward_seconds
+            .inc_by(started.elapsed().as_secs_f64());
+        self.metrics.tokens.inc_by(tokens);
+        self.metrics
+            .batch_rows
+            .observe((count * split.len()) as f64);
+        reservation.commit(tokens);
+        let calls = session.api_calls.fetch_add(count as u64, Ordering::Relaxed) + count as u64;
+        Ok(EvaluateResponse {
+            results,
+            api_calls: calls,
+        })
     }
 
     /// `PUT /v1/sessions/{id}/layers/{layer}`: fixes a deep session's layer at `A_l·z`.
@@ -358,7 +234,7 @@ impl Service {
                 return Err(internal("the session lost its deep prompt"));
             };
             let offsets = projection.layer_offsets(layer, &z).map_err(internal)?;
-            let mut chosen = chosen.lock().expect("deep lock");
+            let mut chosen = chosen.lock();
             let updated = chosen
                 .slice_assign(
                     &[
@@ -423,7 +299,7 @@ impl Service {
             matches!(req.split, SplitName::Train | SplitName::Dev).then(|| split.labels.clone());
         let tokens = (split.tokens() + split.len() * session.prompt_positions()) as u64;
         let account = key.unwrap_or(super::usage::ANONYMOUS);
-        self.usage.reserve_calls(account, 1)?;
+        let reservation = self.usage.reserve_calls(account, 1)?;
         let worker_session = session.clone();
         let split_name = req.split;
         let result = self
@@ -443,22 +319,15 @@ impl Service {
                 .map_err(internal)
             })
             .await;
-        match result {
-            Ok(features) => {
-                self.metrics.tokens.inc_by(tokens);
-                self.usage.record(account, tokens, 0, 0);
-                let calls = session.api_calls.fetch_add(1, Ordering::Relaxed) + 1;
-                Ok(FeaturesResponse {
-                    features,
-                    labels,
-                    api_calls: calls,
-                })
-            }
-            Err(e) => {
-                self.usage.refund_calls(account, 1);
-                Err(e)
-            }
-        }
+        let features = result?;
+        self.metrics.tokens.inc_by(tokens);
+        reservation.commit(tokens);
+        let calls = session.api_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(FeaturesResponse {
+            features,
+            labels,
+            api_calls: calls,
+        })
     }
 
     /// `POST /v1/sessions/{id}/score`: the metric of the client's class scores (no forward).
@@ -567,7 +436,7 @@ impl Service {
             .collect();
         let split = encode_split(&self.engine, &self.limits, &spec, &examples)?;
         let account = key.unwrap_or(super::usage::ANONYMOUS);
-        self.usage.reserve_calls(account, 1)?;
+        let reservation = self.usage.reserve_calls(account, 1)?;
         let rows = req.prompt.len();
         let flat: Vec<f32> = req.prompt.concat();
         let placement = req.placement;
@@ -597,18 +466,11 @@ impl Service {
                 Ok(logits.remove(0))
             })
             .await;
-        match result {
-            Ok(logits) => {
-                self.metrics.tokens.inc_by(tokens);
-                self.metrics.batch_rows.observe(n as f64);
-                self.usage.record(account, tokens, 0, 0);
-                Ok(ForwardResponse { logits })
-            }
-            Err(e) => {
-                self.usage.refund_calls(account, 1);
-                Err(e)
-            }
-        }
+        let logits = result?;
+        self.metrics.tokens.inc_by(tokens);
+        self.metrics.batch_rows.observe(n as f64);
+        reservation.commit(tokens);
+        Ok(ForwardResponse { logits })
     }
 }
 

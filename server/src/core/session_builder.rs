@@ -49,6 +49,30 @@ pub fn encode_split(
     Ok(split)
 }
 
+/// Bytes a session for `req` may hold, known before anything is built: its projection
+/// (`L x hidden x d` in the model's dtype; a deep session keeps `layers x L x hidden` f32
+/// offsets and draws each `A_l` per call) and its demonstrations (at most the context budget).
+pub fn estimated_bytes(engine: &Engine, limits: &Limits, req: &CreateSessionRequest) -> usize {
+    let hidden = engine.config().hidden_size;
+    let width = engine.dtype().size_in_bytes();
+    let rows = req.prompt_length.saturating_mul(hidden);
+    let projection = if req.deep {
+        rows.saturating_mul(engine.config().num_layers)
+            .saturating_mul(4)
+    } else {
+        rows.saturating_mul(req.projection.intrinsic_dim)
+            .saturating_mul(width)
+    };
+    let context = req.demonstrations.as_ref().map_or(0, |demos| {
+        limits
+            .max_context_tokens
+            .min(demos.max_tokens.unwrap_or(usize::MAX))
+            .saturating_mul(hidden)
+            .saturating_mul(width)
+    });
+    projection.saturating_add(context)
+}
+
 /// Everything a session needs, built off the async runtime.
 pub fn build_session(
     engine: &Engine,
@@ -256,6 +280,6 @@ fn deep_projection(
     let chosen = projection.zero_layers(engine.device()).map_err(internal)?;
     Ok(SessionProjection::Deep {
         projection,
-        chosen: std::sync::Mutex::new(chosen),
+        chosen: parking_lot::Mutex::new(chosen),
     })
 }

@@ -1,9 +1,9 @@
 //! Tuning sessions: a task's encoded splits, the projection `A`, and (suffix placement) the
 //! texts' key/value caches, owned by one API key, dropped when idle or evicted under the
-//! memory cap (oldest first; the owner is told on its next call).
+//! memory caps (per key and global; the owner is told on its next call).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bbt::model::decoder::KvCache;
@@ -13,6 +13,7 @@ use bbt::scoring::EncodedSplit;
 use bbt::tasks::TaskSpec;
 use bbt::Prompt;
 use candle_core::Tensor;
+use parking_lot::Mutex;
 
 use super::{CoreError, Limits};
 
@@ -41,7 +42,7 @@ impl SessionProjection {
     pub fn bytes(&self) -> usize {
         match self {
             Self::Shallow(p) => p.bytes(),
-            Self::Deep { chosen, .. } => chosen.lock().expect("deep lock").elem_count() * 4,
+            Self::Deep { chosen, .. } => chosen.lock().elem_count() * 4,
         }
     }
 }
@@ -109,13 +110,7 @@ impl Session {
 
     /// Bytes held: the projection, the demonstrations and any caches.
     pub fn bytes(&self) -> usize {
-        let caches: usize = self
-            .caches
-            .lock()
-            .expect("cache lock")
-            .values()
-            .map(|c| c.bytes())
-            .sum();
+        let caches: usize = self.caches.lock().values().map(|c| c.bytes()).sum();
         let context = self.context.as_ref().map_or(0, |c| {
             c.embeddings.elem_count() * c.embeddings.dtype().size_in_bytes()
         });
@@ -170,11 +165,11 @@ impl Session {
     }
 
     fn touch(&self) {
-        *self.last_used.lock().expect("time lock") = Instant::now();
+        *self.last_used.lock() = Instant::now();
     }
 
     fn idle_since(&self) -> Instant {
-        *self.last_used.lock().expect("time lock")
+        *self.last_used.lock()
     }
 
     /// The public description.
@@ -204,10 +199,47 @@ impl Session {
     }
 }
 
-/// All live sessions, plus the ids recently evicted (so their owners get a clear answer).
+/// How many dropped session ids the store remembers (to answer 410 rather than 404); the
+/// oldest are forgotten first, so this memory stays bounded however many sessions come and go.
+pub const REMEMBERED_EVICTIONS: usize = 10_000;
+
+/// `bytes` for people: bytes below 1 MiB, else MiB with one decimal.
+fn human_bytes(bytes: usize) -> String {
+    if bytes < 1 << 20 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    }
+}
+
+/// Ids of dropped sessions, oldest first, at most [`REMEMBERED_EVICTIONS`].
+#[derive(Default)]
+struct Evictions {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+}
+
+impl Evictions {
+    fn remember(&mut self, id: String) {
+        if self.ids.insert(id.clone()) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > REMEMBERED_EVICTIONS {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
+}
+
+/// All live sessions, plus the ids recently dropped (so their owners get a clear answer).
+///
+/// Memory is capped per key and for all keys together. A key over its own cap loses its own
+/// least recently used sessions. Over the global cap, the key holding the most memory loses its
+/// least recently used session first, so one busy key cannot push the others out.
 pub struct SessionStore {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
-    evicted: Mutex<HashSet<String>>,
+    evicted: Mutex<Evictions>,
     limits: Limits,
 }
 
@@ -216,17 +248,35 @@ impl SessionStore {
     pub fn new(limits: Limits) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
-            evicted: Mutex::new(HashSet::new()),
+            evicted: Mutex::new(Evictions::default()),
             limits,
         }
     }
 
-    /// Adds a session, then evicts idle ones and, over the memory cap, the oldest others.
+    /// A 413 unless a new session of about `bytes` fits under the per-key and global caps
+    /// (evicting older sessions if need be). Checked before anything is allocated.
+    pub fn check_room(&self, bytes: usize) -> Result<(), CoreError> {
+        let cap = self
+            .limits
+            .max_session_bytes_per_key
+            .min(self.limits.max_session_bytes);
+        if bytes > cap {
+            return Err(CoreError::TooLarge(format!(
+                "this session would hold about {} (its projection L x hidden x d, and its \
+                 demonstrations); this server allows {} per key: use a smaller prompt_length \
+                 or intrinsic_dim",
+                human_bytes(bytes),
+                human_bytes(cap)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds a session, then drops idle ones and evicts to stay under the memory caps.
     pub fn insert(&self, session: Session) -> Arc<Session> {
         let session = Arc::new(session);
         self.sessions
             .lock()
-            .expect("sessions lock")
             .insert(session.id.clone(), session.clone());
         self.enforce_limits(Some(&session.id));
         session
@@ -235,21 +285,16 @@ impl SessionStore {
     /// The session `id` if `key` may use it. A session of another key is reported as missing.
     pub fn get(&self, id: &str, key: Option<&str>) -> Result<Arc<Session>, CoreError> {
         self.enforce_limits(None);
-        let found = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .get(id)
-            .cloned();
+        let found = self.sessions.lock().get(id).cloned();
         match found {
             Some(s) if s.owner.as_deref() == key => {
                 s.touch();
                 Ok(s)
             }
             Some(_) => Err(CoreError::NotFound(format!("no session {id}"))),
-            None if self.evicted.lock().expect("evicted lock").contains(id) => Err(CoreError::Gone(format!(
-                "session {id} was dropped (idle for longer than {} s, or evicted to stay under the server's \
-                 session memory cap); create a new session",
+            None if self.evicted.lock().ids.contains(id) => Err(CoreError::Gone(format!(
+                "session {id} was dropped (idle for longer than {} s, or evicted to stay under the \
+                 server's session memory caps); create a new session",
                 self.limits.session_idle.as_secs()
             ))),
             None => Err(CoreError::NotFound(format!("no session {id}"))),
@@ -259,13 +304,13 @@ impl SessionStore {
     /// Deletes a session `key` owns.
     pub fn remove(&self, id: &str, key: Option<&str>) -> Result<(), CoreError> {
         self.get(id, key)?;
-        self.sessions.lock().expect("sessions lock").remove(id);
+        self.sessions.lock().remove(id);
         Ok(())
     }
 
     /// Number of live sessions.
     pub fn len(&self) -> usize {
-        self.sessions.lock().expect("sessions lock").len()
+        self.sessions.lock().len()
     }
 
     /// Whether there are no live sessions.
@@ -275,47 +320,100 @@ impl SessionStore {
 
     /// Bytes held by all sessions.
     pub fn bytes(&self) -> usize {
-        self.sessions
-            .lock()
-            .expect("sessions lock")
-            .values()
-            .map(|s| s.bytes())
-            .sum()
+        self.sessions.lock().values().map(|s| s.bytes()).sum()
     }
 
-    /// Drops idle sessions, then the least recently used ones while over the memory cap
-    /// (never `keep`, the one just created or used).
+    /// Drops idle sessions, then evicts least recently used ones while a key is over its cap or
+    /// all keys together are over the global cap (never `keep`, the one just created).
     pub fn enforce_limits(&self, keep: Option<&str>) {
-        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let mut sessions = self.sessions.lock();
         let mut dropped = Vec::new();
         let now = Instant::now();
         sessions.retain(|id, s| {
             let idle = now.duration_since(s.idle_since()) > self.limits.session_idle;
-            if idle && Some(id.as_str()) != keep {
+            let drop = idle && Some(id.as_str()) != keep;
+            if drop {
                 dropped.push(id.clone());
             }
-            !idle || Some(id.as_str()) == keep
+            !drop
         });
-        let mut total: usize = sessions.values().map(|s| s.bytes()).sum();
-        if total > self.limits.max_session_bytes {
-            let mut by_age: Vec<(Instant, String, usize)> = sessions
-                .values()
-                .filter(|s| Some(s.id.as_str()) != keep)
-                .map(|s| (s.idle_since(), s.id.clone(), s.bytes()))
-                .collect();
-            by_age.sort();
-            for (_, id, bytes) in by_age {
-                if total <= self.limits.max_session_bytes {
-                    break;
-                }
+        // (last used, id, owner, bytes) of every session that may be evicted, oldest first.
+        let mut candidates: Vec<(Instant, String, Option<String>, usize)> = sessions
+            .values()
+            .filter(|s| Some(s.id.as_str()) != keep)
+            .map(|s| (s.idle_since(), s.id.clone(), s.owner.clone(), s.bytes()))
+            .collect();
+        candidates.sort();
+        let mut per_key: HashMap<Option<String>, usize> = HashMap::new();
+        for s in sessions.values() {
+            *per_key.entry(s.owner.clone()).or_default() += s.bytes();
+        }
+        let mut evict =
+            |index: usize,
+             per_key: &mut HashMap<Option<String>, usize>,
+             candidates: &mut Vec<(Instant, String, Option<String>, usize)>| {
+                let (_, id, owner, bytes) = candidates.remove(index);
                 sessions.remove(&id);
-                total -= bytes;
+                *per_key.entry(owner).or_default() -= bytes;
                 dropped.push(id);
+            };
+        // Each key over its own cap loses its own oldest sessions.
+        let mut i = 0;
+        while i < candidates.len() {
+            let owner = &candidates[i].2;
+            if per_key[owner] > self.limits.max_session_bytes_per_key {
+                evict(i, &mut per_key, &mut candidates);
+            } else {
+                i += 1;
             }
+        }
+        // Over the global cap: the heaviest key's oldest session, until under it.
+        while per_key.values().sum::<usize>() > self.limits.max_session_bytes {
+            let heaviest = candidates
+                .iter()
+                .map(|c| &c.2)
+                .max_by_key(|owner| per_key[*owner])
+                .cloned();
+            let Some(heaviest) = heaviest else { break };
+            let index = candidates
+                .iter()
+                .position(|c| c.2 == heaviest)
+                .expect("the heaviest key has a candidate");
+            evict(index, &mut per_key, &mut candidates);
         }
         drop(sessions);
         if !dropped.is_empty() {
-            self.evicted.lock().expect("evicted lock").extend(dropped);
+            let mut evicted = self.evicted.lock();
+            for id in dropped {
+                evicted.remember(id);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_of_dropped_ids_is_bounded_and_forgets_the_oldest() {
+        let mut evicted = Evictions::default();
+        for i in 0..REMEMBERED_EVICTIONS + 5 {
+            evicted.remember(format!("ses_{i}"));
+        }
+        evicted.remember("ses_9".into());
+        assert_eq!(evicted.order.len(), REMEMBERED_EVICTIONS);
+        assert_eq!(evicted.ids.len(), REMEMBERED_EVICTIONS);
+        assert!(!evicted.ids.contains("ses_4"));
+        assert!(evicted.ids.contains("ses_5"));
+        assert!(evicted
+            .ids
+            .contains(&format!("ses_{}", REMEMBERED_EVICTIONS + 4)));
+    }
+
+    #[test]
+    fn sizes_read_in_bytes_or_mib() {
+        assert_eq!(human_bytes(2304), "2304 bytes");
+        assert_eq!(human_bytes(600 << 20), "600.0 MiB");
     }
 }

@@ -1,9 +1,9 @@
 //! Per-key accounting (API calls, tokens, bytes) and optional quotas of API calls.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use bbt::protocol::Usage;
+use parking_lot::Mutex;
 
 use super::CoreError;
 
@@ -25,9 +25,11 @@ impl UsageBook {
         }
     }
 
-    /// Checks that `key` may spend `calls` more API calls, and reserves them.
-    pub fn reserve_calls(&self, key: &str, calls: u64) -> Result<(), CoreError> {
-        let mut used = self.used.lock().expect("usage lock");
+    /// Checks that `key` may spend `calls` more API calls, and reserves them until the request
+    /// ends: the calls are kept if it commits, and given back if it fails or is dropped (its
+    /// client went away), so a key is charged exactly for the answers it got.
+    pub fn reserve_calls(&self, key: &str, calls: u64) -> Result<Reservation<'_>, CoreError> {
+        let mut used = self.used.lock();
         let entry = used.entry(key.to_string()).or_default();
         if let Some(&quota) = self.quotas.get(key) {
             if entry.api_calls + calls > quota {
@@ -38,19 +40,23 @@ impl UsageBook {
             }
         }
         entry.api_calls += calls;
-        Ok(())
+        Ok(Reservation {
+            book: self,
+            key: key.to_string(),
+            calls,
+            committed: false,
+        })
     }
 
-    /// Gives back calls reserved for a request that then failed.
-    pub fn refund_calls(&self, key: &str, calls: u64) {
-        if let Some(u) = self.used.lock().expect("usage lock").get_mut(key) {
+    fn refund_calls(&self, key: &str, calls: u64) {
+        if let Some(u) = self.used.lock().get_mut(key) {
             u.api_calls = u.api_calls.saturating_sub(calls);
         }
     }
 
     /// Adds traffic and tokens to `key`'s account.
     pub fn record(&self, key: &str, tokens: u64, bytes_in: u64, bytes_out: u64) {
-        let mut used = self.used.lock().expect("usage lock");
+        let mut used = self.used.lock();
         let u = used.entry(key.to_string()).or_default();
         u.tokens += tokens;
         u.bytes_in += bytes_in;
@@ -59,14 +65,33 @@ impl UsageBook {
 
     /// What `key` has used, with its remaining quota.
     pub fn usage(&self, key: &str) -> Usage {
-        let mut u = self
-            .used
-            .lock()
-            .expect("usage lock")
-            .get(key)
-            .cloned()
-            .unwrap_or_default();
+        let mut u = self.used.lock().get(key).cloned().unwrap_or_default();
         u.quota_remaining = self.quotas.get(key).map(|q| q.saturating_sub(u.api_calls));
         u
+    }
+}
+
+/// API calls reserved for one request; given back on drop unless committed.
+#[must_use = "a reservation is given back when dropped; commit it once the request succeeded"]
+pub struct Reservation<'a> {
+    book: &'a UsageBook,
+    key: String,
+    calls: u64,
+    committed: bool,
+}
+
+impl Reservation<'_> {
+    /// Keeps the calls, and adds the request's `tokens` to the key's account.
+    pub fn commit(mut self, tokens: u64) {
+        self.book.record(&self.key, tokens, 0, 0);
+        self.committed = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.book.refund_calls(&self.key, self.calls);
+        }
     }
 }

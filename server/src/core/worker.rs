@@ -1,7 +1,8 @@
 //! The model worker: one thread owns the engine's compute. Requests queue for it in arrival
 //! order (so no client starves); each time it picks up work it also takes whatever else is
-//! queued (waiting at most `max_wait`, up to `max_batch_tokens` positions) and runs the
-//! evaluations that can share an engine pass together ([`super::batching`]).
+//! queued (waiting at most `max_wait`, up to `max_batch_tokens` positions) and runs that batch
+//! in arrival order, except that its prefix evaluations share one engine pass at the place of
+//! the earliest ([`super::batching`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -97,10 +98,14 @@ impl Worker {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
-                Err(CoreError::Unavailable(match e {
-                    TrySendError::Full(_) => "the model queue is full; retry shortly".into(),
-                    TrySendError::Disconnected(_) => "the model worker has stopped".into(),
-                }))
+                Err(match e {
+                    TrySendError::Full(_) => {
+                        CoreError::Busy("the model queue is full; retry shortly".into())
+                    }
+                    TrySendError::Disconnected(_) => {
+                        CoreError::Unavailable("the model worker has stopped".into())
+                    }
+                })
             }
         }
     }
@@ -112,7 +117,10 @@ impl Worker {
     ) -> Result<T, CoreError> {
         let (reply, wait) = tokio::sync::oneshot::channel();
         self.submit(Job::Run(Box::new(move |engine: &Engine| {
-            let _ = reply.send(catch(|| f(engine)));
+            // The requester went away while the job waited: skip the work.
+            if !reply.is_closed() {
+                let _ = reply.send(catch(|| f(engine)));
+            }
         })))?;
         wait.await.unwrap_or_else(|_| {
             Err(CoreError::Unavailable(
@@ -163,42 +171,131 @@ fn worker_loop(
     }
 }
 
-/// Runs a gathered batch: prefix evaluations merged, everything else one by one.
+/// Runs a gathered batch in arrival order, except that the prefix evaluations run together in
+/// one merged pass, at the place of the earliest of them. Evaluations whose requester has gone
+/// (the client disconnected while they waited) are skipped.
 fn execute(engine: &Engine, jobs: Vec<Job>, merged_count: &AtomicUsize) {
-    let mut merged = Vec::new();
+    let mut prefix = Vec::new();
+    let mut order = Vec::new();
     for job in jobs {
         match job {
+            Job::Evaluate(_, reply) if reply.is_closed() => {}
             Job::Evaluate(job, reply) if job.session.placement == Placement::Prefix => {
-                merged.push((job, reply))
+                if prefix.is_empty() {
+                    order.push(Step::Prefix);
+                }
+                prefix.push((job, reply));
             }
-            Job::Evaluate(job, reply) => {
-                let _ = reply.send(catch(|| batching::evaluate_one(engine, &job)));
-            }
-            Job::Run(f) => f(engine),
+            other => order.push(Step::Alone(other)),
         }
     }
-    match merged.len() {
+    for step in order {
+        match step {
+            Step::Alone(Job::Evaluate(job, reply)) => {
+                let _ = reply.send(catch(|| batching::evaluate_one(engine, &job)));
+            }
+            Step::Alone(Job::Run(f)) => f(engine),
+            Step::Prefix => run_prefix(engine, std::mem::take(&mut prefix), merged_count),
+        }
+    }
+}
+
+/// A place in a batch's running order.
+enum Step {
+    Alone(Job),
+    /// All the batch's prefix evaluations, merged.
+    Prefix,
+}
+
+/// Prefix evaluations in one merged pass (one alone if it is the only one).
+fn run_prefix(
+    engine: &Engine,
+    mut jobs: Vec<(EvaluateJob, Reply<Vec<CandidateResult>>)>,
+    merged_count: &AtomicUsize,
+) {
+    match jobs.len() {
         0 => {}
         1 => {
-            let (job, reply) = merged.pop().expect("one job");
+            let (job, reply) = jobs.pop().expect("one job");
             let _ = reply.send(catch(|| batching::evaluate_one(engine, &job)));
         }
         _ => {
-            let refs: Vec<&EvaluateJob> = merged.iter().map(|(j, _)| j).collect();
+            let refs: Vec<&EvaluateJob> = jobs.iter().map(|(j, _)| j).collect();
             match catch(|| batching::evaluate_prefix_merged(engine, &refs)) {
                 Ok(results) => {
                     merged_count.fetch_add(results.len(), Ordering::Relaxed);
-                    for ((_, reply), r) in merged.into_iter().zip(results) {
+                    for ((_, reply), r) in jobs.into_iter().zip(results) {
                         let _ = reply.send(Ok(r));
                     }
                 }
                 // A failed merged pass: retry each alone, so one bad job cannot fail the others.
                 Err(_) => {
-                    for (job, reply) in merged {
+                    for (job, reply) in jobs {
                         let _ = reply.send(catch(|| batching::evaluate_one(engine, &job)));
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use bbt::model::config::Architecture;
+    use bbt::model::random::tiny_engine;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_is_busy_and_work_whose_requester_left_is_skipped() {
+        let engine = Arc::new(tiny_engine(Architecture::Llama, 3));
+        let policy = BatchPolicy {
+            max_batch_tokens: 1,
+            max_wait: Duration::ZERO,
+        };
+        let worker = Worker::start(engine, 1, policy);
+        // Hold the worker until released.
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = tokio::spawn({
+            let worker = worker.clone();
+            async move {
+                worker
+                    .run(move |_| {
+                        let _ = started_tx.send(());
+                        let _ = release_rx.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        started_rx.await.unwrap();
+        // One job fills the queue of 1; its requester then leaves.
+        let ran = Arc::new(AtomicBool::new(false));
+        let abandoned = tokio::spawn({
+            let (worker, ran) = (worker.clone(), ran.clone());
+            async move {
+                worker
+                    .run(move |_| {
+                        ran.store(true, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        while worker.depth() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let refused = worker.run(|_| Ok(())).await;
+        assert!(matches!(refused, Err(CoreError::Busy(_))), "{refused:?}");
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        release_tx.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        // First in, first out: once this has run, the abandoned job has been passed over.
+        worker.run(|_| Ok(())).await.unwrap();
+        assert!(!ran.load(Ordering::SeqCst), "the abandoned job was skipped");
     }
 }

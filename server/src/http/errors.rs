@@ -1,18 +1,23 @@
 //! Every failure as a status code and a JSON body `{"error": kind, "detail": text}`.
 
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bbt::protocol::ErrorBody;
 
 use crate::core::CoreError;
 
+/// Seconds a client is asked to wait (`Retry-After`) when the model queue is full.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
+
 /// An error on its way to the client.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
+    /// `Retry-After` seconds, for errors that a later retry may not meet.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,6 +29,7 @@ impl ApiError {
                 error: error.into(),
                 detail: detail.into(),
             },
+            retry_after: None,
         }
     }
 }
@@ -37,11 +43,15 @@ impl From<CoreError> for ApiError {
             CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             CoreError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
-            CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CoreError::Busy(_) | CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let (kind, detail) = e.parts();
-        Self::new(status, kind, detail)
+        let mut error = Self::new(status, kind, detail);
+        if matches!(e, CoreError::Busy(_)) {
+            error.retry_after = Some(BUSY_RETRY_AFTER_SECS);
+        }
+        error
     }
 }
 
@@ -60,6 +70,27 @@ impl From<JsonRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_asks_for_a_retry_and_a_spent_quota_does_not() {
+        let busy = ApiError::from(CoreError::Busy("full".into())).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        let quota = ApiError::from(CoreError::Quota("spent".into())).into_response();
+        assert_eq!(quota.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(quota.headers().get(header::RETRY_AFTER).is_none());
     }
 }
