@@ -18,11 +18,17 @@ fn mean_loss(trainable: &Trainable, engine: &mut Engine, split: &EncodedSplit) -
 
 #[test]
 fn a_few_steps_lower_the_training_loss_for_every_method() {
+    let Some(data_dir) = tasks::paper_datasets(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        "a_few_steps_lower_the_training_loss_for_every_method",
+    ) else {
+        return;
+    };
     let mut engine = Engine::load(bbt::cli::DEFAULT_MODEL, &candle_core::Device::Cpu).unwrap();
     let data = tasks::load_task(
         "sst2",
         &LoadOptions {
-            data_dir: tasks::default_data_dir(),
+            data_dir,
             k: 4,
             seed: 13,
             resample: true,

@@ -1,22 +1,33 @@
 //! The paper's tasks on the real data in `../shared/datasets` (CI has it beside the clone).
 
+use std::path::{Path, PathBuf};
+
 use bbt::tasks::{self, LoadOptions, MultiTokenWords, TaskData};
 
-fn options(k: usize, seed: u64, resample: bool) -> LoadOptions {
+/// The datasets, or `None` (the test is skipped, and says so) when they are missing.
+fn data(test: &str) -> Option<PathBuf> {
+    tasks::paper_datasets(Path::new(env!("CARGO_MANIFEST_DIR")), test)
+}
+
+fn options(data: &Path, k: usize, seed: u64, resample: bool) -> LoadOptions {
     LoadOptions {
-        data_dir: tasks::default_data_dir(),
+        data_dir: data.to_path_buf(),
         k,
         seed,
         resample,
     }
 }
 
-fn load(name: &str, seed: u64) -> TaskData {
-    tasks::load_builtin(name, &options(16, seed, false)).unwrap_or_else(|e| panic!("{name}: {e:#}"))
+fn load(data: &Path, name: &str, seed: u64) -> TaskData {
+    tasks::load_builtin(name, &options(data, 16, seed, false))
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"))
 }
 
 #[test]
 fn every_task_loads_its_presampled_splits_and_full_evaluation_set() {
+    let Some(data) = data("every_task_loads_its_presampled_splits_and_full_evaluation_set") else {
+        return;
+    };
     // (task, evaluation size as counted in SOURCES.md, whether it is a stand-in)
     let expected = [
         ("sst2", 872, false),
@@ -29,21 +40,21 @@ fn every_task_loads_its_presampled_splits_and_full_evaluation_set() {
     ];
     for (name, test_len, stand_in) in expected {
         for seed in [13, 21, 42, 87, 100] {
-            let data = load(name, seed);
+            let task = load(&data, name, seed);
             assert!(
-                data.train_dev_source.starts_with("pre-sampled"),
+                task.train_dev_source.starts_with("pre-sampled"),
                 "{name} {seed}"
             );
-            for (class, (tr, de, _)) in data.class_counts().into_iter().enumerate() {
+            for (class, (tr, de, _)) in task.class_counts().into_iter().enumerate() {
                 assert_eq!((tr, de), (16, 16), "{name} seed {seed} class {class}");
             }
-            assert_eq!(data.test.len(), test_len, "{name}");
-            assert_eq!(data.test_stand_in.is_some(), stand_in, "{name}");
-            let two = data.spec.template.two_inputs();
+            assert_eq!(task.test.len(), test_len, "{name}");
+            assert_eq!(task.test_stand_in.is_some(), stand_in, "{name}");
+            let two = task.spec.template.two_inputs();
             assert!(
-                data.train
+                task.train
                     .iter()
-                    .chain(&data.test)
+                    .chain(&task.test)
                     .all(|e| e.text_b.is_some() == two),
                 "{name}"
             );
@@ -53,8 +64,16 @@ fn every_task_loads_its_presampled_splits_and_full_evaluation_set() {
 
 #[test]
 fn evaluation_label_conventions_match_sources() {
-    let counts =
-        |name: &str| -> Vec<usize> { load(name, 42).class_counts().iter().map(|c| c.2).collect() };
+    let Some(data) = data("evaluation_label_conventions_match_sources") else {
+        return;
+    };
+    let counts = |name: &str| -> Vec<usize> {
+        load(&data, name, 42)
+            .class_counts()
+            .iter()
+            .map(|c| c.2)
+            .collect()
+    };
     assert_eq!(counts("sst2"), vec![428, 444]);
     assert_eq!(counts("mrpc"), vec![129, 279]);
     assert_eq!(counts("rte"), vec![146, 131]);
@@ -62,7 +81,7 @@ fn evaluation_label_conventions_match_sources() {
     assert_eq!(counts("agnews"), vec![1900; 4]);
     assert_eq!(counts("yelp"), vec![518, 482]);
     // AG News test row 1: "Fears for T N pension after talks ...", label 2 (Business).
-    let ag = load("agnews", 42);
+    let ag = load(&data, "agnews", 42);
     assert!(ag.test[0]
         .text_a
         .starts_with("Fears for T N pension after talks"));
@@ -71,7 +90,10 @@ fn evaluation_label_conventions_match_sources() {
 
 #[test]
 fn sampling_from_the_pool_is_seeded_balanced_and_pinned() {
-    let a = tasks::load_builtin("sst2", &options(16, 42, true)).unwrap();
+    let Some(data) = data("sampling_from_the_pool_is_seeded_balanced_and_pinned") else {
+        return;
+    };
+    let a = tasks::load_builtin("sst2", &options(&data, 16, 42, true)).unwrap();
     assert!(a
         .train_dev_source
         .starts_with("sampled from train.tsv with seed 42"));
@@ -79,16 +101,16 @@ fn sampling_from_the_pool_is_seeded_balanced_and_pinned() {
         .class_counts()
         .iter()
         .all(|&(tr, de, _)| (tr, de) == (16, 16)));
-    let b = tasks::load_builtin("sst2", &options(16, 42, true)).unwrap();
+    let b = tasks::load_builtin("sst2", &options(&data, 16, 42, true)).unwrap();
     assert_eq!((&a.train, &a.dev), (&b.train, &b.dev));
     assert!(a.train.iter().all(|e| !a.dev.contains(e)));
     // Pinned: the same seed gives these examples on every machine.
     let first: Vec<&str> = a.train.iter().take(3).map(|e| e.text_a.as_str()).collect();
     assert_eq!(first, PINNED_SST2_SEED42);
-    let other = tasks::load_builtin("sst2", &options(16, 43, true)).unwrap();
+    let other = tasks::load_builtin("sst2", &options(&data, 16, 43, true)).unwrap();
     assert_ne!(other.train, a.train);
     // A seed without a pre-sampled folder samples too (AG News pool: 5,000 rows, 4 classes).
-    let ag = tasks::load_builtin("agnews", &options(8, 7, false)).unwrap();
+    let ag = tasks::load_builtin("agnews", &options(&data, 8, 7, false)).unwrap();
     assert!(ag.train_dev_source.starts_with("sampled"));
     assert!(ag
         .class_counts()
@@ -104,7 +126,10 @@ const PINNED_SST2_SEED42: [&str; 3] = [
 
 #[test]
 fn dbpedia_stand_in_excludes_the_few_shot_examples() {
-    let d = tasks::load_builtin("dbpedia", &options(4, 3, true)).unwrap();
+    let Some(data) = data("dbpedia_stand_in_excludes_the_few_shot_examples") else {
+        return;
+    };
+    let d = tasks::load_builtin("dbpedia", &options(&data, 4, 3, true)).unwrap();
     assert_eq!(d.test.len(), 5000 - d.train.len() - d.dev.len());
     assert!(d
         .test
@@ -142,21 +167,25 @@ fn verbalizers_are_single_tokens_for_the_default_model() {
 
 #[test]
 fn unknown_task_and_missing_data_are_clear_errors() {
-    let e = tasks::load_builtin("sst3", &options(16, 42, false))
+    let nowhere = Path::new("/nonexistent");
+    let e = tasks::load_builtin("sst3", &options(nowhere, 16, 42, false))
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("unknown task `sst3`; known tasks: mr, mr-snippets, bbc, sst2"),
         "{e}"
     );
-    let mut o = options(16, 42, false);
-    o.data_dir = "/nonexistent".into();
-    let e = tasks::load_builtin("rte", &o).unwrap_err().to_string();
+    let e = tasks::load_builtin("rte", &options(nowhere, 16, 42, false))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("no data for `rte`: /nonexistent/RTE does not exist"),
         "{e}"
     );
-    let e = tasks::load_builtin("yelp", &options(16, 7, false))
+    let Some(data) = data("unknown_task_and_missing_data_are_clear_errors") else {
+        return;
+    };
+    let e = tasks::load_builtin("yelp", &options(&data, 16, 7, false))
         .unwrap_err()
         .to_string();
     assert!(e.contains("has no training pool here"), "{e}");
@@ -178,8 +207,10 @@ fn package_tasks_have_their_documented_sizes_and_a_fixed_evaluation_set() {
             .map(|c| all.iter().filter(|e| e.label == c).count())
             .collect();
         assert_eq!(counts, per_class, "{name}");
-        let a = tasks::load_task(name, &options(16, 42, false)).unwrap();
-        let b = tasks::load_task(name, &options(16, 13, false)).unwrap();
+        // Package tasks read no data directory.
+        let nowhere = Path::new("/nonexistent");
+        let a = tasks::load_task(name, &options(nowhere, 16, 42, false)).unwrap();
+        let b = tasks::load_task(name, &options(nowhere, 16, 13, false)).unwrap();
         assert_eq!(a.test.len(), tasks::HELD_OUT, "{name}");
         assert_eq!(
             a.test, b.test,

@@ -62,6 +62,11 @@ fn checkpoint_step(dir: &Path) -> Option<u64> {
 
 #[test]
 fn killed_and_resumed_run_ends_like_an_uninterrupted_one() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let test = "killed_and_resumed_run_ends_like_an_uninterrupted_one";
+    if bbt::tasks::paper_datasets(&workspace, test).is_none() {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let whole = tmp.path().join("whole");
     let out = run(&train_args(&whole));
