@@ -54,9 +54,51 @@ pub fn router(service: Arc<Service>, keys: ApiKeys) -> Router {
         .route("/openapi.json", get(routes::openapi))
         .merge(v1)
         .fallback(routes::not_found)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(gate, observe))
         .layer(DefaultBodyLimit::max(service.limits.max_body_bytes))
         .with_state(service)
+}
+
+/// Every error answer as JSON `{"error", "detail"}`: the rejections axum makes itself (a path
+/// that is not valid UTF-8, a method a route does not take, ...) come as plain text or empty,
+/// and are rewritten here, so clients parse one error shape.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Framework rejections are a line of text; anything longer is cut, not buffered whole.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let kind = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let mut rewritten = ApiError::new(status, kind, detail).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            rewritten.headers_mut().insert(name, v.clone());
+        }
+    }
+    rewritten
 }
 
 /// 401 unless the request carries a known key; the key travels on as a [`auth::Caller`].
