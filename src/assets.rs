@@ -171,6 +171,9 @@ pub fn fetch_package_with(
 /// Every asset bbt can fetch by name.
 pub const KNOWN_ASSETS: &[AssetSpec] = &[SMOLLM2_135M, GEMMA3_270M];
 
+/// The model every binary uses unless told otherwise.
+pub const DEFAULT_MODEL: &str = "smollm2-135m";
+
 /// Looks an asset up by its short name.
 pub fn find_asset(name: &str) -> Option<&'static AssetSpec> {
     KNOWN_ASSETS.iter().find(|a| a.name == name)

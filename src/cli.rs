@@ -1,9 +1,7 @@
 //! Command-line pieces shared by the binaries (`bbt`, `bbt-server`, `bbt-experiments`).
 
+use crate::assets::DEFAULT_MODEL;
 use crate::engine::{default_dtype, Engine};
-
-/// The model every binary uses unless told otherwise.
-pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
 /// `--model` and `--device`, for every command that loads a model.
 #[derive(Debug, Clone, clap::Args)]

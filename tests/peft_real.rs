@@ -24,7 +24,7 @@ fn a_few_steps_lower_the_training_loss_for_every_method() {
     ) else {
         return;
     };
-    let mut engine = Engine::load(bbt::cli::DEFAULT_MODEL, &candle_core::Device::Cpu).unwrap();
+    let mut engine = Engine::load(bbt::assets::DEFAULT_MODEL, &candle_core::Device::Cpu).unwrap();
     let data = tasks::load_task(
         "sst2",
         &LoadOptions {

@@ -139,7 +139,7 @@ fn dbpedia_stand_in_excludes_the_few_shot_examples() {
 
 #[test]
 fn verbalizers_are_single_tokens_for_the_default_model() {
-    let path = bbt::assets::resolve_model(bbt::cli::DEFAULT_MODEL).unwrap();
+    let path = bbt::assets::resolve_model(bbt::assets::DEFAULT_MODEL).unwrap();
     let tokenizer = bbt::tokenizer::Tokenizer::load(&path).unwrap();
     for name in tasks::builtin::NAMES {
         let (spec, _) = tasks::builtin::lookup(name).unwrap();

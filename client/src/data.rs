@@ -25,7 +25,7 @@ pub struct ShowArgs {
     #[arg(long)]
     resample: bool,
     /// Model whose tokenizer counts tokens and checks the label words.
-    #[arg(long, default_value = bbt::cli::DEFAULT_MODEL)]
+    #[arg(long, default_value = bbt::assets::DEFAULT_MODEL)]
     model: String,
     /// Score the first token of label words that are several tokens (with a warning) instead of
     /// refusing them.

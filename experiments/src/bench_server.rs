@@ -1,6 +1,7 @@
 //! `bench-server`: latency and throughput of `/v1/sessions/{id}/evaluate` under 1, 4 and 16
 //! concurrent clients against an in-process server on loopback, and the bytes a client uploads
-//! per API call in each encoding. One JSON object per line.
+//! per API call in each encoding. One JSON object per line. With `--soak MINUTES`, sustained
+//! mixed load instead ([`crate::soak`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +33,11 @@ pub struct Args {
     /// Prompt placement (suffix keeps a warm text cache per session).
     #[arg(long, default_value = "suffix")]
     placement: String,
+    /// Instead of the measurements: MINUTES of sustained load by the largest `--clients` count
+    /// (prefix, suffix and deep sessions, refused requests, sessions deleted and recreated);
+    /// errors, latency and memory at start and end.
+    #[arg(long, value_name = "MINUTES")]
+    soak: Option<f64>,
 }
 
 fn candidates(seed: usize, population: usize, dim: usize) -> Vec<Vec<f32>> {
@@ -52,6 +58,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Runs the measurements.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let engine = args.model.load()?;
+    if let Some(minutes) = args.soak {
+        anyhow::ensure!(
+            minutes > 0.0 && minutes <= 24.0 * 60.0,
+            "--soak takes 0 < MINUTES <= 1440, got {minutes}"
+        );
+        let soak = crate::soak::Soak {
+            minutes,
+            clients: args.clients.iter().copied().max().unwrap_or(16).max(1),
+            population: args.population,
+            dim: args.dim,
+            prompt_length: args.prompt_length,
+        };
+        return crate::soak::run(engine, &soak);
+    }
     let service = Arc::new(Service::new(
         engine,
         Limits::default(),

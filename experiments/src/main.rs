@@ -7,6 +7,7 @@ mod bench_train;
 mod cma_bench;
 mod compare;
 mod peers;
+mod soak;
 mod train;
 
 use clap::{Parser, Subcommand};

@@ -168,7 +168,10 @@ fn sessions() -> [String; 3] {
         };
         send(&r).is_ok_and(|(s, _)| s == 200)
     };
-    if ids.as_ref().is_none_or(|ids| !ids.iter().all(|id| alive(id))) {
+    if ids
+        .as_ref()
+        .is_none_or(|ids| !ids.iter().all(|id| alive(id)))
+    {
         let create = |placement, deep| {
             post_json("/v1/sessions", &session(placement, deep))["id"]
                 .as_str()
@@ -424,7 +427,15 @@ fn shape() -> impl Strategy<Value = Shape> {
         damage(),
     )
         .prop_map(
-            |((route, session, random_id, layer), method, query, content_type, encoding, key, damage)| {
+            |(
+                (route, session, random_id, layer),
+                method,
+                query,
+                content_type,
+                encoding,
+                key,
+                damage,
+            )| {
                 Shape {
                     route,
                     session,
@@ -457,7 +468,11 @@ fn build(shape: Shape) -> Request {
         2 => (M::GET, "/openapi.json".into(), None),
         3 => (M::GET, "/v1/models".into(), None),
         4 => (M::GET, "/v1/usage".into(), None),
-        5 => (M::POST, "/v1/sessions".into(), Some(session("prefix", false))),
+        5 => (
+            M::POST,
+            "/v1/sessions".into(),
+            Some(session("prefix", false)),
+        ),
         6 => (M::GET, format!("/v1/sessions/{id}"), None),
         7 => (M::DELETE, format!("/v1/sessions/{id}"), None),
         8 => (
@@ -488,8 +503,10 @@ fn build(shape: Shape) -> Request {
         13 => (
             M::POST,
             "/v1/forward".into(),
-            Some(json!({"template": " <S> t40", "verbalizer": [" t50", " t51"],
-                        "inputs": [{"text": "t11 t12"}], "prompt": vec![vec![0.0f32; 32]]})),
+            Some(
+                json!({"template": " <S> t40", "verbalizer": [" t50", " t51"],
+                        "inputs": [{"text": "t11 t12"}], "prompt": vec![vec![0.0f32; 32]]}),
+            ),
         ),
         _ => (
             M::POST,
@@ -573,15 +590,15 @@ fn no_request_can_make_the_server_fail_or_fall_over() {
     runner
         .run(&shape(), |shape| {
             let request = build(shape);
-            let (status, text) = send(&request)
-                .map_err(|e| TestCaseError::fail(format!("{e}: {request:?}")))?;
+            let (status, text) =
+                send(&request).map_err(|e| TestCaseError::fail(format!("{e}: {request:?}")))?;
             *statuses.borrow_mut().entry(status).or_default() += 1;
             prop_assert!(status < 500, "{status} {text}: {request:?}");
             if status >= 400 && request.method != reqwest::Method::HEAD {
                 let body: Result<Value, _> = serde_json::from_str(&text);
                 prop_assert!(
-                    body.as_ref().is_ok_and(|b| b["error"].is_string()
-                        && b["detail"].is_string()),
+                    body.as_ref()
+                        .is_ok_and(|b| b["error"].is_string() && b["detail"].is_string()),
                     "{status} without a JSON error body: {text}: {request:?}"
                 );
             }

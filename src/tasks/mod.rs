@@ -3,6 +3,7 @@
 //! ([`registry`]), the user's own files ([`user`]) and BBT's few-shot protocol ([`fewshot`]).
 
 pub mod builtin;
+#[cfg(feature = "engine")]
 pub mod demonstrations;
 pub mod fewshot;
 pub mod formats;

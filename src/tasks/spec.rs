@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "engine")]
 use crate::tokenizer::Tokenizer;
 
 /// How predictions are scored.
@@ -141,6 +142,7 @@ impl TaskSpec {
         Ok(())
     }
 
+    #[cfg(feature = "engine")]
     /// The verbalizer's token ids under `tokenizer`, one per class. A word that is not a single
     /// token is an error naming it, unless `multi` is [`MultiTokenWords::FirstToken`], in which
     /// case its first token is used and the word is returned in the second list.

@@ -8,11 +8,11 @@ pub mod probe;
 
 use std::time::Instant;
 
+use bbt::metrics;
 use bbt::protocol::{
     CreateSessionRequest, DemonstrationSpec, Placement, ProjectionSpec, PromptInit, SessionInfo,
     SplitName,
 };
-use bbt::scoring;
 
 use crate::http::ServerClient;
 use crate::summary::RunSummary;
@@ -226,7 +226,7 @@ fn prompted(
         let logits = test
             .logits
             .ok_or_else(|| anyhow::anyhow!("the server returned no test logits"))?;
-        let scores = scoring::calibrate(&logits, &free_logits)?;
+        let scores = metrics::calibrate(&logits, &free_logits)?;
         let scored = client.score(&info.id, SplitName::Test, scores)?;
         let mut second = meter.summary(client, calibrated, settings, &info, 2);
         second.test_accuracy = Some(scored.accuracy);

@@ -1,5 +1,6 @@
 //! The commands that talk to a bbt-server: `tune`, `eval` and `quickstart`.
 
 pub mod eval;
+#[cfg(feature = "local")]
 pub mod quickstart;
 pub mod tune;

@@ -26,7 +26,7 @@ pub struct Args {
     #[arg(long, env = "BBT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Model for the local server: a known asset name, a .gguf file or a HF-style directory.
-    #[arg(long, default_value = bbt::cli::DEFAULT_MODEL)]
+    #[arg(long, default_value = bbt::assets::DEFAULT_MODEL)]
     model: String,
     /// Task.
     #[arg(long, default_value = "mr")]

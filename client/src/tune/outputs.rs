@@ -78,8 +78,18 @@ pub fn peak_rss_mb() -> Option<f64> {
 
 /// `VmHWM` of a process (`self` or a pid) in MiB.
 pub fn peak_rss_mb_of(process: &str) -> Option<f64> {
+    proc_status_mb(process, "VmHWM:")
+}
+
+/// Resident set size now (`VmRSS`) of this process in MiB, where /proc tells it.
+pub fn rss_mb() -> Option<f64> {
+    proc_status_mb("self", "VmRSS:")
+}
+
+/// A memory field of `/proc/{process}/status` (given in kB there) in MiB.
+fn proc_status_mb(process: &str, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }

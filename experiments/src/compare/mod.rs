@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(long, env = "BBT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Model (the local server's and the gradient methods').
-    #[arg(long, default_value = bbt::cli::DEFAULT_MODEL)]
+    #[arg(long, default_value = bbt::assets::DEFAULT_MODEL)]
     model: String,
     /// Output folder; cells whose result.json is there are skipped.
     #[arg(long)]

@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use bbt::metrics::score;
 use bbt::peft::optim::learning_rate_at;
 use bbt::peft::{Method, MethodConfig, StepReport, Trainable, Trainer};
 use bbt::protocol::{CandidateResult, Loss, Placement};
-use bbt::scoring::{score, EncodedSplit};
+use bbt::scoring::EncodedSplit;
 use bbt::tasks::{self, LoadOptions, Metric, MultiTokenWords, TaskSpec, Template};
 use bbt::Engine;
 use bbt_client::summary::RunSummary;
@@ -54,7 +55,7 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["out", "method", "task"])]
     resume: Option<PathBuf>,
     /// Model: a known asset name, a .gguf file or a HF-style directory.
-    #[arg(long, default_value = bbt::cli::DEFAULT_MODEL)]
+    #[arg(long, default_value = bbt::assets::DEFAULT_MODEL)]
     model: String,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]

@@ -10,10 +10,11 @@
 use std::path::Path;
 use std::time::Instant;
 
+use bbt::metrics::score;
 use bbt::peft::optim::learning_rate_at;
 use bbt::peft::{Method, Trainable};
 use bbt::protocol::{Loss, Placement};
-use bbt::scoring::{score, EncodedSplit};
+use bbt::scoring::EncodedSplit;
 use bbt_client::summary::RunSummary;
 use serde_json::{json, Value};
 

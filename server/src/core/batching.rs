@@ -44,7 +44,7 @@ fn results(job: &EvaluateJob, logits: Vec<Vec<Vec<f32>>>) -> Vec<CandidateResult
     logits
         .into_iter()
         .map(|l| {
-            let mut r = scoring::score(&l, labels, session.loss, session.spec.metric);
+            let mut r = bbt::metrics::score(&l, labels, session.loss, session.spec.metric);
             if job.return_logits {
                 r.logits = Some(l);
             }

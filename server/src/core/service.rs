@@ -364,7 +364,7 @@ impl Service {
                 row.len()
             )));
         }
-        let r = scoring::score(
+        let r = bbt::metrics::score(
             &req.scores,
             &split.labels,
             bbt::protocol::Loss::CrossEntropy,
