@@ -326,34 +326,50 @@ impl Engine {
         tails: &[Vec<u32>],
         readout: &Readout,
     ) -> anyhow::Result<ForwardOutput> {
+        self.score_prefix_groups(prompts, &vec![tails; prompts.len()], readout)
+    }
+
+    /// The prefix placement with each prompt reading its own texts: `[bos][prompt_c][text]` for
+    /// every text of `texts[c]`, rows prompt by prompt in the order of their texts. The prompts
+    /// may differ in length (requests of different sessions share one pass this way); each
+    /// `[bos][prompt]` is prefilled once and continued by its texts.
+    pub fn score_prefix_groups(
+        &self,
+        prompts: &[Prompt],
+        texts: &[&[Vec<u32>]],
+        readout: &Readout,
+    ) -> anyhow::Result<ForwardOutput> {
         anyhow::ensure!(
-            tails.iter().all(|t| !t.is_empty()),
+            texts.len() == prompts.len(),
+            "{} groups of texts for {} prompts",
+            texts.len(),
+            prompts.len()
+        );
+        anyhow::ensure!(
+            texts.iter().all(|g| g.iter().all(|t| !t.is_empty())),
             "every example needs at least one token after the prompt to predict from"
         );
         let bos = self.bos_segment();
-        let shared_len = bos.len() + prompts.first().map_or(0, Prompt::len);
-        anyhow::ensure!(
-            prompts.iter().all(|p| p.len() + bos.len() == shared_len),
-            "all candidate prompts must have the same length"
-        );
-        let example_rows = |past: bool| -> Vec<Row> {
-            (0..prompts.len())
-                .flat_map(|c| {
-                    tails.iter().map(move |t| Row {
-                        segments: vec![Segment::Tokens(t.clone())],
-                        past_row: past.then_some(c),
-                    })
+        // With no BOS and empty prompts there is nothing to prefill: the texts stand alone.
+        let shared = !bos.is_empty() || prompts.iter().any(|p| !p.is_empty());
+        let rows: Vec<Row> = texts
+            .iter()
+            .enumerate()
+            .flat_map(|(c, group)| {
+                group.iter().map(move |t| Row {
+                    segments: vec![Segment::Tokens(t.clone())],
+                    past_row: shared.then_some(c),
                 })
-                .collect()
-        };
-        if shared_len == 0 {
-            return self.forward(&example_rows(false), &[], None, readout, false);
+            })
+            .collect();
+        if !shared {
+            return self.forward(&rows, &[], None, readout, false);
         }
         let prefix_rows: Vec<Row> = (0..prompts.len())
             .map(|c| Row::new(vec![Segment::Tokens(bos.clone()), Segment::Prompt(c)]))
             .collect();
         let cache = self.prefill(&prefix_rows, prompts)?;
-        self.forward(&example_rows(true), &[], Some(&cache), readout, false)
+        self.forward(&rows, &[], Some(&cache), readout, false)
     }
 
     /// The spread of the hidden states entering each layer over all positions of `rows`:

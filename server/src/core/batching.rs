@@ -11,12 +11,24 @@ use std::sync::Arc;
 
 use bbt::protocol::{CandidateResult, Placement, SplitName};
 use bbt::scoring;
-use bbt::{Engine, Prompt, Readout, Row, Segment};
+use bbt::{Engine, Prompt, Readout};
 use candle_core::Tensor;
 
 use super::sessions::Session;
-use super::worker::EvaluateJob;
 use super::CoreError;
+
+/// One `evaluate` request's model work.
+pub struct EvaluateJob {
+    pub session: Arc<Session>,
+    pub split: SplitName,
+    /// `count * d` numbers.
+    pub z: Vec<f32>,
+    pub count: usize,
+    pub return_logits: bool,
+    /// Deep sessions: the layer the candidates are for, and every layer's chosen offsets when
+    /// the request arrived.
+    pub layer: Option<(usize, candle_core::Tensor)>,
+}
 
 fn internal(e: impl std::fmt::Display) -> CoreError {
     CoreError::Internal(format!("{e:#}"))
@@ -100,17 +112,25 @@ pub fn evaluate_prefix_merged(
     engine: &Engine,
     jobs: &[&EvaluateJob],
 ) -> Result<Vec<Vec<CandidateResult>>, CoreError> {
-    // All candidates' prompts, grouped by length (a prefill batch needs no equal lengths, but
-    // rows continuing a past must each name theirs).
+    // Every job's candidates, each reading its job's split.
     let mut all_prompts = Vec::new();
-    let mut first_prompt = Vec::with_capacity(jobs.len());
+    let mut texts: Vec<Vec<Vec<u32>>> = Vec::with_capacity(jobs.len());
     for job in jobs {
-        first_prompt.push(all_prompts.len());
         all_prompts.extend(prompts(engine, job)?);
+        let split = &job.session.splits[&job.split];
+        texts.push(
+            split
+                .heads
+                .iter()
+                .zip(&split.tails)
+                .map(|(h, t)| h.iter().chain(t).copied().collect())
+                .collect(),
+        );
     }
-    let bos = engine.bos_segment();
-    let prefix_rows: Vec<Row> = (0..all_prompts.len())
-        .map(|g| Row::new(vec![Segment::Tokens(bos.clone()), Segment::Prompt(g)]))
+    let groups: Vec<&[Vec<u32>]> = jobs
+        .iter()
+        .zip(&texts)
+        .flat_map(|(job, t)| std::iter::repeat_n(t.as_slice(), job.count))
         .collect();
     // The union of label words; each job reads its own columns.
     let mut columns: BTreeMap<u32, usize> = BTreeMap::new();
@@ -124,32 +144,12 @@ pub fn evaluate_prefix_merged(
     for (&id, &col) in &columns {
         union[col] = id;
     }
-    let mut rows = Vec::new();
-    for (j, job) in jobs.iter().enumerate() {
-        let split = &job.session.splits[&job.split];
-        for c in 0..job.count {
-            for (h, t) in split.heads.iter().zip(&split.tails) {
-                rows.push(Row {
-                    segments: vec![Segment::Tokens(h.iter().chain(t).copied().collect())],
-                    past_row: Some(first_prompt[j] + c),
-                });
-            }
-        }
-    }
-    let logits: Vec<Vec<f32>> = if bos.is_empty() && all_prompts.iter().all(Prompt::is_empty) {
-        // Nothing to prefill (L = 0, no BOS): the rows stand alone.
-        let alone: Vec<Row> = rows.into_iter().map(|r| Row::new(r.segments)).collect();
-        engine.forward(&alone, &[], None, &Readout::Tokens(union), false)
-    } else {
-        let cache = engine
-            .prefill(&prefix_rows, &all_prompts)
-            .map_err(internal)?;
-        engine.forward(&rows, &[], Some(&cache), &Readout::Tokens(union), false)
-    }
-    .map_err(internal)?
-    .logits
-    .to_vec2()
-    .map_err(internal)?;
+    let logits: Vec<Vec<f32>> = engine
+        .score_prefix_groups(&all_prompts, &groups, &Readout::Tokens(union))
+        .map_err(internal)?
+        .logits
+        .to_vec2()
+        .map_err(internal)?;
     let mut out = Vec::with_capacity(jobs.len());
     let mut next = 0;
     for job in jobs {

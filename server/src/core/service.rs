@@ -23,7 +23,8 @@ use super::session_builder::{self, build_session, encode_split, verbalizer_ids};
 use super::sessions::{SessionProjection, SessionStore};
 use super::task_request;
 use super::usage::UsageBook;
-use super::worker::{BatchPolicy, EvaluateJob, Worker};
+use super::batching::EvaluateJob;
+use super::worker::{BatchPolicy, Worker};
 use super::{CoreError, Limits};
 
 /// Shared state of a running server.

@@ -9,11 +9,10 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryS
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bbt::protocol::{CandidateResult, Placement, SplitName};
+use bbt::protocol::{CandidateResult, Placement};
 use bbt::Engine;
 
-use super::batching;
-use super::sessions::Session;
+use super::batching::{self, EvaluateJob};
 use super::CoreError;
 
 /// How the worker gathers queued requests into one pass.
@@ -21,19 +20,6 @@ use super::CoreError;
 pub struct BatchPolicy {
     pub max_batch_tokens: usize,
     pub max_wait: Duration,
-}
-
-/// One `evaluate` request's model work.
-pub struct EvaluateJob {
-    pub session: Arc<Session>,
-    pub split: SplitName,
-    /// `count * d` numbers.
-    pub z: Vec<f32>,
-    pub count: usize,
-    pub return_logits: bool,
-    /// Deep sessions: the layer the candidates are for, and every layer's chosen offsets when
-    /// the request arrived.
-    pub layer: Option<(usize, candle_core::Tensor)>,
 }
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, CoreError>>;
