@@ -168,6 +168,20 @@ fn run_to_end(args: &[String]) {
     assert!(status.success(), "bbt {args:?} failed");
 }
 
+/// `bbt tune --resume out` against `server`, to the end.
+fn resume_to_end(server: &str, out: &Path) {
+    let args = [
+        "tune",
+        "--server",
+        server,
+        "--resume",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]
+    .map(String::from);
+    run_to_end(&args);
+}
+
 /// Runs `run` uninterrupted, killed and resumed, and across a server restart: the three must
 /// end identically, and `bbt eval` must score the saved prompt as the run did.
 fn interrupted_runs_match_the_uninterrupted_one(
@@ -234,16 +248,7 @@ fn interrupted_runs_match_the_uninterrupted_one(
         "killed before the end ({done} generations)"
     );
     let server = serve("127.0.0.1:0");
-    let resume = [
-        "tune",
-        "--server",
-        server.url(),
-        "--resume",
-        interrupted.to_str().unwrap(),
-        "--quiet",
-    ]
-    .map(String::from);
-    run_to_end(&resume);
+    resume_to_end(server.url(), &interrupted);
     assert_eq!(outcome(&interrupted), expected, "resumed run differs");
 
     // Kill only the server mid-run and bring it back on the same address: the client retries,
@@ -429,16 +434,7 @@ fn a_spent_quota_stops_the_run_and_it_resumes_later() {
     drop(server);
 
     let server = serve("127.0.0.1:0");
-    let resume = [
-        "tune",
-        "--server",
-        server.url(),
-        "--resume",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]
-    .map(String::from);
-    run_to_end(&resume);
+    resume_to_end(server.url(), &out);
     let result: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
     assert_eq!(result["curve"].as_array().unwrap().len(), 8);

@@ -55,6 +55,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Serves `engine` (default limits, no keys) on an ephemeral loopback port, on the current tokio
+/// runtime; its base URL.
+pub async fn serve_on_loopback(engine: bbt::Engine) -> anyhow::Result<String> {
+    let service = Arc::new(Service::new(
+        engine,
+        Limits::default(),
+        Default::default(),
+        bbt::tasks::default_data_dir(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(bbt_server::serve(
+        listener,
+        service,
+        ApiKeys::open(),
+        std::future::pending(),
+    ));
+    Ok(base)
+}
+
 /// Runs the measurements.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let engine = args.model.load()?;
@@ -72,17 +92,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         };
         return crate::soak::run(engine, &soak);
     }
-    let service = Arc::new(Service::new(
-        engine,
-        Limits::default(),
-        Default::default(),
-        bbt::tasks::default_data_dir(),
-    ));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(bbt_server::serve(listener, service, ApiKeys::open(), std::future::pending()));
+        let base = serve_on_loopback(engine).await?;
         let client = reqwest::Client::new();
         let session_body = json!({
             "task": {"kind": "builtin", "name": "mr", "k": 16, "seed": 42},

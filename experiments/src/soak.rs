@@ -6,11 +6,9 @@
 //! be 0), p50/p99 latency of the evaluations, and the process's resident memory after warm-up
 //! and at the end (it should stay flat).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bbt_client::tune::outputs::rss_mb;
-use bbt_server::{ApiKeys, Limits, Service};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
@@ -57,22 +55,9 @@ struct Tally {
 /// Runs the soak against a server on `engine`; prints the JSON line.
 pub fn run(engine: bbt::Engine, soak: &Soak) -> anyhow::Result<()> {
     let layers = engine.config().num_layers;
-    let service = Arc::new(Service::new(
-        engine,
-        Limits::default(),
-        Default::default(),
-        bbt::tasks::default_data_dir(),
-    ));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(bbt_server::serve(
-            listener,
-            service,
-            ApiKeys::open(),
-            std::future::pending(),
-        ));
+        let base = crate::bench_server::serve_on_loopback(engine).await?;
         let http = Client::new();
         // Warm-up: every client's first session, evaluated once (the task loaded, text caches
         // built), before the memory baseline.

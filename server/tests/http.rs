@@ -976,6 +976,11 @@ async fn a_prompt_given_as_vectors_is_the_starting_point() {
     }
 }
 
+/// The status `GET /v1/sessions/{id}` answers `key`.
+async fn status_of(s: &Server, id: &str, key: &str) -> u16 {
+    s.get(&format!("/v1/sessions/{id}"), Some(key)).await.0
+}
+
 #[tokio::test]
 async fn sessions_are_sized_before_they_are_built_and_keys_evict_their_own_first() {
     let one = 3 * 32 * 6 * 4;
@@ -1004,15 +1009,10 @@ async fn sessions_are_sized_before_they_are_built_and_keys_evict_their_own_first
     let a1 = create(&s, Some("alice"), "prefix").await;
     let a2 = create(&s, Some("alice"), "prefix").await;
     let a3 = create(&s, Some("alice"), "prefix").await;
-    let status = |id: &str, key: &'static str| {
-        let path = format!("/v1/sessions/{id}");
-        let s = &s;
-        async move { s.get(&path, Some(key)).await.0 }
-    };
-    assert_eq!(status(&a1, "alice").await, 410);
-    assert_eq!(status(&a2, "alice").await, 200);
-    assert_eq!(status(&a3, "alice").await, 200);
-    assert_eq!(status(&b1, "bob").await, 200);
+    assert_eq!(status_of(&s, &a1, "alice").await, 410);
+    assert_eq!(status_of(&s, &a2, "alice").await, 200);
+    assert_eq!(status_of(&s, &a3, "alice").await, 200);
+    assert_eq!(status_of(&s, &b1, "bob").await, 200);
 
     // Over the global cap, the key holding the most loses its oldest session first, although
     // another key's session is older.
@@ -1031,19 +1031,14 @@ async fn sessions_are_sized_before_they_are_built_and_keys_evict_their_own_first
         a.push(create(&s, Some("alice"), "prefix").await);
     }
     let a4 = create(&s, Some("alice"), "prefix").await;
-    let status = |id: &str, key: &'static str| {
-        let path = format!("/v1/sessions/{id}");
-        let s = &s;
-        async move { s.get(&path, Some(key)).await.0 }
-    };
-    assert_eq!(status(&b1, "bob").await, 200);
-    assert_eq!(status(&a4, "alice").await, 200);
+    assert_eq!(status_of(&s, &b1, "bob").await, 200);
+    assert_eq!(status_of(&s, &a4, "alice").await, 200);
     assert_eq!(
-        status(&a[0], "alice").await,
+        status_of(&s, &a[0], "alice").await,
         410,
         "alice's oldest went first"
     );
-    assert_eq!(status(&a[1], "alice").await, 200);
+    assert_eq!(status_of(&s, &a[1], "alice").await, 200);
 }
 
 #[tokio::test]

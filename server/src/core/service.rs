@@ -17,13 +17,13 @@ use bbt::tasks::{Example, TaskSpec, Template};
 use bbt::{Engine, Prompt};
 use candle_core::Tensor;
 
+use super::batching::EvaluateJob;
 use super::candidates::{decode_candidates, CandidatesIn};
 use super::metrics::Metrics;
 use super::session_builder::{self, build_session, encode_split, verbalizer_ids};
 use super::sessions::{SessionProjection, SessionStore};
 use super::task_request;
 use super::usage::UsageBook;
-use super::batching::EvaluateJob;
 use super::worker::{BatchPolicy, Worker};
 use super::{CoreError, Limits};
 
