@@ -1,9 +1,21 @@
 //! Command-line pieces shared by the binaries (`bbt`, `bbt-server`, `bbt-experiments`).
 
+use candle_core::{DType, Device};
+
 use crate::assets::DEFAULT_MODEL;
 use crate::engine::{default_dtype, Engine};
 
-/// `--model` and `--device`, for every command that loads a model.
+/// The compute dtype a model is loaded in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DTypeArg {
+    /// f32 on the CPU, bf16 on GPUs.
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+/// `--model`, `--device` and `--dtype`, for every command that loads a model.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
     /// Model: a known asset name (fetched on first use), a .gguf file or a HF-style directory.
@@ -12,13 +24,32 @@ pub struct ModelArgs {
     /// Device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Compute dtype of the weights and activations. Logits, losses and the projected prompts
+    /// stay f32 whatever it is.
+    #[arg(long, value_enum, default_value_t = DTypeArg::Auto)]
+    pub dtype: DTypeArg,
 }
 
 impl ModelArgs {
-    /// Opens the device and loads the model in the device's default dtype.
+    /// Opens the device named by `--device`.
+    pub fn open_device(&self) -> anyhow::Result<Device> {
+        crate::device::parse_device(&self.device)
+    }
+
+    /// The compute dtype `--dtype` names on `device`.
+    pub fn dtype_on(&self, device: &Device) -> DType {
+        match self.dtype {
+            DTypeArg::Auto => default_dtype(device),
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::Bf16 => DType::BF16,
+            DTypeArg::F16 => DType::F16,
+        }
+    }
+
+    /// Opens the device and loads the model in the chosen dtype.
     pub fn load(&self) -> anyhow::Result<Engine> {
-        let device = crate::device::parse_device(&self.device)?;
+        let device = self.open_device()?;
         let path = crate::assets::resolve_model(&self.model)?;
-        Engine::load_path(&path, &device, default_dtype(&device))
+        Engine::load_path(&path, &device, self.dtype_on(&device))
     }
 }

@@ -1,6 +1,6 @@
 //! Parsing of the `--device cpu|cuda[:N]` flag shared by every binary.
 
-use candle_core::Device;
+use candle_core::{Device, DeviceLocation};
 
 /// Opens the device named by `spec`: `cpu`, `cuda` or `cuda:N`.
 ///
@@ -26,6 +26,16 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     }
 }
 
+/// The name `--device` takes for `device` (`cpu`, `cuda:0`, ...), as reported on `/v1/models`,
+/// `/metrics` and in benchmarks.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        DeviceLocation::Cpu => "cpu".into(),
+        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,6 +43,7 @@ mod tests {
     #[test]
     fn parses_cpu_and_rejects_garbage() {
         assert!(parse_device("cpu").unwrap().is_cpu());
+        assert_eq!(device_name(&parse_device("cpu").unwrap()), "cpu");
         let err = parse_device("tpu").unwrap_err().to_string();
         assert!(err.contains("unknown device `tpu`"), "{err}");
         let err = parse_device("cuda:x").unwrap_err().to_string();

@@ -362,6 +362,77 @@ mod tests {
     }
 
     #[test]
+    fn a_bf16_model_gets_prompts_computed_in_f32_and_rounded_once() {
+        let dev = Device::Cpu;
+        let p0 = Tensor::randn(0f32, 0.3, (4, 30), &dev).unwrap();
+        let z = Tensor::randn(0f32, 1.0, (3, 50), &dev).unwrap();
+        let new = |dtype| {
+            Projection::new(
+                &spec(Distribution::Normal, 5),
+                4,
+                30,
+                0.5,
+                p0.clone(),
+                &dev,
+                dtype,
+            )
+            .unwrap()
+        };
+        let (wide, narrow) = (new(DType::F32), new(DType::BF16));
+        assert_eq!(narrow.matrix.dtype(), DType::F32, "A stays f32");
+        let flat = |p: &Prompt| -> Vec<f32> {
+            let e = &p.embeddings;
+            e.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        for (w, n) in wide
+            .prompts(&z)
+            .unwrap()
+            .iter()
+            .zip(narrow.prompts(&z).unwrap())
+        {
+            assert_eq!(
+                n.embeddings.dtype(),
+                DType::BF16,
+                "cast at the model's boundary"
+            );
+            let rounded = Prompt::new(w.embeddings.to_dtype(DType::BF16).unwrap());
+            assert_eq!(flat(&n), flat(&rounded), "one rounding of the f32 result");
+        }
+        // BBTv2's deep prompts likewise.
+        let deep = |dtype| {
+            DeepProjection::new(
+                &spec(Distribution::Normal, 6),
+                4,
+                30,
+                vec![0.1, 0.2],
+                p0.clone(),
+                dtype,
+            )
+            .unwrap()
+        };
+        let fixed = Tensor::randn(0f32, 0.2, (2, 4, 30), &dev).unwrap();
+        let wide = deep(DType::F32).prompts(1, &z, &fixed).unwrap();
+        let narrow = deep(DType::BF16).prompts(1, &z, &fixed).unwrap();
+        for (w, n) in wide.iter().zip(&narrow) {
+            let (w, n) = (w.deep.as_ref().unwrap(), n.deep.as_ref().unwrap());
+            assert_eq!(n.dtype(), DType::BF16);
+            let rounded = w
+                .to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let n = n.to_dtype(DType::F32).unwrap();
+            let same = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(same(&n), same(&rounded));
+        }
+    }
+
+    #[test]
     fn clipping_removes_outliers_from_the_spread() {
         let mut values: Vec<f32> = (0..1000).map(|i| ((i % 20) as f32 - 9.5) / 10.0).collect();
         let plain = clipped_std(&values, 0);

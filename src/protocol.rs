@@ -24,6 +24,13 @@ pub struct ModelCard {
     pub embedding_mean: f64,
     /// Standard deviation of the word-embedding matrix's entries.
     pub embedding_std: f64,
+    /// Where the model runs: `cpu`, `cuda:0`, ... (empty from servers that predate it).
+    #[serde(default)]
+    pub device: String,
+    /// The compute dtype of its weights and activations: `f32`, `bf16` or `f16` (losses and
+    /// logits are f32 whatever it is).
+    #[serde(default)]
+    pub dtype: String,
 }
 
 /// Where the continuous prompt goes.

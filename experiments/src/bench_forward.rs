@@ -77,14 +77,10 @@ fn sync(engine: &Engine) -> anyhow::Result<()> {
 
 /// Runs every measurement and prints JSON lines.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let device = bbt::device::parse_device(&args.model.device)?;
+    let device = args.model.open_device()?;
     let model_path = bbt::assets::resolve_model(&args.model.model)?;
     let reps = args.reps;
-    let device_name = if device.is_cpu() {
-        "cpu".to_string()
-    } else {
-        args.model.device.clone()
-    };
+    let device_name = bbt::device::device_name(&device);
     let threads = candle_core::utils::get_num_threads();
 
     // The machine's f32 matmul rate through the same library, for reference.
@@ -101,7 +97,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         json!({"bench": "matmul_f32", "m": m, "k": k, "n": n, "gflops": gflops, "device": device_name, "threads": threads})
     );
 
-    let engine = Engine::load_path(&model_path, &device, bbt::engine::default_dtype(&device))?;
+    let engine = Engine::load_path(&model_path, &device, args.model.dtype_on(&device))?;
     let vocab = engine.config().vocab_size;
     let per_token = gflop_per_token(&engine);
     let model = engine.info().name.clone();
@@ -121,7 +117,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({"bench": "prefill", "model": model, "batch": batch, "tokens": tokens, "seconds": s,
-               "tokens_per_s": total / s, "gflops": total * per_token / s, "dtype": format!("{:?}", engine.dtype())})
+               "tokens_per_s": total / s, "gflops": total * per_token / s, "dtype": engine.dtype().as_str()})
     );
 
     if args.peers {

@@ -95,11 +95,12 @@ pub fn run(cli: ServeArgs) -> anyhow::Result<()> {
     };
     let engine = cli.model.load()?;
     eprintln!(
-        "bbt-server: {} ({:?}, hidden {}) on {:?}",
+        "bbt-server: {} ({:?}, hidden {}) on {} in {}",
         engine.info().name,
         engine.config().architecture,
         engine.config().hidden_size,
-        engine.device()
+        bbt::device::device_name(engine.device()),
+        engine.dtype().as_str()
     );
     let data_dir = cli.data_dir.unwrap_or_else(bbt::tasks::default_data_dir);
     let service = Arc::new(Service::new(engine, limits, keys.quotas(), data_dir));

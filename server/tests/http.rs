@@ -21,12 +21,16 @@ async fn start(limits: Limits, keys: ApiKeys) -> Server {
 }
 
 async fn start_with_data(limits: Limits, keys: ApiKeys, data_dir: std::path::PathBuf) -> Server {
-    let service = Arc::new(Service::new(
-        tiny_engine(Architecture::Llama, 3),
-        limits,
-        keys.quotas(),
-        data_dir,
-    ));
+    start_engine(tiny_engine(Architecture::Llama, 3), limits, keys, data_dir).await
+}
+
+async fn start_engine(
+    engine: bbt::Engine,
+    limits: Limits,
+    keys: ApiKeys,
+    data_dir: std::path::PathBuf,
+) -> Server {
+    let service = Arc::new(Service::new(engine, limits, keys.quotas(), data_dir));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -150,6 +154,119 @@ async fn health_models_openapi_and_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("bbt_queue_depth 0"));
+}
+
+/// The same tiny model served in f32 and in bf16 (the GPUs' default dtype, here on the CPU):
+/// every scoring route answers, reports its dtype, and agrees with f32 within bf16's precision.
+#[tokio::test]
+async fn a_bf16_model_serves_every_route_like_its_f32_twin() {
+    use candle_core::DType;
+    let limits = Limits {
+        max_batch_wait: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let serve = |dtype| {
+        let engine = bbt::model::random::tiny_engine_in(Architecture::Llama, 3, dtype);
+        start_engine(
+            engine,
+            limits.clone(),
+            ApiKeys::open(),
+            bbt::tasks::default_data_dir(),
+        )
+    };
+    let (wide, narrow) = (serve(DType::F32).await, serve(DType::BF16).await);
+    for (s, dtype) in [(&wide, "f32"), (&narrow, "bf16")] {
+        let (_, models) = s.get("/v1/models", None).await;
+        assert_eq!(models["data"][0]["dtype"], dtype, "{models}");
+        assert_eq!(models["data"][0]["device"], "cpu", "{models}");
+        let (_, metrics) = s.get("/metrics", None).await;
+        let info =
+            format!("bbt_model_info{{device=\"cpu\",dtype=\"{dtype}\",model=\"tiny-random\"}} 1");
+        assert!(metrics.as_str().unwrap().contains(&info), "{metrics}");
+    }
+    let close = |a: &[f64], b: &[f64], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        // bf16 keeps 8 significant bits; through this random model's large activations the
+        // losses and logits move by up to 5% (measured), a wrong read by far more.
+        let bad = a
+            .iter()
+            .zip(b)
+            .any(|(x, y)| (x - y).abs() > 0.1 * x.abs().max(1.0));
+        assert!(!bad, "{what}: bf16 {b:?} vs f32 {a:?}");
+    };
+    // Shallow sessions in both placements, evaluated one at a time and concurrently (prefix
+    // requests then share one merged pass), and a deep session's layer.
+    let mut deep = session_body("prefix");
+    deep["deep"] = json!(true);
+    let mut calls = Vec::new();
+    for (body, layer) in [
+        (session_body("prefix"), None),
+        (session_body("suffix"), None),
+        (deep, Some(1)),
+    ] {
+        let mut ids = Vec::new();
+        for s in [&wide, &narrow] {
+            let (status, info) = s.post("/v1/sessions", None, &body).await;
+            assert_eq!(status, 201, "{info}");
+            ids.push(info["id"].as_str().unwrap().to_string());
+        }
+        calls.push((ids, layer));
+    }
+    let mut sequential = Vec::new();
+    for (i, (ids, layer)) in calls.iter().enumerate() {
+        let mut answers = Vec::new();
+        for (s, id) in [&wide, &narrow].into_iter().zip(ids) {
+            let body = json!({"candidates": z(i as u64, 3), "layer": layer});
+            let (status, r) = s
+                .post(&format!("/v1/sessions/{id}/evaluate"), None, &body)
+                .await;
+            assert_eq!(status, 200, "{r}");
+            answers.push(losses(&r));
+        }
+        close(&answers[0], &answers[1], &format!("session {i}"));
+        sequential.push(answers.pop().unwrap());
+    }
+    let requests: Vec<EvaluateCall> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (ids, layer))| (ids[1].clone(), z(i as u64, 3), *layer))
+        .collect();
+    let concurrent = futures_join(&narrow, &requests).await;
+    for (seq, con) in sequential.iter().zip(&concurrent) {
+        close(seq, con, "bf16 merged vs alone");
+    }
+    // The stateless forward and the probe's features.
+    let inputs: Vec<Value> = examples(3)
+        .iter()
+        .map(|e| json!({"text": e["text"]}))
+        .collect();
+    let body = json!({"template": " <S> t40", "verbalizer": [" t50", " t51"], "inputs": inputs});
+    let mut logits = Vec::new();
+    let mut features = Vec::new();
+    for (k, s) in [&wide, &narrow].into_iter().enumerate() {
+        let (status, f) = s.post("/v1/forward", None, &body).await;
+        assert_eq!(status, 200, "{f}");
+        logits.push(
+            rows(&f["logits"])
+                .concat()
+                .into_iter()
+                .map(f64::from)
+                .collect::<Vec<_>>(),
+        );
+        let id = &calls[0].0[k];
+        let path = format!("/v1/sessions/{id}/features");
+        let (status, ft) = s.post(&path, None, &json!({"split": "train"})).await;
+        assert_eq!(status, 200, "{ft}");
+        features.push(
+            rows(&ft["features"])
+                .concat()
+                .into_iter()
+                .map(f64::from)
+                .collect::<Vec<_>>(),
+        );
+    }
+    close(&logits[0], &logits[1], "forward logits");
+    close(&features[0], &features[1], "features");
 }
 
 #[tokio::test]

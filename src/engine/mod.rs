@@ -229,7 +229,10 @@ impl Engine {
         }
         anyhow::ensure!(!hidden.is_empty(), "no rows to run");
         let last_hidden = Tensor::cat(&hidden, 0)?;
-        let logits = self.decoder.logits(&last_hidden, ids)?;
+        let logits = self
+            .decoder
+            .logits(&last_hidden, ids)?
+            .to_dtype(DType::F32)?;
         Ok(ForwardOutput {
             logits,
             features: features.then_some(last_hidden),

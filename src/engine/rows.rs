@@ -72,9 +72,11 @@ pub enum Readout {
 /// Result of a forward pass.
 #[derive(Debug)]
 pub struct ForwardOutput {
-    /// `[rows, k]`: logits at each row's last position over the readout's tokens.
+    /// `[rows, k]`: logits at each row's last position over the readout's tokens, f32 whatever
+    /// the compute dtype (so scores and losses are read the same way on every device).
     pub logits: Tensor,
-    /// `[rows, hidden]`: final-norm hidden state at the same position, when asked for.
+    /// `[rows, hidden]`: final-norm hidden state at the same position, when asked for, in the
+    /// compute dtype (a trained head multiplies it there).
     pub features: Option<Tensor>,
 }
 

@@ -2,13 +2,22 @@
 //! tokens processed and forward time (tokens/s = rate of one over the other).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The served model, named by its labels, as an info-style metric.
+pub struct ModelLabels<'a> {
+    pub model: &'a str,
+    pub device: &'a str,
+    pub dtype: &'a str,
+}
 
 /// The server's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// Always 1; its labels say which model runs where, in which dtype.
+    pub model_info: IntGaugeVec,
     pub requests: IntCounterVec,
     pub latency: HistogramVec,
     pub queue_depth: IntGauge,
@@ -21,9 +30,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
-    pub fn new() -> Self {
+    /// Registers every metric; `model` labels `bbt_model_info`.
+    pub fn new(model: ModelLabels) -> Self {
         let registry = Registry::new();
+        let model_info = IntGaugeVec::new(
+            Opts::new(
+                "bbt_model_info",
+                "The served model, its device and compute dtype (always 1)",
+            ),
+            &["model", "device", "dtype"],
+        )
+        .expect("metric");
+        model_info
+            .with_label_values(&[model.model, model.device, model.dtype])
+            .set(1);
         let requests = IntCounterVec::new(
             Opts::new(
                 "bbt_http_requests_total",
@@ -71,7 +91,8 @@ impl Metrics {
         )
         .expect("metric");
         for m in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(model_info.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(latency.clone()),
             Box::new(queue_depth.clone()),
             Box::new(sessions.clone()),
@@ -84,6 +105,7 @@ impl Metrics {
         }
         Self {
             registry,
+            model_info,
             requests,
             latency,
             queue_depth,
@@ -102,11 +124,5 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }

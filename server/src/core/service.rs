@@ -19,7 +19,7 @@ use candle_core::Tensor;
 
 use super::batching::EvaluateJob;
 use super::candidates::{decode_candidates, CandidatesIn};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, ModelLabels};
 use super::session_builder::{self, build_session, encode_split, verbalizer_ids};
 use super::sessions::{SessionProjection, SessionStore};
 use super::task_request;
@@ -51,6 +51,11 @@ impl Service {
         data_dir: PathBuf,
     ) -> Self {
         let engine = Arc::new(engine);
+        let metrics = Metrics::new(ModelLabels {
+            model: &engine.info().name,
+            device: &bbt::device::device_name(engine.device()),
+            dtype: engine.dtype().as_str(),
+        });
         Self {
             worker: Worker::start(
                 engine.clone(),
@@ -63,7 +68,7 @@ impl Service {
             engine,
             sessions: SessionStore::new(limits.clone()),
             usage: UsageBook::new(quotas),
-            metrics: Metrics::new(),
+            metrics,
             limits,
             data_dir,
         }
@@ -83,6 +88,8 @@ impl Service {
                 max_positions: self.engine.max_positions(),
                 embedding_mean: info.embedding_mean,
                 embedding_std: info.embedding_std,
+                device: bbt::device::device_name(self.engine.device()),
+                dtype: self.engine.dtype().as_str().into(),
             }],
         }
     }

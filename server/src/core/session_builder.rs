@@ -50,18 +50,20 @@ pub fn encode_split(
 }
 
 /// Bytes a session for `req` may hold, known before anything is built: its projection
-/// (`L x hidden x d` in the model's dtype; a deep session keeps `layers x L x hidden` f32
-/// offsets and draws each `A_l` per call) and its demonstrations (at most the context budget).
+/// (`L x hidden x d`, f32 on every device; a deep session keeps `layers x L x hidden` f32
+/// offsets and draws each `A_l` per call) and its demonstrations (at most the context budget,
+/// in the model's dtype).
 pub fn estimated_bytes(engine: &Engine, limits: &Limits, req: &CreateSessionRequest) -> usize {
     let hidden = engine.config().hidden_size;
     let width = engine.dtype().size_in_bytes();
+    let f32_width = DType::F32.size_in_bytes();
     let rows = req.prompt_length.saturating_mul(hidden);
     let projection = if req.deep {
         rows.saturating_mul(engine.config().num_layers)
-            .saturating_mul(4)
+            .saturating_mul(f32_width)
     } else {
         rows.saturating_mul(req.projection.intrinsic_dim)
-            .saturating_mul(width)
+            .saturating_mul(f32_width)
     };
     let context = req.demonstrations.as_ref().map_or(0, |demos| {
         limits
