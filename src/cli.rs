@@ -46,6 +46,23 @@ impl ModelArgs {
         }
     }
 
+    /// The flags that make a child process (`bbt serve`, `train`) load the same model the same
+    /// way.
+    pub fn to_flags(&self) -> Vec<String> {
+        let dtype = clap::ValueEnum::to_possible_value(&self.dtype)
+            .expect("every dtype has a name")
+            .get_name()
+            .to_string();
+        vec![
+            "--model".into(),
+            self.model.clone(),
+            "--device".into(),
+            self.device.clone(),
+            "--dtype".into(),
+            dtype,
+        ]
+    }
+
     /// Opens the device and loads the model in the chosen dtype.
     pub fn load(&self) -> anyhow::Result<Engine> {
         let device = self.open_device()?;

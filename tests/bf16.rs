@@ -97,7 +97,7 @@ fn bf16_scores_every_placement_as_f32_close_to_the_f32_model() {
                 .unwrap_or_else(|e| panic!("{arch:?} {placement:?} features in bf16: {e:#}"));
             let f32 =
                 split_features(&wide, &split, p32[0].clone(), placement, &verbalizer).unwrap();
-            let diff = max_abs_diff(&[f16], &[f32.clone()]);
+            let diff = max_abs_diff(&[f16], std::slice::from_ref(&f32));
             let scale = f32.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
             assert!(
                 diff <= 0.05 * scale.max(1.0),

@@ -25,9 +25,9 @@ pub struct Args {
     /// API key for --server; also read from $BBT_API_KEY.
     #[arg(long, env = "BBT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Model for the local server: a known asset name, a .gguf file or a HF-style directory.
-    #[arg(long, default_value = bbt::assets::DEFAULT_MODEL)]
-    model: String,
+    /// The local server's model, device and dtype.
+    #[command(flatten)]
+    model: bbt::cli::ModelArgs,
     /// Task.
     #[arg(long, default_value = "mr")]
     task: String,
@@ -41,9 +41,11 @@ pub struct Args {
 }
 
 /// Starts `bbt serve` (this binary) on a free loopback port.
-fn start_server(model: &str, quiet: bool) -> anyhow::Result<ServerProcess> {
+fn start_server(model: &bbt::cli::ModelArgs, quiet: bool) -> anyhow::Result<ServerProcess> {
     let mut command = Command::new(std::env::current_exe()?);
-    command.args(["serve", "--bind", "127.0.0.1:0", "--model", model]);
+    command
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(model.to_flags());
     ServerProcess::spawn(command, !quiet)
 }
 
@@ -54,7 +56,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Some(_) => None,
         None => {
             if !quiet {
-                eprintln!("starting a local bbt-server with {} ...", args.model);
+                eprintln!("starting a local bbt-server with {} ...", args.model.model);
             }
             Some(start_server(&args.model, quiet)?)
         }

@@ -45,9 +45,10 @@ pub struct Args {
     /// API key for --server; also read from $BBT_API_KEY.
     #[arg(long, env = "BBT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Model (the local server's and the gradient methods').
-    #[arg(long, default_value = bbt::assets::DEFAULT_MODEL)]
-    model: String,
+    /// Model, device and dtype of the local server; the gradient methods use the same model
+    /// and device.
+    #[command(flatten)]
+    model: bbt::cli::ModelArgs,
     /// Output folder; cells whose result.json is there are skipped.
     #[arg(long)]
     out: PathBuf,
@@ -170,7 +171,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &args.out,
     )
     .len();
-    let path = report::write(&args.out, &shown, pending, &args.model, commands.trim())?;
+    let path = report::write(
+        &args.out,
+        &shown,
+        pending,
+        &args.model.model,
+        commands.trim(),
+    )?;
     eprintln!("report: {}", path.display());
     Ok(())
 }
@@ -263,9 +270,11 @@ fn run_grid(args: &Args, grid: &Grid) -> anyhow::Result<()> {
 }
 
 /// Starts `bbt-experiments serve` (this binary) on a free loopback port.
-fn start_server(model: &str) -> anyhow::Result<ServerProcess> {
+fn start_server(model: &bbt::cli::ModelArgs) -> anyhow::Result<ServerProcess> {
     let mut command = Command::new(std::env::current_exe()?);
-    command.args(["serve", "--bind", "127.0.0.1:0", "--model", model]);
+    command
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(model.to_flags());
     ServerProcess::spawn(command, false)
 }
 
@@ -354,7 +363,10 @@ fn black_box_config(
 /// checkpoint is there.
 fn run_gradient(args: &Args, grid: &Grid, cell: &Cell, dir: &Path) -> anyhow::Result<()> {
     let mut command = Command::new(std::env::current_exe()?);
-    command.arg("train").arg("--quiet");
+    command
+        .arg("train")
+        .arg("--quiet")
+        .args(["--device", &args.model.device]);
     if dir.join(crate::train::checkpoint::CHECKPOINT_FILE).exists() {
         command.arg("--resume").arg(dir);
     } else {
@@ -362,7 +374,12 @@ fn run_gradient(args: &Args, grid: &Grid, cell: &Cell, dir: &Path) -> anyhow::Re
         std::fs::remove_dir_all(dir)?;
         command
             .args(["--method", &cell.method, "--task", &cell.task])
-            .args(["--seed", &cell.seed.to_string(), "--model", &args.model])
+            .args([
+                "--seed",
+                &cell.seed.to_string(),
+                "--model",
+                &args.model.model,
+            ])
             .arg("--out")
             .arg(dir)
             .args(grid.preset.train_flags());
