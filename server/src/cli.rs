@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::core::usage::{MemoryStore, RedisStore, UsageStore};
 use crate::{ApiKeys, Limits, Service};
 
 /// Flags of `bbt-server` (and `bbt serve`).
@@ -18,6 +19,11 @@ pub struct ServeArgs {
     /// File of API keys (`KEY` or `KEY QUOTA` per line); without it, no authentication.
     #[arg(long)]
     api_keys: Option<PathBuf>,
+    /// Where per-key usage and quotas are kept: `memory` (this process; one server) or a Redis
+    /// URL (`redis://HOST:PORT[/DB]`) shared by every replica behind a load balancer, so quotas
+    /// hold across them.
+    #[arg(long, default_value = "memory")]
+    usage_store: String,
     /// Data directory for the paper's tasks (default: $BBT_DATA_DIR or ../shared/datasets).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -103,9 +109,20 @@ pub fn run(cli: ServeArgs) -> anyhow::Result<()> {
         engine.dtype().as_str()
     );
     let data_dir = cli.data_dir.unwrap_or_else(bbt::tasks::default_data_dir);
-    let service = Arc::new(Service::new(engine, limits, keys.quotas(), data_dir));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
+        let store: Arc<dyn UsageStore> = match cli.usage_store.as_str() {
+            "memory" => Arc::new(MemoryStore::new()),
+            url if url.starts_with("redis://") => Arc::new(RedisStore::connect(url).await?),
+            other => anyhow::bail!("--usage-store {other}: expected `memory` or a redis:// URL"),
+        };
+        let service = Arc::new(Service::with_usage_store(
+            engine,
+            limits,
+            keys.quotas(),
+            data_dir,
+            store,
+        ));
         let listener = tokio::net::TcpListener::bind(cli.bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.bind))?;

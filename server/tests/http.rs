@@ -361,6 +361,115 @@ async fn evaluate_is_deterministic_across_calls_and_batch_compositions() {
     }
 }
 
+/// A client-named session (`PUT`): created once, found again by the same request (as a retry
+/// or another replica's rebuild would send it), refused for another request or another key.
+#[tokio::test]
+async fn sessions_named_by_the_client_are_created_once_and_never_hijacked() {
+    let keys = ApiKeys::parse("alice\nbob\n").unwrap();
+    let s = start(Limits::default(), keys).await;
+    let put = |id: &str, key: &'static str, body: Value| {
+        let s = &s;
+        let path = format!("/v1/sessions/{id}");
+        async move {
+            s.send(
+                reqwest::Method::PUT,
+                &path,
+                Some(key),
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let body = session_body("suffix");
+    let (status, created) = put("ses_run-1_a", "alice", body.clone()).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["id"], "ses_run-1_a");
+    let path = "/v1/sessions/ses_run-1_a/evaluate";
+    let (status, first) = s
+        .post(path, Some("alice"), &json!({"candidates": z(2, 2)}))
+        .await;
+    assert_eq!(status, 200, "{first}");
+    // The same request again: nothing rebuilt, the session (and its call count) kept.
+    let (status, again) = put("ses_run-1_a", "alice", body.clone()).await;
+    assert_eq!(
+        (status, again["api_calls"].as_u64()),
+        (200, Some(2)),
+        "{again}"
+    );
+    let mut other = body.clone();
+    other["prompt_length"] = json!(2);
+    let (status, err) = put("ses_run-1_a", "alice", other).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (409, Some("conflict")),
+        "{err}"
+    );
+    let (status, err) = put("ses_run-1_a", "bob", body.clone()).await;
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(s.get("/v1/sessions/ses_run-1_a", Some("bob")).await.0, 404);
+    for bad in [
+        "run-1",
+        "ses_",
+        "ses_a%2Fb",
+        &format!("ses_{}", "x".repeat(61)),
+    ] {
+        let (status, err) = put(bad, "alice", body.clone()).await;
+        assert_eq!(status, 400, "{bad}: {err}");
+    }
+    // Same scores as a server-named session of the same request.
+    let (_, named) = s.post("/v1/sessions", Some("alice"), &body).await;
+    let named = named["id"].as_str().unwrap();
+    let (_, second) = s
+        .post(
+            &format!("/v1/sessions/{named}/evaluate"),
+            Some("alice"),
+            &json!({"candidates": z(2, 2)}),
+        )
+        .await;
+    assert_eq!(losses(&first), losses(&second));
+}
+
+/// A retried request with the same `Idempotency-Key` is answered again, charged once.
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_is_charged_once() {
+    let keys = ApiKeys::parse("carol 10\n").unwrap();
+    let s = start(Limits::default(), keys).await;
+    let id = create(&s, Some("carol"), "prefix").await;
+    let evaluate = |key: Option<&'static str>| {
+        let mut req = s
+            .client
+            .post(format!("{}/v1/sessions/{id}/evaluate", s.base))
+            .bearer_auth("carol")
+            .json(&json!({"candidates": z(3, 4)}));
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let calls = || async {
+        s.get("/v1/usage", Some("carol")).await.1["api_calls"]
+            .as_u64()
+            .unwrap()
+    };
+    let (status, a) = evaluate(Some("gen-7")).await;
+    assert_eq!(status, 200, "{a}");
+    let (status, b) = evaluate(Some("gen-7")).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(losses(&a), losses(&b));
+    assert_eq!(calls().await, 4);
+    assert_eq!(evaluate(Some("gen-8")).await.0, 200);
+    assert_eq!(calls().await, 8);
+    // 8 of 10 used: a new 4-candidate request is refused, a retry of a charged one is not.
+    assert_eq!(evaluate(None).await.0, 429);
+    assert_eq!(evaluate(Some("gen-8")).await.0, 200);
+    assert_eq!(calls().await, 8);
+    let (status, err) = evaluate(Some("")).await;
+    assert_eq!(status, 400, "{err}");
+}
+
 #[tokio::test]
 async fn api_keys_ownership_and_quota() {
     let keys = ApiKeys::parse("alice\nbob 3\n").unwrap();

@@ -20,6 +20,8 @@ pub enum CoreError {
     NotFound(String),
     /// 410: the session's caches were evicted or it expired.
     Gone(String),
+    /// 409: the session id is taken (by another key, or for a different creation request).
+    Conflict(String),
     /// 413: over a size limit.
     TooLarge(String),
     /// 422: well-formed but invalid (wrong length, NaN, unknown label word, ...).
@@ -48,6 +50,7 @@ impl CoreError {
             Self::BadRequest(d) => ("bad_request", d),
             Self::NotFound(d) => ("not_found", d),
             Self::Gone(d) => ("session_gone", d),
+            Self::Conflict(d) => ("conflict", d),
             Self::TooLarge(d) => ("too_large", d),
             Self::Invalid(d) => ("invalid", d),
             Self::Quota(d) => ("quota_exceeded", d),

@@ -21,9 +21,9 @@ use super::batching::EvaluateJob;
 use super::candidates::{decode_candidates, CandidatesIn};
 use super::metrics::{Metrics, ModelLabels};
 use super::session_builder::{self, build_session, encode_split, verbalizer_ids};
-use super::sessions::{SessionProjection, SessionStore};
+use super::sessions::{SessionIdentity, SessionProjection, SessionStore};
 use super::task_request;
-use super::usage::UsageBook;
+use super::usage::{Account, MemoryStore, UsageBook, UsageStore};
 use super::worker::{BatchPolicy, Worker};
 use super::{CoreError, Limits};
 
@@ -43,12 +43,29 @@ fn internal(e: impl std::fmt::Display) -> CoreError {
 }
 
 impl Service {
-    /// Wraps a loaded engine; starts the model worker.
+    /// Wraps a loaded engine, with usage kept in this process; starts the model worker.
     pub fn new(
         engine: Engine,
         limits: Limits,
         quotas: HashMap<String, u64>,
         data_dir: PathBuf,
+    ) -> Self {
+        Self::with_usage_store(
+            engine,
+            limits,
+            quotas,
+            data_dir,
+            Arc::new(MemoryStore::new()),
+        )
+    }
+
+    /// [`Service::new`] with usage kept in `store` (e.g. shared by replicas).
+    pub fn with_usage_store(
+        engine: Engine,
+        limits: Limits,
+        quotas: HashMap<String, u64>,
+        data_dir: PathBuf,
+        store: Arc<dyn UsageStore>,
     ) -> Self {
         let engine = Arc::new(engine);
         let metrics = Metrics::new(ModelLabels {
@@ -67,7 +84,7 @@ impl Service {
             ),
             engine,
             sessions: SessionStore::new(limits.clone()),
-            usage: UsageBook::new(quotas),
+            usage: UsageBook::new(store, quotas),
             metrics,
             limits,
             data_dir,
@@ -103,12 +120,39 @@ impl Service {
             .set(self.worker.merged() as i64);
     }
 
-    /// `POST /v1/sessions`.
+    /// `POST /v1/sessions` (`id` = `None`: the server names the session) and
+    /// `PUT /v1/sessions/{id}` (the client does, so a load balancer can route by it, and the
+    /// same request recreates the session on whichever replica it reaches). Returns the session
+    /// and whether it was created: a `PUT` of a session that exists with the same request
+    /// changes nothing; with another request, or another key's, it is a 409.
     pub async fn create_session(
         &self,
         key: Option<&str>,
         req: CreateSessionRequest,
-    ) -> Result<SessionInfo, CoreError> {
+        id: Option<&str>,
+    ) -> Result<(SessionInfo, bool), CoreError> {
+        let request_digest = digest(&req);
+        let id = match id {
+            None => format!("ses_{:032x}", rand::random::<u128>()),
+            Some(id) => {
+                check_session_id(id)?;
+                if let Some(existing) = self.sessions.peek(id) {
+                    if existing.owner.as_deref() == key && existing.request_digest == request_digest
+                    {
+                        return Ok((existing.info(), false));
+                    }
+                    return Err(CoreError::Conflict(format!(
+                        "session id {id} is in use for another creation request; pick another id"
+                    )));
+                }
+                id.to_string()
+            }
+        };
+        let identity = SessionIdentity {
+            id,
+            owner: key.map(str::to_string),
+            request_digest,
+        };
         let l = &self.limits;
         if req.prompt_length > l.max_prompt_length {
             return Err(CoreError::TooLarge(format!(
@@ -128,17 +172,16 @@ impl Service {
         let engine = self.engine.clone();
         let limits = self.limits.clone();
         let data_dir = self.data_dir.clone();
-        let owner = key.map(str::to_string);
         // Loading a task reads files (and may fetch a package); building draws the projection.
         let session = tokio::task::spawn_blocking(move || {
             let (spec, splits) = task_request::task_examples(&req.task, &limits, &data_dir)?;
-            build_session(&engine, &limits, owner, spec, splits, req)
+            build_session(&engine, &limits, identity, spec, splits, req)
         })
         .await
         .map_err(internal)??;
         let info = self.sessions.insert(session).info();
         self.refresh_gauges();
-        Ok(info)
+        Ok((info, true))
     }
 
     /// `GET /v1/sessions/{id}`.
@@ -156,14 +199,14 @@ impl Service {
     /// `POST /v1/sessions/{id}/evaluate`: each candidate is one API call.
     pub async fn evaluate(
         &self,
-        key: Option<&str>,
+        account: Account<'_>,
         id: &str,
         candidates: CandidatesIn,
         split: SplitName,
         return_logits: bool,
         layer: Option<usize>,
     ) -> Result<EvaluateResponse, CoreError> {
-        let session = self.sessions.get(id, key)?;
+        let session = self.sessions.get(id, account.key)?;
         let layer = match (&session.projection, layer) {
             (SessionProjection::Shallow(_), None) => None,
             (SessionProjection::Shallow(_), Some(_)) => {
@@ -188,8 +231,7 @@ impl Service {
         let split = session.split(split_name)?;
         let tokens =
             (split.tokens() + split.len() * session.prompt_positions()) as u64 * count as u64;
-        let account = key.unwrap_or(super::usage::ANONYMOUS);
-        let reservation = self.usage.reserve_calls(account, count as u64)?;
+        let reservation = self.usage.reserve_calls(account, count as u64).await?;
         let flat: Vec<f32> = z.concat();
         let started = Instant::now();
         let result = self
@@ -211,7 +253,7 @@ impl Service {
         self.metrics
             .batch_rows
             .observe((count * split.len()) as f64);
-        reservation.commit(tokens);
+        reservation.commit(tokens).await?;
         let calls = session.api_calls.fetch_add(count as u64, Ordering::Relaxed) + count as u64;
         Ok(EvaluateResponse {
             results,
@@ -290,11 +332,11 @@ impl Service {
     /// `POST /v1/sessions/{id}/features`: one API call.
     pub async fn features(
         &self,
-        key: Option<&str>,
+        account: Account<'_>,
         id: &str,
         req: FeaturesRequest,
     ) -> Result<FeaturesResponse, CoreError> {
-        let session = self.sessions.get(id, key)?;
+        let session = self.sessions.get(id, account.key)?;
         let SessionProjection::Shallow(projection) = &session.projection else {
             return Err(CoreError::Invalid(
                 "features are read under a shallow prompt; deep sessions have none".into(),
@@ -306,8 +348,7 @@ impl Service {
         let labels =
             matches!(req.split, SplitName::Train | SplitName::Dev).then(|| split.labels.clone());
         let tokens = (split.tokens() + split.len() * session.prompt_positions()) as u64;
-        let account = key.unwrap_or(super::usage::ANONYMOUS);
-        let reservation = self.usage.reserve_calls(account, 1)?;
+        let reservation = self.usage.reserve_calls(account, 1).await?;
         let worker_session = session.clone();
         let split_name = req.split;
         let result = self
@@ -329,7 +370,7 @@ impl Service {
             .await;
         let features = result?;
         self.metrics.tokens.inc_by(tokens);
-        reservation.commit(tokens);
+        reservation.commit(tokens).await?;
         let calls = session.api_calls.fetch_add(1, Ordering::Relaxed) + 1;
         Ok(FeaturesResponse {
             features,
@@ -387,7 +428,7 @@ impl Service {
     /// `POST /v1/forward`: one API call, no session.
     pub async fn forward(
         &self,
-        key: Option<&str>,
+        account: Account<'_>,
         req: ForwardRequest,
     ) -> Result<ForwardResponse, CoreError> {
         let hidden = self.engine.config().hidden_size;
@@ -443,8 +484,7 @@ impl Service {
             })
             .collect();
         let split = encode_split(&self.engine, &self.limits, &spec, &examples)?;
-        let account = key.unwrap_or(super::usage::ANONYMOUS);
-        let reservation = self.usage.reserve_calls(account, 1)?;
+        let reservation = self.usage.reserve_calls(account, 1).await?;
         let rows = req.prompt.len();
         let flat: Vec<f32> = req.prompt.concat();
         let placement = req.placement;
@@ -477,7 +517,7 @@ impl Service {
         let logits = result?;
         self.metrics.tokens.inc_by(tokens);
         self.metrics.batch_rows.observe(n as f64);
-        reservation.commit(tokens);
+        reservation.commit(tokens).await?;
         Ok(ForwardResponse { logits })
     }
 }
@@ -490,6 +530,36 @@ fn single_candidate(z: &[f32], d: usize) -> Result<Tensor, CoreError> {
         1,
     )?;
     Tensor::from_vec(z.concat(), (1, d), &candle_core::Device::Cpu).map_err(internal)
+}
+
+/// Longest client-chosen session id.
+const MAX_SESSION_ID: usize = 64;
+
+/// A 400 unless `id` is `ses_` followed by 1 to 60 letters, digits, `-` or `_`.
+fn check_session_id(id: &str) -> Result<(), CoreError> {
+    let rest = id.strip_prefix("ses_").unwrap_or("");
+    if rest.is_empty()
+        || id.len() > MAX_SESSION_ID
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(CoreError::BadRequest(format!(
+            "a session id is `ses_` and then up to {} letters, digits, `-` or `_`",
+            MAX_SESSION_ID - 4
+        )));
+    }
+    Ok(())
+}
+
+/// A digest of a creation request (within one server process; never stored).
+fn digest(req: &CreateSessionRequest) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(req)
+        .expect("a creation request serialises")
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 /// A 422 unless `layer` is one of the model's `layers`.

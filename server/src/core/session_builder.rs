@@ -10,7 +10,7 @@ use bbt::tasks::{demonstrations, Example, MultiTokenWords, TaskSpec};
 use bbt::{Engine, Prompt, Row, Segment};
 use candle_core::{DType, Tensor};
 
-use super::sessions::{Context, Session, SessionProjection};
+use super::sessions::{Context, Session, SessionIdentity, SessionProjection};
 use super::{CoreError, Limits};
 
 fn internal(e: impl std::fmt::Display) -> CoreError {
@@ -79,7 +79,7 @@ pub fn estimated_bytes(engine: &Engine, limits: &Limits, req: &CreateSessionRequ
 pub fn build_session(
     engine: &Engine,
     limits: &Limits,
-    owner: Option<String>,
+    identity: SessionIdentity,
     spec: TaskSpec,
     splits: HashMap<SplitName, Vec<Example>>,
     req: CreateSessionRequest,
@@ -197,10 +197,8 @@ pub fn build_session(
             .map_err(|e| CoreError::Invalid(format!("projection: {e:#}")))?,
         )
     };
-    let id = format!("ses_{:016x}", rand::random::<u64>());
     Ok(Session::new(
-        id,
-        owner,
+        identity,
         spec,
         verbalizer,
         encoded,

@@ -55,11 +55,23 @@ pub struct Context {
     pub count: usize,
 }
 
+/// Who a session is and belongs to.
+#[derive(Debug, Clone)]
+pub struct SessionIdentity {
+    pub id: String,
+    /// The API key that created it (`None` when the server runs without keys).
+    pub owner: Option<String>,
+    /// Digest of the creation request, so a repeated `PUT` of the same session is recognised.
+    pub request_digest: u64,
+}
+
 /// One tuning session.
 pub struct Session {
     pub id: String,
     /// The API key that created it (`None` when the server runs without keys).
     pub owner: Option<String>,
+    /// See [`SessionIdentity::request_digest`].
+    pub request_digest: u64,
     pub spec: TaskSpec,
     /// Token id of each class's label word.
     pub verbalizer: Vec<u32>,
@@ -80,8 +92,7 @@ impl Session {
     /// Builds a session (the caches start empty).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        id: String,
-        owner: Option<String>,
+        identity: SessionIdentity,
         spec: TaskSpec,
         verbalizer: Vec<u32>,
         splits: HashMap<SplitName, EncodedSplit>,
@@ -92,8 +103,9 @@ impl Session {
         context: Option<Context>,
     ) -> Self {
         Self {
-            id,
-            owner,
+            id: identity.id,
+            owner: identity.owner,
+            request_digest: identity.request_digest,
             spec,
             verbalizer,
             splits,
@@ -299,6 +311,11 @@ impl SessionStore {
             ))),
             None => Err(CoreError::NotFound(format!("no session {id}"))),
         }
+    }
+
+    /// The live session `id`, whoever owns it (not counted as a use).
+    pub fn peek(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().get(id).cloned()
     }
 
     /// Deletes a session `key` owns.

@@ -40,6 +40,7 @@ impl From<CoreError> for ApiError {
             CoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
             CoreError::NotFound(_) => StatusCode::NOT_FOUND,
             CoreError::Gone(_) => StatusCode::GONE,
+            CoreError::Conflict(_) => StatusCode::CONFLICT,
             CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             CoreError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,

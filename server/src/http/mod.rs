@@ -38,7 +38,9 @@ pub fn router(service: Arc<Service>, keys: ApiKeys) -> Router {
         .route("/v1/sessions", post(routes::create_session))
         .route(
             "/v1/sessions/{id}",
-            get(routes::get_session).delete(routes::delete_session),
+            get(routes::get_session)
+                .put(routes::put_session)
+                .delete(routes::delete_session),
         )
         .route("/v1/sessions/{id}/evaluate", post(routes::evaluate))
         .route("/v1/sessions/{id}/prompt", post(routes::prompt))
@@ -145,7 +147,10 @@ async fn observe(State(gate): State<Gate>, req: Request, next: Next) -> Response
             .exact()
             .unwrap_or_else(|| content_length(response.headers()));
         let account = key.as_deref().unwrap_or(crate::core::usage::ANONYMOUS);
-        gate.service.usage.record(account, 0, bytes_in, bytes_out);
+        gate.service
+            .usage
+            .record(account, bytes_in, bytes_out)
+            .await;
     }
     response
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use bbt::protocol::{
@@ -17,8 +17,31 @@ use super::auth::Caller;
 use super::errors::ApiError;
 use crate::core::candidates::CandidatesIn;
 use crate::core::service::Service;
+use crate::core::usage::{Account, MAX_IDEMPOTENCY_KEY};
 
 type Result<T> = std::result::Result<T, ApiError>;
+
+/// The `Idempotency-Key` header of a charged request: a retry with the same key is answered
+/// again but charged once. A 400 unless it is 1 to 128 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(v)
+            if !v.is_empty()
+                && v.len() <= MAX_IDEMPOTENCY_KEY
+                && v.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(v.to_string()))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )),
+    }
+}
 
 /// `GET /health`.
 pub async fn health(State(service): State<Arc<Service>>) -> impl IntoResponse {
@@ -38,8 +61,30 @@ pub async fn create_session(
     body: std::result::Result<Json<CreateSessionRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse> {
     let Json(req) = body?;
-    let info = service.create_session(caller.0.as_deref(), req).await?;
+    let (info, _) = service
+        .create_session(caller.0.as_deref(), req, None)
+        .await?;
     Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// `PUT /v1/sessions/{id}`: creates the session under the client's id (201), or finds it
+/// already there from the same request (200).
+pub async fn put_session(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: std::result::Result<Json<CreateSessionRequest>, JsonRejection>,
+) -> Result<impl IntoResponse> {
+    let Json(req) = body?;
+    let (info, created) = service
+        .create_session(caller.0.as_deref(), req, Some(&id))
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(info)))
 }
 
 /// `GET /v1/sessions/{id}`.
@@ -85,6 +130,7 @@ pub async fn evaluate(
     Path(id): Path<String>,
     request: Request,
 ) -> Result<impl IntoResponse> {
+    let idempotency = idempotency_key(request.headers())?;
     let raw = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -114,7 +160,10 @@ pub async fn evaluate(
     Ok(Json(
         service
             .evaluate(
-                caller.0.as_deref(),
+                Account {
+                    key: caller.0.as_deref(),
+                    idempotency: idempotency.as_deref(),
+                },
                 &id,
                 candidates,
                 split,
@@ -163,10 +212,16 @@ pub async fn features(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: std::result::Result<Json<FeaturesRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse> {
     let Json(req) = body?;
-    Ok(Json(service.features(caller.0.as_deref(), &id, req).await?))
+    let idempotency = idempotency_key(&headers)?;
+    let account = Account {
+        key: caller.0.as_deref(),
+        idempotency: idempotency.as_deref(),
+    };
+    Ok(Json(service.features(account, &id, req).await?))
 }
 
 /// `POST /v1/sessions/{id}/score`.
@@ -184,22 +239,25 @@ pub async fn score(
 pub async fn forward(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: std::result::Result<Json<ForwardRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse> {
     let Json(req) = body?;
-    Ok(Json(service.forward(caller.0.as_deref(), req).await?))
+    let idempotency = idempotency_key(&headers)?;
+    let account = Account {
+        key: caller.0.as_deref(),
+        idempotency: idempotency.as_deref(),
+    };
+    Ok(Json(service.forward(account, req).await?))
 }
 
 /// `GET /v1/usage`: the caller's own usage.
 pub async fn usage(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
-) -> impl IntoResponse {
-    Json(
-        service
-            .usage
-            .usage(caller.0.as_deref().unwrap_or(crate::core::usage::ANONYMOUS)),
-    )
+) -> Result<impl IntoResponse> {
+    let key = caller.0.as_deref().unwrap_or(crate::core::usage::ANONYMOUS);
+    Ok(Json(service.usage.usage(key).await?))
 }
 
 /// `GET /metrics` (Prometheus text).
