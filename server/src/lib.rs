@@ -7,6 +7,7 @@ pub mod cli;
 pub mod core;
 pub mod http;
 pub mod process;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

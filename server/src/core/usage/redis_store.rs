@@ -11,15 +11,15 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bbt::protocol::Usage;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::memory::quota_spent;
 use super::{Claim, Reserved, StoreFuture, UsageStore};
 use crate::core::CoreError;
 
-/// How long calls stay held for a request that never settles (its replica died).
-const HOLD: Duration = Duration::from_secs(30 * 60);
+/// How long calls stay held, by default, for a request that never settles (its replica died).
+const DEFAULT_HOLD: Duration = Duration::from_secs(30 * 60);
 
 /// How long a charged idempotency key is remembered.
 const CHARGED_TTL_SECS: u64 = 24 * 3600;
@@ -57,6 +57,7 @@ return 1
 /// Accounts in a Redis server.
 pub struct RedisStore {
     connection: ConnectionManager,
+    hold: Duration,
     reserve: Script,
     settle: Script,
 }
@@ -76,7 +77,14 @@ impl RedisStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)
             .map_err(|e| anyhow::anyhow!("invalid Redis URL `{url}`: {e}"))?;
-        let mut connection = ConnectionManager::new(client)
+        // A store that is down answers requests with a prompt 503, not after minutes of retries;
+        // the manager reconnects in the background.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let mut connection = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach Redis at {url}: {e}"))?;
         let _: String = redis::cmd("PING")
@@ -85,9 +93,18 @@ impl RedisStore {
             .map_err(|e| anyhow::anyhow!("Redis at {url} does not answer PING: {e}"))?;
         Ok(Self {
             connection,
+            hold: DEFAULT_HOLD,
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
         })
+    }
+
+    /// How long calls stay held for a request that never settles (its replica died before
+    /// answering): they count against the key's quota until then. 30 minutes by default, longer
+    /// than any request should take.
+    pub fn with_hold(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
     }
 
     fn keys(claim: &Claim) -> [String; 3] {
@@ -113,7 +130,7 @@ impl UsageStore for RedisStore {
             }
             invocation
                 .arg(now)
-                .arg(now + HOLD.as_millis() as u64)
+                .arg(now + self.hold.as_millis() as u64)
                 .arg(format!("{}:{}", claim.ticket, claim.calls))
                 .arg(quota.map_or(-1, |q| q.min(i64::MAX as u64) as i64))
                 .arg(if claim.idempotency.is_some() {
