@@ -229,10 +229,12 @@ impl Engine {
         }
         anyhow::ensure!(!hidden.is_empty(), "no rows to run");
         let last_hidden = Tensor::cat(&hidden, 0)?;
-        let logits = self
-            .decoder
-            .logits(&last_hidden, ids)?
-            .to_dtype(DType::F32)?;
+        let logits = self.decoder.logits(&last_hidden, ids)?;
+        // Half-precision logits are widened; f64 ones (gradient checks) keep their precision.
+        let logits = match logits.dtype() {
+            DType::F64 => logits,
+            _ => logits.to_dtype(DType::F32)?,
+        };
         Ok(ForwardOutput {
             logits,
             features: features.then_some(last_hidden),

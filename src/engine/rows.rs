@@ -73,7 +73,8 @@ pub enum Readout {
 #[derive(Debug)]
 pub struct ForwardOutput {
     /// `[rows, k]`: logits at each row's last position over the readout's tokens, f32 whatever
-    /// the compute dtype (so scores and losses are read the same way on every device).
+    /// the compute dtype (so scores and losses are read the same way on every device), except
+    /// that an f64 model keeps f64.
     pub logits: Tensor,
     /// `[rows, hidden]`: final-norm hidden state at the same position, when asked for, in the
     /// compute dtype (a trained head multiplies it there).
