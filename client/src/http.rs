@@ -2,6 +2,13 @@
 //! uploaded as raw little-endian f32, retries with exponential backoff on connection errors and
 //! 5xx (waiting at least the server's `Retry-After`), and a count of the body bytes sent and
 //! received. A spent quota (429) is never retried.
+//!
+//! Behind a load balancer: the client names its sessions (`PUT /v1/sessions/{id}`), so the
+//! balancer can route every request of a session by its id (in the path, and in the
+//! `X-Bbt-Session` header for balancers that hash on headers), and a replica that lacks the
+//! session gets the same creation request again. Every charged request carries an
+//! `Idempotency-Key` that stays the same through its retries, so a request whose answer was lost
+//! (with the replica that computed it) is charged once.
 
 use std::time::Duration;
 
@@ -77,6 +84,10 @@ pub struct ServerClient {
     api_key: Option<String>,
     http: Client,
     retry: RetryPolicy,
+    /// Random per client: the idempotency keys of its charged requests are `SALT-N`.
+    salt: u128,
+    /// Charged requests this client has finished; the next one is `SALT-{finished}`.
+    finished: u64,
     /// Request body bytes sent so far.
     pub bytes_up: u64,
     /// Response body bytes received so far.
@@ -110,9 +121,16 @@ impl ServerClient {
             api_key,
             http,
             retry,
+            salt: rand::random(),
+            finished: 0,
             bytes_up: 0,
             bytes_down: 0,
         })
+    }
+
+    /// A fresh session id (`ses_` and 32 random hex digits), for [`Self::put_session`].
+    pub fn new_session_id() -> String {
+        format!("ses_{:032x}", rand::random::<u128>())
     }
 
     /// The server's base URL.
@@ -125,9 +143,29 @@ impl ServerClient {
         self.call("/v1/models", |http, url| http.get(url), 0)
     }
 
-    /// `POST /v1/sessions`.
+    /// Creates a session under a fresh id of the client's ([`Self::put_session`]).
     pub fn create_session(&mut self, req: &CreateSessionRequest) -> Result<SessionInfo, CallError> {
-        self.post_json("/v1/sessions", req)
+        self.put_session(&Self::new_session_id(), req)
+    }
+
+    /// `PUT /v1/sessions/{id}`: creates session `id` from `req`, or finds it already there from
+    /// the same request. Sent again to the same id when a server has lost the session.
+    pub fn put_session(
+        &mut self,
+        id: &str,
+        req: &CreateSessionRequest,
+    ) -> Result<SessionInfo, CallError> {
+        let body = serde_json::to_vec(req).expect("a request serialises");
+        let len = body.len() as u64;
+        self.call(
+            &format!("/v1/sessions/{id}"),
+            move |http, url| {
+                http.put(url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            },
+            len,
+        )
     }
 
     /// `GET /v1/sessions/{id}`.
@@ -177,7 +215,7 @@ impl ServerClient {
         if let Some(l) = layer {
             path.push_str(&format!("&layer={l}"));
         }
-        self.call(
+        self.charged(
             &path,
             move |http, url| {
                 http.post(url)
@@ -229,7 +267,17 @@ impl ServerClient {
             split,
             z: z.map(<[f32]>::to_vec),
         };
-        self.post_json(&format!("/v1/sessions/{id}/features"), &req)
+        let body = serde_json::to_vec(&req).expect("a request serialises");
+        let len = body.len() as u64;
+        self.charged(
+            &format!("/v1/sessions/{id}/features"),
+            move |http, url| {
+                http.post(url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            },
+            len,
+        )
     }
 
     /// `POST /v1/sessions/{id}/score`: the task's metric for the client's class scores on a
@@ -275,6 +323,28 @@ impl ServerClient {
         }
     }
 
+    /// [`Self::call`] for a request that spends API calls: it carries this client's current
+    /// idempotency key, which moves on once the request has an outcome other than a lost
+    /// session or an unreachable server (after which the caller may send it again).
+    fn charged<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        build: impl Fn(&Client, &str) -> RequestBuilder,
+        body_len: u64,
+    ) -> Result<T, CallError> {
+        let key = format!("{:032x}-{}", self.salt, self.finished);
+        let answer = self.call(
+            path,
+            |http, url| build(http, url).header("idempotency-key", &key),
+            body_len,
+        );
+        match &answer {
+            Err(e) if e.session_lost() || matches!(e, CallError::Transport { .. }) => {}
+            _ => self.finished += 1,
+        }
+        answer
+    }
+
     /// Sends a request (rebuilt for each attempt) and decodes its JSON answer.
     fn call<T: DeserializeOwned>(
         &mut self,
@@ -303,6 +373,9 @@ impl ServerClient {
             let mut request = build(&self.http, url);
             if let Some(key) = &self.api_key {
                 request = request.bearer_auth(key);
+            }
+            if let Some(id) = session_in(url) {
+                request = request.header("x-bbt-session", id);
             }
             self.bytes_up += body_len;
             let outcome = request.send().and_then(|r| {
@@ -355,6 +428,13 @@ impl ServerClient {
     }
 }
 
+/// The session id of a `/v1/sessions/{id}[/...]` URL.
+fn session_in(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("/v1/sessions/")?;
+    let id = rest.split(['/', '?']).next()?;
+    (!id.is_empty()).then_some(id)
+}
+
 /// The server's `Retry-After` in seconds, if any.
 fn retry_after(r: &Response) -> Option<Duration> {
     r.headers()
@@ -370,9 +450,10 @@ fn retry_after(r: &Response) -> Option<Duration> {
 fn status_error(status: StatusCode, body: &[u8]) -> CallError {
     let (kind, detail) = match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) => (e.error, e.detail),
+        // Not the server's own error (e.g. a proxy's HTML page): one short line of it.
         Err(_) => (
             status.canonical_reason().unwrap_or("error").to_string(),
-            String::from_utf8_lossy(body).chars().take(200).collect(),
+            foreign_body_line(&String::from_utf8_lossy(body)),
         ),
     };
     CallError::Status {
@@ -380,6 +461,21 @@ fn status_error(status: StatusCode, body: &[u8]) -> CallError {
         kind,
         detail,
     }
+}
+
+/// An error body that is not bbt's JSON, as one line: an HTML page's title, else the text with
+/// its whitespace collapsed, at most 160 characters.
+fn foreign_body_line(text: &str) -> String {
+    let title = text
+        .split_once("<title>")
+        .and_then(|(_, rest)| rest.split_once("</title>"))
+        .map(|(title, _)| title);
+    let line = title
+        .unwrap_or(text)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    line.chars().take(160).collect()
 }
 
 /// The root causes of a transport error, one line (reqwest's top level repeats the URL).
@@ -392,4 +488,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     let skip = causes.len().saturating_sub(2);
     causes[skip..].join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proxy_error_page_is_one_line_and_session_ids_are_read_from_urls() {
+        let page = "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>...</body></html>";
+        assert_eq!(foreign_body_line(page), "502 Bad Gateway");
+        assert_eq!(
+            foreign_body_line("upstream\n  timed   out"),
+            "upstream timed out"
+        );
+        assert_eq!(
+            session_in("http://h/v1/sessions/ses_1/evaluate?x=1"),
+            Some("ses_1")
+        );
+        assert_eq!(session_in("http://h/v1/sessions/ses_2"), Some("ses_2"));
+        assert_eq!(session_in("http://h/v1/sessions"), None);
+        assert_eq!(session_in("http://h/v1/models"), None);
+    }
 }

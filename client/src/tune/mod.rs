@@ -422,24 +422,25 @@ impl Tuner<'_> {
         Ok(Some(answer.results))
     }
 
-    /// Runs `call` on the run's session, creating it first if needed and once more if the
-    /// server has lost it (restarted, or expired it).
+    /// Runs `call` on the run's session, creating it first if needed, and again under the same
+    /// id whenever the server answers that it does not have it (it restarted or expired it, or a
+    /// load balancer sent the request to a replica that never had it).
     fn with_session<T>(
         &mut self,
         state: &mut Checkpoint,
         mut call: impl FnMut(&mut ServerClient, &str) -> Result<T, CallError>,
     ) -> anyhow::Result<T> {
-        for _ in 0..2 {
-            let id = match &state.session_id {
-                Some(id) => id.clone(),
-                None => {
-                    let info = self.client.create_session(&state.session_request)?;
-                    // A new session starts with every layer at zero: restore the chosen ones.
-                    set_layers(self.client, &info.id, &state.layer_z)?;
-                    state.session_id = Some(info.id.clone());
-                    info.id
-                }
-            };
+        let mut create = state.session_id.is_none();
+        for _ in 0..SESSION_ATTEMPTS {
+            let id = state
+                .session_id
+                .get_or_insert_with(ServerClient::new_session_id)
+                .clone();
+            if create {
+                self.client.put_session(&id, &state.session_request)?;
+                // A new session starts with every layer at zero: restore the chosen ones.
+                set_layers(self.client, &id, &state.layer_z)?;
+            }
             match call(self.client, &id) {
                 Err(e) if e.quota_spent() => anyhow::bail!(
                     "the server's quota of API calls for this key is spent; the run so far is \
@@ -448,13 +449,13 @@ impl Tuner<'_> {
                 ),
                 Err(e) if e.session_lost() => {
                     self.progress
-                        .note("the server no longer has the session; creating it again");
-                    state.session_id = None;
+                        .note("the server does not have the session; creating it again");
+                    create = true;
                 }
                 other => return Ok(other?),
             }
         }
-        anyhow::bail!("the server lost the session twice in a row")
+        anyhow::bail!("the server lost the session {SESSION_ATTEMPTS} times in a row")
     }
 
     fn save(&mut self, state: &mut Checkpoint) -> anyhow::Result<()> {
@@ -466,6 +467,11 @@ impl Tuner<'_> {
         state.save(self.out)
     }
 }
+
+/// Times a call is tried on a session that the server keeps answering it does not have (each
+/// time after creating it again): behind a load balancer without session affinity each try may
+/// reach another replica, which then builds the session too.
+const SESSION_ATTEMPTS: usize = 8;
 
 /// The search that runs next, skipping those that have stopped; `None` when all have.
 fn next_search(state: &Checkpoint) -> Option<usize> {
