@@ -39,9 +39,11 @@ pub struct Args {
     /// Seeds, comma-separated (default: the preset's).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
-    /// Use this bbt-server for the API methods instead of starting one.
-    #[arg(long)]
-    server: Option<String>,
+    /// Use these bbt-servers for the API methods instead of starting one; with several
+    /// (`URL1,URL2,...`) the API cells are spread over them, one at a time per server, while the
+    /// gradient methods run here.
+    #[arg(long, value_delimiter = ',')]
+    server: Vec<String>,
     /// API key for --server; also read from $BBT_API_KEY.
     #[arg(long, env = "BBT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -226,13 +228,19 @@ fn run_grid(args: &Args, grid: &Grid) -> anyhow::Result<()> {
     let needs_server = pending
         .iter()
         .any(|c| MethodKind::parse(&c.method).is_ok_and(MethodKind::uses_server));
-    let local = match (&args.server, needs_server) {
+    if args.server.len() > 1 {
+        let outcome = run_spread(args, grid, &pending, &bar);
+        bar.finish_and_clear();
+        return outcome;
+    }
+    let local = match (args.server.first(), needs_server) {
         (None, true) => Some(start_server(&args.model)?),
         _ => None,
     };
     let url = args
         .server
-        .clone()
+        .first()
+        .cloned()
         .or_else(|| local.as_ref().map(|s| s.url().to_string()));
     let mut client = match &url {
         Some(url) => Some(ServerClient::new(
@@ -267,6 +275,72 @@ fn run_grid(args: &Args, grid: &Grid) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// The grid over several servers: one worker thread per server takes the next API cell in turn,
+/// while this thread runs the gradient cells. The first failure is returned once every worker
+/// has stopped.
+fn run_spread(
+    args: &Args,
+    grid: &Grid,
+    pending: &[&Cell],
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
+    let mut api = std::collections::VecDeque::new();
+    let mut gradient = Vec::new();
+    for &cell in pending {
+        match MethodKind::parse(&cell.method)? {
+            MethodKind::Gradient(_) => gradient.push(cell),
+            kind => api.push_back((cell, kind)),
+        }
+    }
+    let queue = std::sync::Mutex::new(api);
+    let next = || {
+        queue
+            .lock()
+            .expect("no worker panics holding the queue")
+            .pop_front()
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = args
+            .server
+            .iter()
+            .map(|url| {
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let mut client =
+                        ServerClient::new(url, args.api_key.clone(), RetryPolicy::default())?;
+                    while let Some((cell, kind)) = next() {
+                        // A baseline run fills its calibrated twin's cell too.
+                        if !cell.done(&args.out) {
+                            std::fs::create_dir_all(cell.dir(&args.out))?;
+                            run_api(&mut client, grid, cell, kind, &args.out).map_err(|e| {
+                                e.context(format!(
+                                    "{} {} seed {} on {url}",
+                                    cell.task, cell.method, cell.seed
+                                ))
+                            })?;
+                        }
+                        bar.inc(1);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut outcome = gradient.into_iter().try_for_each(|cell| {
+            if !cell.done(&args.out) {
+                let dir = cell.dir(&args.out);
+                std::fs::create_dir_all(&dir)?;
+                run_gradient(args, grid, cell, &dir)?;
+            }
+            bar.inc(1);
+            Ok(())
+        });
+        for worker in workers {
+            let result = worker.join().expect("a grid worker panicked");
+            outcome = outcome.and(result);
+        }
+        outcome
+    })
 }
 
 /// Starts `bbt-experiments serve` (this binary) on a free loopback port.
