@@ -70,12 +70,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Serves `engine` (default limits, no keys) on an ephemeral loopback port, on the current tokio
-/// runtime; its base URL.
+/// Session memory the benchmark's servers allow, MiB: 16 clients' suffix sessions (d = 500,
+/// L = 10: a 11.5 MB projection and a 59 MB text cache each) under the one anonymous key
+/// exceed the default per-key cap.
+const BENCH_SESSION_MB: usize = 4096;
+
+/// Serves `engine` (default limits but [`BENCH_SESSION_MB`] of sessions, no keys) on an
+/// ephemeral loopback port, on the current tokio runtime; its base URL.
 pub async fn serve_on_loopback(engine: bbt::Engine) -> anyhow::Result<String> {
+    let limits = Limits {
+        max_session_bytes: BENCH_SESSION_MB << 20,
+        max_session_bytes_per_key: BENCH_SESSION_MB << 20,
+        ..Limits::default()
+    };
     let service = Arc::new(Service::new(
         engine,
-        Limits::default(),
+        limits,
         Default::default(),
         bbt::tasks::default_data_dir(),
     ));
@@ -144,8 +154,10 @@ impl Cluster {
         let mut replicas = Vec::new();
         for _ in 0..n {
             let mut command = Command::new(std::env::current_exe()?);
+            let mb = BENCH_SESSION_MB.to_string();
             command
                 .args(["serve", "--bind", "127.0.0.1:0"])
+                .args(["--max-session-mb", &mb, "--max-session-mb-per-key", &mb])
                 .args(model.to_flags());
             replicas.push(ServerProcess::spawn(command, false)?);
         }

@@ -142,6 +142,7 @@ async fn health_models_openapi_and_metrics() {
     let (status, doc) = s.get("/openapi.json", None).await;
     assert_eq!(status, 200);
     assert!(doc["paths"]["/v1/sessions/{id}/evaluate"]["post"].is_object());
+    assert!(doc["paths"]["/v1/sessions/{id}"]["put"].is_object());
     assert!(doc["paths"]["/v1/sessions/{id}/layers/{layer}"]["put"].is_object());
     assert!(doc["paths"]["/v1/sessions/{id}/features"]["post"].is_object());
     assert!(doc["paths"]["/v1/sessions/{id}/score"]["post"].is_object());
