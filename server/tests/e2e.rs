@@ -8,6 +8,12 @@ fn start_server(extra: &[&str]) -> bbt_server::process::ServerProcess {
     bbt_server::process::ServerProcess::spawn(command, false).expect("bbt-server starts")
 }
 
+/// `GET /v1/models` of the server at `url`.
+async fn models(client: &reqwest::Client, url: &str) -> Value {
+    let resp = client.get(format!("{url}/v1/models")).send().await.unwrap();
+    resp.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn tunes_against_a_real_server_process() {
     let server = start_server(&[]);
@@ -19,14 +25,7 @@ async fn tunes_against_a_real_server_process() {
             (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
         }
     };
-    let models: Value = client
-        .get(format!("{}/v1/models", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = models(&client, server.url()).await;
     assert_eq!(models["data"][0]["hidden_size"], 576);
     assert_eq!(models["data"][0]["vocab_size"], 49152);
 
@@ -99,14 +98,7 @@ async fn a_bf16_server_process_scores_like_the_f32_one() {
     let mut answers = Vec::new();
     for dtype in ["f32", "bf16"] {
         let server = start_server(&["--dtype", dtype]);
-        let models: Value = client
-            .get(format!("{}/v1/models", server.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let models = models(&client, server.url()).await;
         assert_eq!(models["data"][0]["dtype"], dtype, "{models}");
         let mut losses = Vec::new();
         for placement in ["prefix", "suffix"] {
