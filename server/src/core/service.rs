@@ -21,7 +21,7 @@ use super::batching::EvaluateJob;
 use super::candidates::{decode_candidates, CandidatesIn};
 use super::metrics::{Metrics, ModelLabels};
 use super::session_builder::{self, build_session, encode_split, verbalizer_ids};
-use super::sessions::{SessionIdentity, SessionProjection, SessionStore};
+use super::sessions::{Session, SessionIdentity, SessionProjection, SessionStore};
 use super::task_request;
 use super::usage::{Account, MemoryStore, UsageBook, UsageStore};
 use super::worker::{BatchPolicy, Worker};
@@ -137,13 +137,7 @@ impl Service {
             Some(id) => {
                 check_session_id(id)?;
                 if let Some(existing) = self.sessions.peek(id) {
-                    if existing.owner.as_deref() == key && existing.request_digest == request_digest
-                    {
-                        return Ok((existing.info(), false));
-                    }
-                    return Err(CoreError::Conflict(format!(
-                        "session id {id} is in use for another creation request; pick another id"
-                    )));
+                    return same_session(&existing, key, request_digest).map(|info| (info, false));
                 }
                 id.to_string()
             }
@@ -179,9 +173,13 @@ impl Service {
         })
         .await
         .map_err(internal)??;
-        let info = self.sessions.insert(session).info();
+        let inserted = self.sessions.insert(session);
         self.refresh_gauges();
-        Ok((info, true))
+        match inserted {
+            Ok(session) => Ok((session.info(), true)),
+            // A concurrent request for the same id built it first.
+            Err(existing) => same_session(&existing, key, request_digest).map(|info| (info, false)),
+        }
     }
 
     /// `GET /v1/sessions/{id}`.
@@ -530,6 +528,23 @@ fn single_candidate(z: &[f32], d: usize) -> Result<Tensor, CoreError> {
         1,
     )?;
     Tensor::from_vec(z.concat(), (1, d), &candle_core::Device::Cpu).map_err(internal)
+}
+
+/// `existing`'s description if it is what `key` asked to create (same owner, same request);
+/// a 409 otherwise.
+fn same_session(
+    existing: &Session,
+    key: Option<&str>,
+    request_digest: u64,
+) -> Result<SessionInfo, CoreError> {
+    if existing.owner.as_deref() == key && existing.request_digest == request_digest {
+        Ok(existing.info())
+    } else {
+        Err(CoreError::Conflict(format!(
+            "session id {} is in use for another creation request; pick another id",
+            existing.id
+        )))
+    }
 }
 
 /// Longest client-chosen session id.

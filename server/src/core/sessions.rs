@@ -284,14 +284,20 @@ impl SessionStore {
         Ok(())
     }
 
-    /// Adds a session, then drops idle ones and evicts to stay under the memory caps.
-    pub fn insert(&self, session: Session) -> Arc<Session> {
+    /// Adds a session, then drops idle ones and evicts to stay under the memory caps. If a
+    /// session with its id is already there (built meanwhile by a concurrent request for the
+    /// same id), nothing changes and that one is returned as the error.
+    pub fn insert(&self, session: Session) -> Result<Arc<Session>, Arc<Session>> {
         let session = Arc::new(session);
-        self.sessions
-            .lock()
-            .insert(session.id.clone(), session.clone());
+        {
+            let mut sessions = self.sessions.lock();
+            if let Some(existing) = sessions.get(&session.id) {
+                return Err(existing.clone());
+            }
+            sessions.insert(session.id.clone(), session.clone());
+        }
         self.enforce_limits(Some(&session.id));
-        session
+        Ok(session)
     }
 
     /// The session `id` if `key` may use it. A session of another key is reported as missing.
