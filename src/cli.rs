@@ -8,7 +8,8 @@ use crate::engine::{default_dtype, Engine};
 /// The compute dtype a model is loaded in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DTypeArg {
-    /// f32 on the CPU, bf16 on GPUs.
+    /// bf16 on GPUs and on CPUs with native bf16 matmuls (AMX or AVX512-BF16) once oneMKL is
+    /// loaded; f32 elsewhere.
     Auto,
     F32,
     Bf16,
@@ -24,8 +25,9 @@ pub struct ModelArgs {
     /// Device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Compute dtype of the weights and activations. Logits, losses and the projected prompts
-    /// stay f32 whatever it is.
+    /// Dtype of the model. On a GPU, of its weights and activations; on a CPU, bf16 rounds only
+    /// the matmuls' inputs (f32 accumulation, f32 norms, softmax and activations). Logits,
+    /// losses and the projected prompts stay f32 whatever it is.
     #[arg(long, value_enum, default_value_t = DTypeArg::Auto)]
     pub dtype: DTypeArg,
 }

@@ -27,10 +27,15 @@ pub struct ModelCard {
     /// Where the model runs: `cpu`, `cuda:0`, ... (empty from servers that predate it).
     #[serde(default)]
     pub device: String,
-    /// The compute dtype of its weights and activations: `f32`, `bf16` or `f16` (losses and
-    /// logits are f32 whatever it is).
+    /// The dtype the model runs in: `f32`, `bf16` or `f16` (losses and logits are f32
+    /// whatever it is; on a CPU, `bf16` is bf16 matmul inputs with f32 accumulation, and f32
+    /// activations, norms and softmax).
     #[serde(default)]
     pub dtype: String,
+    /// The CPU matmul kernels: `onemkl-2026.2` (oneMKL, prepacked weights) or `candle-gemm`;
+    /// absent on a GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_kernels: Option<String>,
 }
 
 /// Where the continuous prompt goes.

@@ -58,7 +58,7 @@ fn bf16_scores_every_placement_as_f32_close_to_the_f32_model() {
     for arch in [Architecture::Llama, Architecture::Gemma3] {
         let narrow = tiny_engine_in(arch, 21, DType::BF16);
         let wide = tiny_engine_in(arch, 21, DType::F32);
-        assert_eq!(narrow.dtype(), DType::BF16);
+        assert_eq!(narrow.model_dtype(), DType::BF16);
         let split = split();
         let verbalizer = [5, 9];
         let p16 = prompts(&narrow);

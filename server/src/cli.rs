@@ -101,12 +101,16 @@ pub fn run(cli: ServeArgs) -> anyhow::Result<()> {
     };
     let engine = cli.model.load()?;
     eprintln!(
-        "bbt-server: {} ({:?}, hidden {}) on {} in {}",
+        "bbt-server: {} ({:?}, hidden {}) on {} in {}{}",
         engine.info().name,
         engine.config().architecture,
         engine.config().hidden_size,
         bbt::device::device_name(engine.device()),
-        engine.dtype().as_str()
+        engine.model_dtype().as_str(),
+        engine
+            .cpu_kernels()
+            .map(|k| format!(", {k} kernels on {}", bbt::blas::cpu()))
+            .unwrap_or_default()
     );
     let data_dir = cli.data_dir.unwrap_or_else(bbt::tasks::default_data_dir);
     let runtime = tokio::runtime::Runtime::new()?;

@@ -131,3 +131,24 @@ pub const DEFAULT_MODEL: &str = "smollm2-135m";
 pub fn find_asset(name: &str) -> Option<&'static AssetSpec> {
     KNOWN_ASSETS.iter().find(|a| a.name == name)
 }
+
+/// Intel oneMKL's runtime (BLAS with run-time ISA dispatch: AVX2, AVX-512, AMX): the engine's
+/// CPU matmuls go through it when it can be loaded (see `bbt::blas`).
+pub const MKL_WHEEL: PackageSpec = PackageSpec {
+    name: "mkl-2026.2.0",
+    requirement: "mkl==2026.2.0",
+    sdist: false,
+    size: 221_067_932,
+    sha256: "eaab1875ce9f47ab3c66d5632cef06baf768c05781f2f28847bdbc4343500ed7",
+};
+
+/// OpenBLAS as built for SciPy (run-time CPU dispatch, `scipy_`-prefixed symbols): the engine's
+/// CPU matmuls on AVX2 machines, where its sgemm measured faster than oneMKL's (see
+/// `bbt::blas`).
+pub const OPENBLAS_WHEEL: PackageSpec = PackageSpec {
+    name: "scipy-openblas32-0.3.34.481.3",
+    requirement: "scipy-openblas32==0.3.34.481.3",
+    sdist: false,
+    size: 7_885_409,
+    sha256: "0595f94cd58c1f8a0d90c975621f4587337a003916b1979e834ebdf2cb5d9504",
+};

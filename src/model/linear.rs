@@ -8,7 +8,10 @@
 //! backward returns `grad @ W` — no work and no memory for gradients nobody asked for.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
+
+use super::packed_linear::{round_to_bf16, CpuWeight};
+use crate::blas::{Blas, Precision};
 
 /// `x @ w^T` for `x` `[n, in]` and `w` `[out, in]`, differentiable in whichever operands track
 /// gradients, computing no gradient for a frozen `w`.
@@ -100,6 +103,12 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// Factors on disjoint output slices (for a fused q|k|v weight: q and v, say).
     pub lora: Vec<LoraFactors>,
+    /// The weight prepared for the CPU's BLAS ([`Linear::prepare_cpu`]), while it is the
+    /// weight in use.
+    prepared: Option<CpuWeight>,
+    /// A bf16 model on the CPU: inputs are rounded to bf16 before the matmul (the weight was
+    /// rounded when prepared), and everything else stays f32.
+    bf16_inputs: bool,
 }
 
 impl Linear {
@@ -109,7 +118,65 @@ impl Linear {
             weight,
             bias: None,
             lora: Vec::new(),
+            prepared: None,
+            bf16_inputs: false,
         }
+    }
+
+    /// Prepares the frozen weight for the CPU kernels, once at load: in bf16 `precision` the
+    /// weight is rounded to bf16 (kept in f32 storage) and inputs will be too; with `blas` the
+    /// matmul goes through that library (oneMKL prepacks the weight). A weight already prepared
+    /// for the same library is kept. A no-op for weights off the CPU or not in f32.
+    pub fn prepare_cpu(
+        &mut self,
+        blas: Option<&'static Blas>,
+        precision: Precision,
+    ) -> candle_core::Result<()> {
+        if !self.weight.device().is_cpu() || self.weight.dtype() != DType::F32 {
+            return Ok(());
+        }
+        if precision == Precision::Bf16 && !self.bf16_inputs {
+            self.weight = round_to_bf16(&self.weight)?;
+            self.bf16_inputs = true;
+        }
+        self.prepared = match blas {
+            Some(blas) if self.uses_blas_library(blas) => self.prepared.take(),
+            Some(blas) if !self.weight.is_variable() => {
+                Some(CpuWeight::prepare(blas, &self.weight, precision)?)
+            }
+            _ => None,
+        };
+        Ok(())
+    }
+
+    fn uses_blas_library(&self, blas: &Blas) -> bool {
+        self.uses_blas() && self.prepared.as_ref().is_some_and(|p| p.is_for(blas))
+    }
+
+    /// Whether the next forward multiplies through the CPU's BLAS.
+    pub fn uses_blas(&self) -> bool {
+        self.prepared
+            .as_ref()
+            .is_some_and(|p| p.prepares(&self.weight))
+    }
+
+    /// Bytes of the packed copy of the weight, if any.
+    pub fn packed_bytes(&self) -> usize {
+        self.prepared.as_ref().map_or(0, CpuWeight::bytes)
+    }
+
+    /// `x @ W^T`: through the BLAS when the prepared weight is current and `x` is f32 rows on
+    /// the CPU, else candle's matmul (on bf16-rounded inputs for a bf16 model).
+    fn weight_matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(p) = &self.prepared {
+            if p.prepares(&self.weight) && x.rank() == 2 && x.dtype() == DType::F32 {
+                return p.matmul_t(x, &self.weight);
+            }
+        }
+        if self.bf16_inputs && x.dtype() == DType::F32 {
+            return matmul_t(&round_to_bf16(x)?, &self.weight);
+        }
+        matmul_t(x, &self.weight)
     }
 
     /// Output features.
@@ -124,7 +191,7 @@ impl Linear {
 
     /// Applies the layer to packed rows `[n, in]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut y = matmul_t(x, &self.weight)?;
+        let mut y = self.weight_matmul(x)?;
         if !self.lora.is_empty() {
             y = (y + self.lora_delta(x)?)?;
         }
@@ -180,6 +247,8 @@ impl Linear {
                     ..f.clone()
                 })
                 .collect(),
+            prepared: self.prepared.clone(),
+            bf16_inputs: self.bf16_inputs,
         }
     }
 }

@@ -7,5 +7,6 @@ pub mod grad_kernels;
 pub mod kernels;
 pub mod layers;
 pub mod linear;
+pub mod packed_linear;
 pub mod random;
 pub mod weights;

@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{Architecture, ModelConfig};
 use super::linear::{BlockAdapters, Linear};
+use crate::blas::{Blas, Precision};
 
 /// Weights of one transformer block. Matrices are `[out, in]`, as in both file formats.
 #[derive(Clone)]
@@ -389,6 +390,64 @@ impl DecoderWeights {
             layers,
             final_norm: src.get(names.final_norm)?,
             lm_head,
+        })
+    }
+
+    /// Prepares every block's linear layers for the CPU kernels (see [`Linear::prepare_cpu`]).
+    pub fn prepare_cpu(
+        &mut self,
+        blas: Option<&'static Blas>,
+        precision: Precision,
+    ) -> candle_core::Result<()> {
+        for layer in &mut self.layers {
+            for linear in layer.linears_mut() {
+                linear.prepare_cpu(blas, precision)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy of freshly loaded weights in `dtype` (nothing attached by a method yet).
+    pub fn to_dtype(&self, dtype: DType) -> anyhow::Result<Self> {
+        let cast = |t: &Tensor| t.to_dtype(dtype);
+        let cast_opt = |t: &Option<Tensor>| t.as_ref().map(cast).transpose();
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                anyhow::ensure!(
+                    l.adapters.is_empty()
+                        && l.wqkv.lora.is_empty()
+                        && l.w_gate_up.lora.is_empty()
+                        && l.wo.lora.is_empty()
+                        && l.w_down.lora.is_empty(),
+                    "only freshly loaded weights change dtype"
+                );
+                let linear = |x: &Linear| -> candle_core::Result<Linear> {
+                    let mut y = Linear::new(cast(&x.weight)?);
+                    y.bias = x.bias.as_ref().map(cast).transpose()?;
+                    Ok(y)
+                };
+                Ok(LayerWeights {
+                    attn_norm: cast(&l.attn_norm)?,
+                    wqkv: linear(&l.wqkv)?,
+                    wo: linear(&l.wo)?,
+                    ffn_norm: cast(&l.ffn_norm)?,
+                    w_gate_up: linear(&l.w_gate_up)?,
+                    w_down: linear(&l.w_down)?,
+                    q_norm: cast_opt(&l.q_norm)?,
+                    k_norm: cast_opt(&l.k_norm)?,
+                    post_attn_norm: cast_opt(&l.post_attn_norm)?,
+                    post_ffn_norm: cast_opt(&l.post_ffn_norm)?,
+                    adapters: BlockAdapters::default(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            embed: cast(&self.embed)?,
+            layers,
+            final_norm: cast(&self.final_norm)?,
+            lm_head: cast_opt(&self.lm_head)?,
         })
     }
 

@@ -11,12 +11,14 @@ pub struct ModelLabels<'a> {
     pub model: &'a str,
     pub device: &'a str,
     pub dtype: &'a str,
+    /// The CPU matmul kernels (`onemkl-2026.2`, `candle-gemm`; `none` on a GPU).
+    pub kernels: &'a str,
 }
 
 /// The server's metrics.
 pub struct Metrics {
     registry: Registry,
-    /// Always 1; its labels say which model runs where, in which dtype.
+    /// Always 1; its labels say which model runs where, in which dtype, on which kernels.
     pub model_info: IntGaugeVec,
     pub requests: IntCounterVec,
     pub latency: HistogramVec,
@@ -36,13 +38,13 @@ impl Metrics {
         let model_info = IntGaugeVec::new(
             Opts::new(
                 "bbt_model_info",
-                "The served model, its device and compute dtype (always 1)",
+                "The served model, its device, dtype and CPU matmul kernels (always 1)",
             ),
-            &["model", "device", "dtype"],
+            &["model", "device", "dtype", "kernels"],
         )
         .expect("metric");
         model_info
-            .with_label_values(&[model.model, model.device, model.dtype])
+            .with_label_values(&[model.model, model.device, model.dtype, model.kernels])
             .set(1);
         let requests = IntCounterVec::new(
             Opts::new(

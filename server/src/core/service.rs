@@ -71,7 +71,8 @@ impl Service {
         let metrics = Metrics::new(ModelLabels {
             model: &engine.info().name,
             device: &bbt::device::device_name(engine.device()),
-            dtype: engine.dtype().as_str(),
+            dtype: engine.model_dtype().as_str(),
+            kernels: engine.cpu_kernels().unwrap_or("none"),
         });
         Self {
             worker: Worker::start(
@@ -106,7 +107,8 @@ impl Service {
                 embedding_mean: info.embedding_mean,
                 embedding_std: info.embedding_std,
                 device: bbt::device::device_name(self.engine.device()),
-                dtype: self.engine.dtype().as_str().into(),
+                dtype: self.engine.model_dtype().as_str().into(),
+                cpu_kernels: self.engine.cpu_kernels().map(str::to_string),
             }],
         }
     }

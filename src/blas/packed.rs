@@ -1,0 +1,307 @@
+//! Matmuls through a loaded BLAS, split over rayon's threads by output columns: against
+//! weights prepacked once, at load, into oneMKL's internal layout ([`PackedWeight`]), or
+//! against a plain row-major weight ([`matmul_nt`], any library), and `a @ b` ([`sgemm`]).
+//!
+//! Each thread owns a slice of the output columns (for a packed weight, a slice of its rows
+//! packed separately) and runs the single-threaded library on it: the threads never write the
+//! same output element, so results do not depend on scheduling.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::library::{Blas, B_MATRIX, NO_TRANS, PACKED, ROW_MAJOR, TRANS};
+
+/// The element type of a packed weight (and of the activations multiplied with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 weights and activations.
+    F32,
+    /// bf16 weights and activations (rounded to nearest even), f32 accumulation and output.
+    Bf16,
+}
+
+/// Output columns per packed slice are a multiple of this (whole vector registers).
+const COLUMN_QUANTUM: usize = 16;
+
+/// A zeroed, 64-byte aligned heap buffer (what MKL recommends for packed matrices).
+struct AlignedBuf {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: the buffer is plain memory owned by this value; shared access is read-only.
+unsafe impl Send for AlignedBuf {}
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    fn new(bytes: usize) -> Self {
+        let layout = Layout::from_size_align(bytes.max(64), 64).expect("valid layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Self { ptr, layout }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// Output columns `start .. start + len`, packed.
+struct Slice {
+    start: usize,
+    len: usize,
+    buf: AlignedBuf,
+}
+
+/// A `[out, in]` weight packed for `x @ W^T`.
+pub struct PackedWeight {
+    out_features: usize,
+    in_features: usize,
+    precision: Precision,
+    slices: Vec<Slice>,
+}
+
+/// The output pointer shared by the threads, each writing its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: threads write disjoint column ranges of the output (see `PackedWeight::matmul_t`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl PackedWeight {
+    /// Packs `weight` (`[out, in]`, row-major) in `precision`, in as many slices as rayon has
+    /// threads (fewer for narrow weights).
+    ///
+    /// # Panics
+    /// If `blas` cannot pack weights (only oneMKL can: see [`Blas::packs_weights`]).
+    pub fn pack(
+        blas: &Blas,
+        weight: &[f32],
+        out_features: usize,
+        in_features: usize,
+        precision: Precision,
+    ) -> Self {
+        assert_eq!(weight.len(), out_features * in_features, "weight shape");
+        let mkl = blas.packing.as_ref().expect("a library that packs weights");
+        let (k, ld) = (in_features as i32, in_features as i32);
+        let slices = column_slices(out_features)
+            .into_par_iter()
+            .map(|(start, len)| {
+                let src = &weight[start * in_features..(start + len) * in_features];
+                let n = len as i32;
+                // SAFETY: `src` holds `len` rows of `in_features` floats; the buffer has the
+                // size the library asks for this shape.
+                let buf = unsafe {
+                    match precision {
+                        Precision::F32 => {
+                            let buf = AlignedBuf::new((mkl.sgemm_pack_get_size)(B_MATRIX, 1, n, k));
+                            (mkl.sgemm_pack)(
+                                ROW_MAJOR,
+                                B_MATRIX,
+                                TRANS,
+                                1,
+                                n,
+                                k,
+                                1.0,
+                                src.as_ptr(),
+                                ld,
+                                buf.ptr.as_ptr().cast(),
+                            );
+                            buf
+                        }
+                        Precision::Bf16 => {
+                            let rounded: Vec<u16> =
+                                src.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+                            let buf = AlignedBuf::new((mkl.bf16_pack_get_size)(B_MATRIX, 1, n, k));
+                            (mkl.bf16_pack)(
+                                ROW_MAJOR,
+                                B_MATRIX,
+                                TRANS,
+                                1,
+                                n,
+                                k,
+                                rounded.as_ptr(),
+                                ld,
+                                buf.ptr.as_ptr().cast(),
+                            );
+                            buf
+                        }
+                    }
+                };
+                Slice { start, len, buf }
+            })
+            .collect();
+        Self {
+            out_features,
+            in_features,
+            precision,
+            slices,
+        }
+    }
+
+    /// `x @ W^T` for `x` `[m, in]` (row-major): returns `[m, out]`.
+    pub fn matmul_t(&self, blas: &Blas, x: &[f32], m: usize) -> Vec<f32> {
+        let mkl = blas.packing.as_ref().expect("packed by this library");
+        let (k, n) = (self.in_features, self.out_features);
+        assert_eq!(x.len(), m * k, "input shape");
+        let mut out = vec![0f32; m * n];
+        if m == 0 || n == 0 {
+            return out;
+        }
+        let c = OutPtr(out.as_mut_ptr());
+        match self.precision {
+            Precision::F32 => self.slices.par_iter().for_each(|s| {
+                let c = c;
+                // SAFETY: `x` is `[m, k]`; `s.buf` was packed for `[k, s.len]`; the slice's
+                // output columns `s.start .. s.start + s.len` of every row lie inside `out`
+                // (`m * n` floats, row stride n) and no other slice writes them.
+                unsafe {
+                    (mkl.sgemm_compute)(
+                        ROW_MAJOR,
+                        NO_TRANS,
+                        PACKED,
+                        m as i32,
+                        s.len as i32,
+                        k as i32,
+                        x.as_ptr(),
+                        k as i32,
+                        s.buf.ptr.as_ptr().cast(),
+                        k as i32,
+                        0.0,
+                        c.0.add(s.start),
+                        n as i32,
+                    )
+                }
+            }),
+            Precision::Bf16 => {
+                let xb = to_bf16_bits(x, k);
+                self.slices.par_iter().for_each(|s| {
+                    let c = c;
+                    // SAFETY: as for f32, with `xb` the `[m, k]` input in bf16.
+                    unsafe {
+                        (mkl.bf16_compute)(
+                            ROW_MAJOR,
+                            NO_TRANS,
+                            PACKED,
+                            m as i32,
+                            s.len as i32,
+                            k as i32,
+                            1.0,
+                            xb.as_ptr(),
+                            k as i32,
+                            s.buf.ptr.as_ptr().cast(),
+                            k as i32,
+                            0.0,
+                            c.0.add(s.start),
+                            n as i32,
+                        )
+                    }
+                });
+            }
+        }
+        out
+    }
+
+    /// The precision the weight was packed in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Bytes held by the packed copy.
+    pub fn bytes(&self) -> usize {
+        self.slices.iter().map(|s| s.buf.layout.size()).sum()
+    }
+}
+
+/// `x` rounded to bf16 (nearest even), as raw bits, rows in parallel.
+fn to_bf16_bits(x: &[f32], row: usize) -> Vec<u16> {
+    let mut out = vec![0u16; x.len()];
+    out.par_chunks_mut(row.max(1) * 64)
+        .zip(x.par_chunks(row.max(1) * 64))
+        .for_each(|(o, x)| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = bf16::from_f32(v).to_bits();
+            }
+        });
+    out
+}
+
+/// The output columns each thread computes: `(start, len)`, one slice per rayon thread (fewer
+/// for narrow outputs), in whole vector registers.
+fn column_slices(n: usize) -> Vec<(usize, usize)> {
+    let threads = rayon::current_num_threads().max(1);
+    let per = n
+        .div_ceil(threads)
+        .next_multiple_of(COLUMN_QUANTUM)
+        .max(COLUMN_QUANTUM);
+    (0..n)
+        .step_by(per)
+        .map(|start| (start, per.min(n - start)))
+        .collect()
+}
+
+/// `a @ op(b)` in f32 with `b` row-major: `[k, n]` (`b_transposed = false`) or `[n, k]`
+/// (`true`, a weight), split over rayon's threads by output columns.
+fn parallel_sgemm(
+    blas: &Blas,
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    b_transposed: bool,
+) -> Vec<f32> {
+    assert_eq!(a.len(), m * k, "a shape");
+    assert_eq!(b.len(), k * n, "b shape");
+    let mut out = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return out;
+    }
+    let c = OutPtr(out.as_mut_ptr());
+    column_slices(n).into_par_iter().for_each(|(start, len)| {
+        let c = c;
+        // Columns `start .. start + len` of op(b): rows of a transposed `b`, columns of a
+        // plain one.
+        let (trans, b_slice, ldb) = if b_transposed {
+            (TRANS, b[start * k..].as_ptr(), k)
+        } else {
+            (NO_TRANS, b[start..].as_ptr(), n)
+        };
+        // SAFETY: the slice's columns of op(b) and of the output (row stride n) are in bounds,
+        // and no other task writes those output columns.
+        unsafe {
+            (blas.sgemm)(
+                ROW_MAJOR,
+                NO_TRANS,
+                trans,
+                m as i32,
+                len as i32,
+                k as i32,
+                1.0,
+                a.as_ptr(),
+                k as i32,
+                b_slice,
+                ldb as i32,
+                0.0,
+                c.0.add(start),
+                n as i32,
+            )
+        }
+    });
+    out
+}
+
+/// `x @ w^T` for row-major `x` `[m, k]` and a weight `w` `[n, k]`, unpacked.
+pub fn matmul_nt(blas: &Blas, x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    parallel_sgemm(blas, x, w, (m, k, n), true)
+}
+
+/// `a @ b` for row-major `a` `[m, k]` and `b` `[k, n]` (e.g. a gradient times a weight).
+pub fn sgemm(blas: &Blas, a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    parallel_sgemm(blas, a, b, (m, k, n), false)
+}
