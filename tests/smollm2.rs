@@ -31,6 +31,49 @@ fn agrees_with_candle_transformers_quantized_llama() {
 
 common::shared_real_model_tests!(engine(), "smollm2");
 
+/// The real model through each BLAS library this machine can load against candle's gemm, on
+/// the reference sentences (full-vocabulary logits): f32 within summation-order noise, bf16
+/// (library bf16 kernels against candle on the same bf16-rounded operands) likewise.
+#[test]
+fn every_blas_library_gives_candles_logits_on_the_reference_sentences() {
+    let path = bbt::assets::resolve_model("smollm2-135m").unwrap();
+    let rows: Vec<bbt::Row> = common::SENTENCES
+        .iter()
+        .map(|s| common::text_row(engine(), s))
+        .collect();
+    for dtype in [candle_core::DType::F32, candle_core::DType::BF16] {
+        let mut e = Engine::load_path(&path, &Device::Cpu, dtype).unwrap();
+        e.use_cpu_kernels(None).unwrap();
+        let want = common::full_logits(&e, &rows, &[]);
+        for kind in [bbt::blas::BlasKind::Mkl, bbt::blas::BlasKind::OpenBlas] {
+            let Some(blas) = bbt::blas::library(kind) else {
+                assert!(
+                    std::env::var("BBT_REQUIRE_BLAS").as_deref() != Ok("1"),
+                    "BBT_REQUIRE_BLAS=1 but {kind:?} cannot be loaded"
+                );
+                continue;
+            };
+            e.use_cpu_kernels(Some(blas)).unwrap();
+            let got = common::full_logits(&e, &rows, &[]);
+            let mut worst = 0f32;
+            for (g, w) in got.iter().zip(&want) {
+                worst = worst.max(common::max_abs_diff(g, w));
+                assert_eq!(common::argmax(g), common::argmax(w), "{kind:?} {dtype:?}");
+            }
+            eprintln!(
+                "{} vs candle's gemm, {dtype:?}: max |logit difference| {worst:.5}",
+                blas.label()
+            );
+            // Logits are ~20 in magnitude; 30 layers of f32 sums in another order move them by
+            // about 1e-4 (bf16: the same operands, so the same order of noise).
+            assert!(
+                worst < 0.02,
+                "{kind:?} {dtype:?}: max |logit difference| {worst}"
+            );
+        }
+    }
+}
+
 /// The model in bf16 (the GPUs' default dtype) on the CPU against f32, on the reference
 /// sentences in one padded batch: the same next token nearly everywhere, logits within bf16's
 /// precision.

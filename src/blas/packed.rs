@@ -75,6 +75,16 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer `offset` elements on (a method, so closures capture the whole `OutPtr`).
+    ///
+    /// # Safety
+    /// `offset` must stay inside the output buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
 impl PackedWeight {
     /// Packs `weight` (`[out, in]`, row-major) in `precision`, in as many slices as rayon has
     /// threads (fewer for narrow weights).
@@ -158,7 +168,6 @@ impl PackedWeight {
         let c = OutPtr(out.as_mut_ptr());
         match self.precision {
             Precision::F32 => self.slices.par_iter().for_each(|s| {
-                let c = c;
                 // SAFETY: `x` is `[m, k]`; `s.buf` was packed for `[k, s.len]`; the slice's
                 // output columns `s.start .. s.start + s.len` of every row lie inside `out`
                 // (`m * n` floats, row stride n) and no other slice writes them.
@@ -175,7 +184,7 @@ impl PackedWeight {
                         s.buf.ptr.as_ptr().cast(),
                         k as i32,
                         0.0,
-                        c.0.add(s.start),
+                        c.at(s.start),
                         n as i32,
                     )
                 }
@@ -183,7 +192,6 @@ impl PackedWeight {
             Precision::Bf16 => {
                 let xb = to_bf16_bits(x, k);
                 self.slices.par_iter().for_each(|s| {
-                    let c = c;
                     // SAFETY: as for f32, with `xb` the `[m, k]` input in bf16.
                     unsafe {
                         (mkl.bf16_compute)(
@@ -199,7 +207,7 @@ impl PackedWeight {
                             s.buf.ptr.as_ptr().cast(),
                             k as i32,
                             0.0,
-                            c.0.add(s.start),
+                            c.at(s.start),
                             n as i32,
                         )
                     }
@@ -264,7 +272,6 @@ fn parallel_sgemm(
     }
     let c = OutPtr(out.as_mut_ptr());
     column_slices(n).into_par_iter().for_each(|(start, len)| {
-        let c = c;
         // Columns `start .. start + len` of op(b): rows of a transposed `b`, columns of a
         // plain one.
         let (trans, b_slice, ldb) = if b_transposed {
@@ -288,7 +295,7 @@ fn parallel_sgemm(
                 b_slice,
                 ldb as i32,
                 0.0,
-                c.0.add(start),
+                c.at(start),
                 n as i32,
             )
         }
