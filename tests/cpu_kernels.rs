@@ -99,9 +99,15 @@ fn every_library_gives_candles_logits_in_f32_and_bf16() {
                 let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
                 let diff = max_abs_diff(&got, &want);
                 // Both sides multiply the same (bf16-rounded, for bf16) operands in f32; only the
-                // order of the sums differs.
+                // order of the sums differs. In bf16 the next layer's inputs are rounded again,
+                // which turns that noise into whole bf16 steps (2^-8 relative) here and there:
+                // measured 2.3e-3 of the largest logit (OpenBLAS, tiny Llama).
+                let tolerance = match dtype {
+                    DType::F32 => 1e-4,
+                    _ => 1e-2,
+                };
                 assert!(
-                    diff <= 1e-4 * scale,
+                    diff <= tolerance * scale,
                     "{} {arch:?} {dtype:?}: max |Δlogit| {diff} on logits up to {scale}",
                     blas.label()
                 );

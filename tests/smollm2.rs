@@ -7,9 +7,14 @@ use std::sync::OnceLock;
 use bbt::Engine;
 use candle_core::Device;
 
+/// The model in f32, whatever this CPU's default dtype: the reference implementations and the
+/// exactness checks below are f32 (the bf16 path has its own comparisons).
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::load("smollm2-135m", &Device::Cpu).expect("load SmolLM2"))
+    ENGINE.get_or_init(|| {
+        let path = bbt::assets::resolve_model("smollm2-135m").expect("fetch SmolLM2");
+        Engine::load_path(&path, &Device::Cpu, candle_core::DType::F32).expect("load SmolLM2")
+    })
 }
 
 #[test]
@@ -32,8 +37,9 @@ fn agrees_with_candle_transformers_quantized_llama() {
 common::shared_real_model_tests!(engine(), "smollm2");
 
 /// The real model through each BLAS library this machine can load against candle's gemm, on
-/// the reference sentences (full-vocabulary logits): f32 within summation-order noise, bf16
-/// (library bf16 kernels against candle on the same bf16-rounded operands) likewise.
+/// the reference sentences (full-vocabulary logits): f32 within summation-order noise; bf16
+/// (library bf16 kernels against candle on the same bf16-rounded operands) within a fraction of
+/// bf16's own error, the same next token except at a near tie.
 #[test]
 fn every_blas_library_gives_candles_logits_on_the_reference_sentences() {
     let path = bbt::assets::resolve_model("smollm2-135m").unwrap();
@@ -58,16 +64,27 @@ fn every_blas_library_gives_candles_logits_on_the_reference_sentences() {
             let mut worst = 0f32;
             for (g, w) in got.iter().zip(&want) {
                 worst = worst.max(common::max_abs_diff(g, w));
-                assert_eq!(common::argmax(g), common::argmax(w), "{kind:?} {dtype:?}");
+                let (top, theirs) = (common::argmax(w), common::argmax(g));
+                assert!(
+                    top == theirs || w[top] - w[theirs] < 0.1,
+                    "{kind:?} {dtype:?}: a token {} below candle's top",
+                    w[top] - w[theirs]
+                );
             }
             eprintln!(
                 "{} vs candle's gemm, {dtype:?}: max |logit difference| {worst:.5}",
                 blas.label()
             );
             // Logits are ~20 in magnitude; 30 layers of f32 sums in another order move them by
-            // about 1e-4 (bf16: the same operands, so the same order of noise).
+            // about 1e-4. In bf16 every matmul input is rounded to bf16, which turns that noise
+            // into whole bf16 steps wherever a value sits near a rounding boundary: measured
+            // 0.21 (oneMKL, AVX512-BF16), against 0.74 between the bf16 and f32 models.
+            let tolerance = match dtype {
+                candle_core::DType::F32 => 0.02,
+                _ => 0.5,
+            };
             assert!(
-                worst < 0.02,
+                worst < tolerance,
                 "{kind:?} {dtype:?}: max |logit difference| {worst}"
             );
         }

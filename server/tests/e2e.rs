@@ -79,8 +79,16 @@ async fn tunes_against_a_real_server_process() {
             results[2]["loss"].as_f64().unwrap(),
             b["results"][0]["loss"].as_f64().unwrap(),
         );
+        // A candidate scores the same alone as among others: in f32 to summation-order noise;
+        // in bf16 (the default on CPUs with fast bf16 matmuls) the matmul inputs are rounded
+        // after every layer, so the batch's shape moves a loss by a few bf16 steps (measured
+        // 1.7e-3 with oneMKL's bf16 kernels).
+        let tolerance = match models["data"][0]["dtype"].as_str() {
+            Some("bf16") => 1e-2,
+            _ => 1e-5,
+        };
         assert!(
-            (l2 - l2_alone).abs() < 1e-5,
+            (l2 - l2_alone).abs() < tolerance,
             "{placement}: {l2} vs {l2_alone}"
         );
         assert_eq!(b["api_calls"], 4);

@@ -181,8 +181,12 @@ async fn a_bf16_model_serves_every_route_like_its_f32_twin() {
         assert_eq!(models["data"][0]["dtype"], dtype, "{models}");
         assert_eq!(models["data"][0]["device"], "cpu", "{models}");
         let (_, metrics) = s.get("/metrics", None).await;
-        let info =
-            format!("bbt_model_info{{device=\"cpu\",dtype=\"{dtype}\",model=\"tiny-random\"}} 1");
+        let kernels = models["data"][0]["cpu_kernels"]
+            .as_str()
+            .unwrap_or_default();
+        let info = format!(
+            "bbt_model_info{{device=\"cpu\",dtype=\"{dtype}\",kernels=\"{kernels}\",model=\"tiny-random\"}} 1"
+        );
         assert!(metrics.as_str().unwrap().contains(&info), "{metrics}");
     }
     let close = |a: &[f64], b: &[f64], what: &str| {

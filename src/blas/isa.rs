@@ -11,6 +11,9 @@ use serde::Serialize;
 pub struct CpuInfo {
     /// Model name (`/proc/cpuinfo`'s `model name`, else the CPUID brand string).
     pub model: String,
+    /// The CPUID vendor string (`GenuineIntel`, `AuthenticAMD`; empty off x86_64): oneMKL runs
+    /// its AVX-512 and bf16 kernels only on Intel's CPUs.
+    pub vendor: String,
     /// Logical CPUs this process may use.
     pub threads: usize,
     pub avx2: bool,
@@ -41,6 +44,11 @@ impl CpuInfo {
     /// Whether bf16 matmuls run natively (AMX or AVX512-BF16), i.e. faster than f32 ones.
     pub fn has_fast_bf16(&self) -> bool {
         self.amx_bf16 || self.avx512_bf16
+    }
+
+    /// Whether this is an Intel CPU.
+    pub fn is_intel(&self) -> bool {
+        self.vendor == "GenuineIntel"
     }
 }
 
@@ -79,6 +87,7 @@ fn detect() -> CpuInfo {
     {
         CpuInfo {
             model,
+            vendor: x86::vendor(),
             threads,
             avx2: is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             avx512: is_x86_feature_detected!("avx512f"),
@@ -90,6 +99,7 @@ fn detect() -> CpuInfo {
     {
         CpuInfo {
             model,
+            vendor: String::new(),
             threads,
             avx2: false,
             avx512: false,
@@ -140,6 +150,18 @@ mod x86 {
         xcr0 & (0b11 << 17) == (0b11 << 17)
     }
 
+    /// The CPUID vendor string (leaf 0: EBX, EDX, ECX).
+    pub fn vendor() -> String {
+        let r = __cpuid(0);
+        let bytes: Vec<u8> = [r.ebx, r.edx, r.ecx]
+            .iter()
+            .flat_map(|reg| reg.to_le_bytes())
+            .collect();
+        String::from_utf8_lossy(&bytes)
+            .trim_matches('\0')
+            .to_string()
+    }
+
     /// The CPUID brand string (leaves 0x8000_0002..4), when the CPU has one.
     pub fn brand_string() -> Option<String> {
         // Extended leaves are only read when the maximum extended leaf allows it.
@@ -170,6 +192,8 @@ mod tests {
     fn detection_names_the_cpu_and_orders_the_isa_levels() {
         let c = cpu();
         assert!(!c.model.is_empty());
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(c.vendor.len(), 12, "{:?}", c.vendor);
         assert!(c.threads >= 1);
         // Native bf16 implies AVX-512 (both AMX machines and AVX512-BF16 ones have it).
         if c.avx512_bf16 {

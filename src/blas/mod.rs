@@ -1,11 +1,12 @@
 //! The CPU's matmul kernels, chosen at run time for the CPU at hand:
 //!
-//! - **oneMKL** on CPUs with AVX-512 (Intel Xeons, and AMX / AVX512-BF16 for bf16): weights
-//!   prepacked once at load, f32 or bf16 with f32 accumulation. candle's gemm has only AVX2
-//!   kernels there (111 GFLOP/s against oneMKL's 305 at 2 threads on a Xeon with AMX);
-//! - **OpenBLAS** on AVX2-only CPUs (AMD EPYC, older Xeons): its sgemm measured 130–142 GFLOP/s
-//!   on a 2-core AMD EPYC (Zen 3) at the model's shapes, where candle's gemm ran 84 and oneMKL
-//!   70–95 (MKL picks slower code paths on AMD);
+//! - **oneMKL** on Intel CPUs with AVX-512 (and AMX / AVX512-BF16 for bf16): weights prepacked
+//!   once at load, f32 or bf16 with f32 accumulation. candle's gemm has only AVX2 kernels there
+//!   (111 GFLOP/s against oneMKL's 305 at 2 threads on a Xeon with AMX);
+//! - **OpenBLAS** everywhere else (AMD EPYC, AVX2-only Xeons): oneMKL takes slower code paths on
+//!   AMD's CPUs. At 1024³ on 2 threads, OpenBLAS / oneMKL / candle's gemm measured 175 / 148 /
+//!   136 GFLOP/s on an AMD EPYC with AVX-512 and AVX512-BF16 (Zen 4), and 130–142 / 70–95 / 84
+//!   on an AVX2-only one (Zen 3);
 //! - **candle's gemm** when neither library can be had (no pip, no network, not x86_64 Linux),
 //!   announced once on stderr.
 //!
@@ -76,7 +77,7 @@ pub fn kernels() -> anyhow::Result<&'static CpuKernels> {
 
 /// The library `auto` picks for this CPU.
 fn preferred_library() -> BlasKind {
-    if cpu().avx512 {
+    if cpu().is_intel() && cpu().avx512 {
         BlasKind::Mkl
     } else {
         BlasKind::OpenBlas

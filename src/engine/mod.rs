@@ -63,8 +63,8 @@ pub fn default_dtype(device: &Device) -> DType {
     if !device.is_cpu() {
         return DType::BF16;
     }
-    let native_bf16 = crate::blas::cpu().has_fast_bf16()
-        && crate::blas::kernels().is_ok_and(|k| k.blas().is_some_and(|b| b.packs_weights()));
+    let native_bf16 =
+        crate::blas::kernels().is_ok_and(|k| k.blas().is_some_and(|b| b.has_fast_bf16()));
     if native_bf16 {
         DType::BF16
     } else {
