@@ -162,6 +162,13 @@ mod tests {
             .collect()
     }
 
+    fn max_error(got: &[f32], want: &[f32]) -> f32 {
+        got.iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    }
+
     fn round_bf16(v: &[f32]) -> Vec<f32> {
         v.iter()
             .map(|&x| half::bf16::from_f32(x).to_f32())
@@ -197,20 +204,12 @@ mod tests {
             let x = pseudo_random(m * k, 10 + m as u32);
             let want = reference(&x, &w, m, k, n);
             let got = f32w.matmul_t(mkl, &x, m);
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let err = max_error(&got, &want);
             assert!(err < 1e-4, "f32, m = {m}: max error {err}");
             // bf16: exactly the product of the rounded operands, accumulated in f32.
             let want = reference(&round_bf16(&x), &round_bf16(&w), m, k, n);
             let got = b16w.matmul_t(mkl, &x, m);
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let err = max_error(&got, &want);
             assert!(err < 1e-4, "bf16, m = {m}: max error {err}");
         }
     }
@@ -232,11 +231,7 @@ mod tests {
                 sgemm(blas, &a, &b, m, k, n),
                 matmul_nt(blas, &a, &bt, m, k, n),
             ] {
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
+                let err = max_error(&got, &want);
                 assert!(err < 1e-4, "{kind:?}: max error {err}");
             }
         }
