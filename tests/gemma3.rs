@@ -9,16 +9,12 @@ mod common;
 use std::sync::OnceLock;
 
 use bbt::Engine;
-use candle_core::Device;
 
 /// The model in f32, whatever this CPU's default dtype: the reference implementations and the
 /// exactness checks below are f32 (the bf16 path has its own comparisons).
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let path = bbt::assets::resolve_model("gemma3-270m").expect("fetch Gemma-3");
-        Engine::load_path(&path, &Device::Cpu, candle_core::DType::F32).expect("load Gemma-3")
-    })
+    ENGINE.get_or_init(|| common::load_cpu("gemma3-270m", candle_core::DType::F32))
 }
 
 #[test]

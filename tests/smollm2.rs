@@ -11,10 +11,7 @@ use candle_core::Device;
 /// exactness checks below are f32 (the bf16 path has its own comparisons).
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let path = bbt::assets::resolve_model("smollm2-135m").expect("fetch SmolLM2");
-        Engine::load_path(&path, &Device::Cpu, candle_core::DType::F32).expect("load SmolLM2")
-    })
+    ENGINE.get_or_init(|| common::load_cpu("smollm2-135m", candle_core::DType::F32))
 }
 
 #[test]
@@ -42,13 +39,12 @@ common::shared_real_model_tests!(engine(), "smollm2");
 /// bf16's own error, the same next token except at a near tie.
 #[test]
 fn every_blas_library_gives_candles_logits_on_the_reference_sentences() {
-    let path = bbt::assets::resolve_model("smollm2-135m").unwrap();
     let rows: Vec<bbt::Row> = common::SENTENCES
         .iter()
         .map(|s| common::text_row(engine(), s))
         .collect();
     for dtype in [candle_core::DType::F32, candle_core::DType::BF16] {
-        let mut e = Engine::load_path(&path, &Device::Cpu, dtype).unwrap();
+        let mut e = common::load_cpu("smollm2-135m", dtype);
         e.use_cpu_kernels(None).unwrap();
         let want = common::full_logits(&e, &rows, &[]);
         for kind in [bbt::blas::BlasKind::Mkl, bbt::blas::BlasKind::OpenBlas] {
@@ -96,8 +92,7 @@ fn every_blas_library_gives_candles_logits_on_the_reference_sentences() {
 /// precision.
 #[test]
 fn bf16_agrees_with_f32_on_the_reference_sentences() {
-    let path = bbt::assets::resolve_model("smollm2-135m").unwrap();
-    let narrow = Engine::load_path(&path, &Device::Cpu, candle_core::DType::BF16).unwrap();
+    let narrow = common::load_cpu("smollm2-135m", candle_core::DType::BF16);
     let rows: Vec<bbt::Row> = common::SENTENCES
         .iter()
         .map(|s| common::text_row(engine(), s))

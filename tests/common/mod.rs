@@ -91,6 +91,12 @@ pub const SENTENCES: &[&str] = &[
     "   leading spaces and\ttabs\n\nnewlines",
 ];
 
+/// The catalogued model `name` in `dtype` on the CPU (fetched on first use).
+pub fn load_cpu(name: &str, dtype: candle_core::DType) -> Engine {
+    let path = bbt::assets::resolve_model(name).expect("fetch the model");
+    Engine::load_path(&path, &Device::Cpu, dtype).expect("load the model")
+}
+
 pub fn tokens(engine: &Engine, text: &str) -> Vec<u32> {
     engine.tokenizer().encode(text).unwrap()
 }
