@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 use half::bf16;
 use rayon::prelude::*;
 
-use super::library::{Blas, B_MATRIX, NO_TRANS, PACKED, ROW_MAJOR, TRANS};
+use super::library::{Blas, MklPacking, B_MATRIX, NO_TRANS, PACKED, ROW_MAJOR, TRANS};
 
 /// The element type of a packed weight (and of the activations multiplied with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,19 @@ impl OutPtr {
     unsafe fn at(self, offset: usize) -> *mut f32 {
         self.0.add(offset)
     }
+}
+
+/// A `[len]` matmul output that `fill` writes in full, allocated without zeroing it first (with
+/// beta = 0 a BLAS routine writes every output element and never reads the old ones).
+///
+/// # Safety
+/// `fill` must write all `len` elements behind the pointer it is given.
+unsafe fn filled_output(len: usize, fill: impl FnOnce(OutPtr)) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    fill(OutPtr(out.as_mut_ptr()));
+    // SAFETY: the caller's `fill` initialised the `len` elements of the capacity.
+    unsafe { out.set_len(len) };
+    out
 }
 
 impl PackedWeight {
@@ -161,11 +174,16 @@ impl PackedWeight {
         let mkl = blas.packing.as_ref().expect("packed by this library");
         let (k, n) = (self.in_features, self.out_features);
         assert_eq!(x.len(), m * k, "input shape");
-        let mut out = vec![0f32; m * n];
         if m == 0 || n == 0 {
-            return out;
+            return vec![0f32; m * n];
         }
-        let c = OutPtr(out.as_mut_ptr());
+        // SAFETY: the slices cover all n output columns of all m rows, each written with beta = 0.
+        unsafe { filled_output(m * n, |c| self.compute(mkl, x, m, c)) }
+    }
+
+    /// Writes `x @ W^T` (`x` `[m, in]`) through `c`, one rayon task per prepacked slice.
+    fn compute(&self, mkl: &MklPacking, x: &[f32], m: usize, c: OutPtr) {
+        let (k, n) = (self.in_features, self.out_features);
         match self.precision {
             Precision::F32 => self.slices.par_iter().for_each(|s| {
                 // SAFETY: `x` is `[m, k]`; `s.buf` was packed for `[k, s.len]`; the slice's
@@ -214,7 +232,6 @@ impl PackedWeight {
                 });
             }
         }
-        out
     }
 
     /// The precision the weight was packed in.
@@ -266,11 +283,26 @@ fn parallel_sgemm(
 ) -> Vec<f32> {
     assert_eq!(a.len(), m * k, "a shape");
     assert_eq!(b.len(), k * n, "b shape");
-    let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 {
-        return out;
+        return vec![0f32; m * n];
     }
-    let c = OutPtr(out.as_mut_ptr());
+    // SAFETY: the column slices cover all n columns of all m rows, each written with beta = 0.
+    unsafe {
+        filled_output(m * n, |c| {
+            parallel_sgemm_into(blas, a, b, (m, k, n), b_transposed, c)
+        })
+    }
+}
+
+/// Writes [`parallel_sgemm`]'s product through `c` (`[m, n]`, row-major).
+fn parallel_sgemm_into(
+    blas: &Blas,
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    b_transposed: bool,
+    c: OutPtr,
+) {
     column_slices(n).into_par_iter().for_each(|(start, len)| {
         // Columns `start .. start + len` of op(b): rows of a transposed `b`, columns of a
         // plain one.
@@ -300,7 +332,6 @@ fn parallel_sgemm(
             )
         }
     });
-    out
 }
 
 /// `x @ w^T` for row-major `x` `[m, k]` and a weight `w` `[n, k]`, unpacked.

@@ -9,4 +9,5 @@ pub mod layers;
 pub mod linear;
 pub mod packed_linear;
 pub mod random;
+mod vector_math;
 pub mod weights;
