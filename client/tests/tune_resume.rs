@@ -30,6 +30,25 @@ const BBTV2_RUN: &[&str] = &[
     "60",
 ];
 
+/// BBT-RGB's two-stage search: 3 CMA-ES generations of 6 (18 calls), then 48 COBYLA calls,
+/// reported 6 at a time (8 more curve points): the kills below land in the local search.
+const TWO_STAGE_RUN: &[&str] = &[
+    "--preset",
+    "quick",
+    "--budget",
+    "66",
+    "--local-calls",
+    "48",
+    "--popsize",
+    "6",
+    "--intrinsic-dim",
+    "16",
+    "--prompt-length",
+    "2",
+    "--dev-every",
+    "12",
+];
+
 /// `bbt tune --resume out` against `server`, to the end.
 fn resume_to_end(server: &str, out: &Path) {
     let args = [
@@ -149,6 +168,16 @@ fn bbtv2_runs_resume_exactly_too() {
         "bbtv2",
         30,
         &["curve.svg", "best_prompt.json", "checkpoint.json"],
+    );
+}
+
+#[test]
+fn two_stage_runs_resume_exactly_in_the_local_search() {
+    interrupted_runs_match_the_uninterrupted_one(
+        TWO_STAGE_RUN,
+        "bbt",
+        11,
+        &["curve.svg", "best_prompt.safetensors", "checkpoint.json"],
     );
 }
 

@@ -97,6 +97,13 @@ pub struct SettingArgs {
     /// best_prompt.safetensors; same prompt length), e.g. one tuned on another task.
     #[arg(long)]
     pub p0_from: Option<PathBuf>,
+    /// Training calls, out of the budget, for a local search after CMA-ES: COBYLA started from
+    /// CMA-ES's best z (BBT-RGB's two-stage search); 0 for CMA-ES only.
+    #[arg(long)]
+    pub local_calls: Option<u64>,
+    /// COBYLA's initial trust-region radius in z.
+    #[arg(long)]
+    pub local_radius: Option<f64>,
 }
 
 fn parse_placement(s: &str) -> Result<Placement, String> {
@@ -132,7 +139,7 @@ impl SettingArgs {
             sigma,
             alpha
         );
-        set!(distribution, dev_every);
+        set!(distribution, dev_every, local_calls, local_radius);
         if let Some(loss) = &self.loss {
             c.loss = match loss.as_str() {
                 "hinge" => Loss::Hinge {

@@ -7,6 +7,7 @@ use bbt::protocol::CreateSessionRequest;
 use serde::{Deserialize, Serialize};
 
 use super::config::TuneConfig;
+use super::local::LocalSearch;
 use crate::cmaes::Ipop;
 
 /// File name of the checkpoint in the output folder.
@@ -56,6 +57,9 @@ pub struct Checkpoint {
     pub curve: Vec<CurvePoint>,
     pub best: Option<BestPrompt>,
     pub best_train_loss: f64,
+    /// The local search after CMA-ES, once begun.
+    #[serde(default)]
+    pub local: Option<LocalSearch>,
     pub zero_shot_test_accuracy: Option<f64>,
     pub bytes_up: u64,
     pub bytes_down: u64,

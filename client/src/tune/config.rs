@@ -59,6 +59,19 @@ pub struct TuneConfig {
     /// instead of zeros. Paper: none.
     #[serde(default)]
     pub p0_from: Option<std::path::PathBuf>,
+    /// Training calls, out of `budget`, given to a local search after CMA-ES: COBYLA started
+    /// from the best `z` CMA-ES found, one candidate per call (BBT-RGB's two-stage search, Sun
+    /// et al. 2024). Paper (BBT): 0, CMA-ES only.
+    #[serde(default)]
+    pub local_calls: u64,
+    /// COBYLA's initial trust-region radius in `z` (its `rhobeg`). BBT-RGB: 0.2, with CMA-ES
+    /// at sigma 1.
+    #[serde(default = "default_local_radius")]
+    pub local_radius: f64,
+}
+
+fn default_local_radius() -> f64 {
+    0.2
 }
 
 impl TuneConfig {
@@ -85,6 +98,8 @@ impl TuneConfig {
             deep: false,
             test_limit: None,
             p0_from: None,
+            local_calls: 0,
+            local_radius: default_local_radius(),
         }
     }
 
@@ -125,6 +140,7 @@ impl TuneConfig {
             ("dev_every", self.dev_every as f64),
             ("sigma", self.sigma),
             ("alpha", self.alpha),
+            ("local_radius", self.local_radius),
         ];
         if let Some((name, value)) = positive.iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
             return Err(format!("{name} must be positive, got {value}"));
@@ -132,11 +148,19 @@ impl TuneConfig {
         if self.popsize < 2 {
             return Err(format!("popsize must be at least 2, got {}", self.popsize));
         }
-        if self.budget < self.popsize as u64 {
+        if self.budget < self.popsize as u64 + self.local_calls {
             return Err(format!(
-                "budget {} is less than one generation (popsize {})",
-                self.budget, self.popsize
+                "budget {} leaves less than one CMA-ES generation (popsize {}) before the {} \
+                 local-search calls",
+                self.budget, self.popsize, self.local_calls
             ));
+        }
+        if self.deep && self.local_calls > 0 {
+            return Err(
+                "the local search (COBYLA) refines BBT's prompt; it does not run with BBTv2's \
+                 deep prompt"
+                    .into(),
+            );
         }
         if self.deep && self.p0_from.is_some() {
             return Err("prompt transfer (p0_from) is for BBT's input prompt, not BBTv2".into());

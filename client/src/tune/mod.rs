@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod local;
 pub mod outputs;
 pub mod progress;
 
@@ -21,8 +22,9 @@ use crate::cmaes::{CmaOptions, Ipop};
 use crate::http::{CallError, ServerClient};
 use checkpoint::{BestPrompt, Checkpoint, CurvePoint, CHECKPOINT_FILE};
 use config::TuneConfig;
+use local::LocalSearch;
 use outputs::TuneResult;
-use progress::{Event, Progress, ProgressOptions};
+use progress::{Event, Progress, ProgressOptions, Stage};
 
 /// Where a run starts from.
 pub enum Start {
@@ -91,7 +93,8 @@ fn new_checkpoint(client: &mut ServerClient, config: TuneConfig) -> anyhow::Resu
         config.popsize,
         searches
     );
-    let generations = config.budget / per_round;
+    // The local search's calls come after CMA-ES's (validated to leave it a generation).
+    let generations = (config.budget - config.local_calls) / per_round;
     let searches = (0..searches)
         .map(|i| {
             let options = CmaOptions {
@@ -122,6 +125,7 @@ fn new_checkpoint(client: &mut ServerClient, config: TuneConfig) -> anyhow::Resu
         curve: Vec::new(),
         best: None,
         best_train_loss: f64::INFINITY,
+        local: None,
         zero_shot_test_accuracy: None,
         bytes_up: 0,
         bytes_down: 0,
@@ -241,6 +245,9 @@ impl Tuner<'_> {
             self.generation(state, search)?;
             self.save(state)?;
         }
+        if state.config.local_calls > 0 {
+            self.local_search(state)?;
+        }
         let best = match &state.best {
             Some(b) => b.z.clone(),
             None => current_prompt(state),
@@ -297,31 +304,113 @@ impl Tuner<'_> {
         }
         let before = state.train_calls;
         state.train_calls += count as u64;
-        let (best_index, train_loss) = losses
+        let best_index = losses
             .iter()
-            .copied()
             .enumerate()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
             .expect("a population");
+        // Dev candidates, when due: BBT's search mean and this generation's best; BBTv2 every
+        // layer at its chosen z.
+        let dev_candidates = if deep {
+            vec![current_prompt(state)]
+        } else {
+            let d = state.config.intrinsic_dim;
+            vec![
+                current_prompt(state),
+                z[best_index * d..(best_index + 1) * d].to_vec(),
+            ]
+        };
+        let last = next_search(state).is_none();
+        let report = Report {
+            stage: Stage::CmaEs,
+            before,
+            losses: &losses,
+            last,
+            sigma: Some(state.searches[search].current().sigma()),
+        };
+        self.report(state, report, dev_candidates)
+    }
+
+    /// The local search after CMA-ES: COBYLA from CMA-ES's best `z`, for the calls left in
+    /// the budget, one candidate per call; a population's worth of its calls is reported,
+    /// checked on dev when due and checkpointed like a generation.
+    fn local_search(&mut self, state: &mut Checkpoint) -> anyhow::Result<()> {
+        let mut search = match state.local.take() {
+            Some(search) => search,
+            None => {
+                let es = &state.searches[0];
+                let start = es
+                    .best()
+                    .map_or_else(|| es.current().mean().to_vec(), |b| b.x.to_vec());
+                let left = state.config.budget.saturating_sub(state.train_calls);
+                LocalSearch::new(
+                    start,
+                    state.config.local_radius,
+                    state.config.bound,
+                    left as usize,
+                )
+            }
+        };
+        let batch = state.config.popsize;
+        let shared = std::cell::RefCell::new((&mut *self, &mut *state));
+        let outcome = search.run(
+            |z| {
+                let mut shared = shared.borrow_mut();
+                let (tuner, state) = &mut *shared;
+                let z: Vec<f32> = z.iter().map(|&v| v as f32).collect();
+                let results = tuner
+                    .evaluate_layer(state, &z, 1, SplitName::Train, None)?
+                    .context("the session has no training examples")?;
+                state.train_calls += 1;
+                Ok(results[0].loss)
+            },
+            |search| {
+                let n = search.losses.len();
+                if n % batch != 0 && !search.done() {
+                    return Ok(());
+                }
+                let mut shared = shared.borrow_mut();
+                let (tuner, state) = &mut *shared;
+                let losses = &search.losses[(n - 1) / batch * batch..];
+                let best = search
+                    .best
+                    .as_ref()
+                    .map(|(z, _)| z.iter().map(|&v| v as f32).collect());
+                let report = Report {
+                    stage: Stage::Cobyla,
+                    before: state.train_calls - losses.len() as u64,
+                    losses,
+                    last: search.done(),
+                    sigma: None,
+                };
+                tuner.report(state, report, best.into_iter().collect())?;
+                state.local = Some(search.clone());
+                tuner.save(state)
+            },
+        );
+        state.local = Some(search);
+        outcome
+    }
+
+    /// After a generation (or a population's worth of local-search calls): the best training
+    /// loss, a dev check of `dev_candidates` when one is due, the curve point and the event.
+    fn report(
+        &mut self,
+        state: &mut Checkpoint,
+        report: Report,
+        dev_candidates: Vec<Vec<f32>>,
+    ) -> anyhow::Result<()> {
+        let train_loss = report.losses.iter().copied().fold(f64::INFINITY, f64::min);
         state.best_train_loss = state.best_train_loss.min(train_loss);
         let every = state.config.dev_every;
-        let dev_due = before / every != state.train_calls / every || next_search(state).is_none();
+        let dev_due = report.before / every != state.train_calls / every || report.last;
         let mut dev_accuracy = None;
-        if dev_due {
-            // BBT: the search's mean and this generation's best; BBTv2: every layer at its
-            // chosen z.
-            let candidates = if deep {
-                vec![current_prompt(state)]
-            } else {
-                let d = state.config.intrinsic_dim;
-                vec![
-                    current_prompt(state),
-                    z[best_index * d..(best_index + 1) * d].to_vec(),
-                ]
-            };
-            let n = candidates.len();
-            if let Some(scores) = self.evaluate(state, &candidates.concat(), n, SplitName::Dev)? {
-                for (z, score) in candidates.into_iter().zip(scores) {
+        if dev_due && !dev_candidates.is_empty() {
+            let n = dev_candidates.len();
+            let all = dev_candidates.concat();
+            if let Some(scores) = self.evaluate(state, &all, n, SplitName::Dev)? {
+                for (z, score) in dev_candidates.into_iter().zip(scores) {
                     consider(state, z, &score);
                 }
                 dev_accuracy = state.best.as_ref().map(|b| b.dev_accuracy);
@@ -334,10 +423,11 @@ impl Tuner<'_> {
         });
         self.progress.event(&Event::Generation {
             generation: state.curve.len() as u64,
+            stage: report.stage,
             api_calls: state.train_calls,
             train_loss,
             best_train_loss: state.best_train_loss,
-            sigma: state.searches[search].current().sigma(),
+            sigma: report.sigma,
             dev_accuracy,
             best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
             elapsed_seconds: state.wall_seconds + self.started.elapsed().as_secs_f64(),
@@ -466,6 +556,19 @@ impl Tuner<'_> {
         self.started = Instant::now();
         state.save(self.out)
     }
+}
+
+/// What one step of a search (a CMA-ES generation, or a population's worth of local-search
+/// calls) hands to [`Tuner::report`].
+struct Report<'a> {
+    stage: Stage,
+    /// Training calls before the step.
+    before: u64,
+    /// The step's training losses.
+    losses: &'a [f64],
+    /// The search's last step (dev is always checked then).
+    last: bool,
+    sigma: Option<f64>,
 }
 
 /// Times a call is tried on a session that the server keeps answering it does not have (each

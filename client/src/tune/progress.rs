@@ -32,10 +32,13 @@ pub enum Event<'a> {
     },
     Generation {
         generation: u64,
+        stage: Stage,
         api_calls: u64,
         train_loss: f64,
         best_train_loss: f64,
-        sigma: f64,
+        /// CMA-ES's step size (none in the local search).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sigma: Option<f64>,
         dev_accuracy: Option<f64>,
         best_dev_accuracy: Option<f64>,
         elapsed_seconds: f64,
@@ -43,6 +46,16 @@ pub enum Event<'a> {
     Test {
         test_accuracy: f64,
     },
+}
+
+/// Which search produced a generation's candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// CMA-ES (one generation of the population).
+    CmaEs,
+    /// The local search after it (COBYLA; a population's worth of its calls).
+    Cobyla,
 }
 
 /// The reporter of one run.
