@@ -88,6 +88,10 @@ pub enum PromptInit {
     /// `p0` = these `L` rows of `hidden` numbers: a prompt tuned before, e.g. on another task
     /// (prompt transfer, as in PPT).
     Vectors { rows: Vec<Vec<f32>> },
+    /// `p0` = the embeddings of this text as the server's tokenizer reads it (an instruction, or
+    /// demonstrations, as BBT-RGB starts its prompt): its first `L` tokens, repeated from its
+    /// start when it has fewer, so every prompt vector is a word embedding of the model's own.
+    Text { text: String },
 }
 
 /// The training loss the server reports per candidate.

@@ -279,6 +279,30 @@ fn a_run_starts_from_another_runs_prompt() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds 2 prompt vectors"), "{err}");
+
+    // `--p0-text`: the instruction goes to the server as text; with `--p0-from` it is refused.
+    let instructed = dir.path().join("instructed");
+    let mut args = tune_args(server.url(), &task, &instructed, BBT_RUN);
+    args.extend(["--p0-text", " Is this review positive?"].map(String::from));
+    run_to_end(&args);
+    let checkpoint: Value =
+        serde_json::from_str(&std::fs::read_to_string(instructed.join("checkpoint.json")).unwrap())
+            .unwrap();
+    let p0 = &checkpoint["session_request"]["p0"];
+    assert_eq!(p0["kind"], "text");
+    assert_eq!(p0["text"], " Is this review positive?");
+    let (instructed_result, _) = common::outcome(&instructed);
+    let (plain, _) = common::outcome(&source);
+    assert_ne!(
+        instructed_result["curve"], plain["curve"],
+        "another starting point, another search"
+    );
+    let mut both = tune_args(server.url(), &task, &dir.path().join("both"), BBT_RUN);
+    both.extend(["--p0-text", "x", "--p0-from", source.to_str().unwrap()].map(String::from));
+    let out = Command::new(BBT).args(&both).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("choose one"), "{err}");
 }
 
 /// A spent quota stops `bbt tune` at once with one clear line and no retries; the run so far is

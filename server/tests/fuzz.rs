@@ -211,6 +211,7 @@ fn any_json() -> impl Strategy<Value = Value> {
         "zeros",
         "tokens",
         "vectors",
+        "text",
     ]);
     let leaf = prop_oneof![
         Just(Value::Null),

@@ -1207,6 +1207,49 @@ async fn a_prompt_given_as_vectors_is_the_starting_point() {
     }
 }
 
+#[tokio::test]
+async fn a_prompt_can_start_from_the_embeddings_of_a_text() {
+    let s = start(Limits::default(), ApiKeys::open()).await;
+    let p0_rows = |text: &str| {
+        let mut body = session_body("prefix");
+        body["p0"] = json!({"kind": "text", "text": text});
+        let s = &s;
+        async move {
+            let (status, info) = s.post("/v1/sessions", None, &body).await;
+            if status != 201 {
+                return Err((status, info));
+            }
+            let id = info["id"].as_str().unwrap();
+            let (_, p) = s
+                .post(
+                    &format!("/v1/sessions/{id}/prompt"),
+                    None,
+                    &json!({"z": vec![0.0f32; 6]}),
+                )
+                .await;
+            Ok(rows(&p["prompt"]))
+        }
+    };
+    // Two words (the verbalizer's, one token each) fill L = 3 as word, word, first word again.
+    let two = p0_rows(" t50 t51").await.unwrap();
+    assert_eq!(two.len(), 3);
+    assert_ne!(two[0], two[1]);
+    assert_eq!(two[2], two[0]);
+    assert!(
+        two[0].iter().any(|&v| v != 0.0),
+        "a word embedding, not zeros"
+    );
+    // One word fills every vector; a longer text is cut at L.
+    let one = p0_rows(" t51").await.unwrap();
+    assert_eq!(one, vec![two[1].clone(); 3]);
+    let long = p0_rows(" t50 t51 t51 t50 t50").await.unwrap();
+    assert_eq!(long, vec![two[0].clone(), two[1].clone(), two[1].clone()]);
+    // A text without tokens is refused with a reason.
+    let (status, err) = p0_rows("").await.unwrap_err();
+    assert_eq!(status, 422);
+    assert!(err.to_string().contains("p0 text"), "{err}");
+}
+
 /// The status `GET /v1/sessions/{id}` answers `key`.
 async fn status_of(s: &Server, id: &str, key: &str) -> u16 {
     s.get(&format!("/v1/sessions/{id}"), Some(key)).await.0

@@ -97,6 +97,10 @@ pub struct SettingArgs {
     /// best_prompt.safetensors; same prompt length), e.g. one tuned on another task.
     #[arg(long)]
     pub p0_from: Option<PathBuf>,
+    /// Start from text: p0 = the embeddings of this instruction or these demonstrations (its
+    /// first L tokens, repeated when it has fewer), embedded by the server.
+    #[arg(long)]
+    pub p0_text: Option<String>,
     /// Training calls, out of the budget, for a local search after CMA-ES: COBYLA started from
     /// CMA-ES's best z (BBT-RGB's two-stage search); 0 for CMA-ES only.
     #[arg(long)]
@@ -155,6 +159,9 @@ impl SettingArgs {
         }
         if self.test_limit.is_some() {
             c.test_limit = self.test_limit;
+        }
+        if self.p0_text.is_some() {
+            c.p0_text = self.p0_text.clone();
         }
         if self.p0_from.is_some() {
             c.p0_from = self.p0_from.clone();
@@ -226,7 +233,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     .map_or(task.clone(), |s| s.to_string_lossy().into_owned());
                 PathBuf::from(format!("runs/{name}-seed{}", config.seed))
             });
-            (Start::Fresh(config), out)
+            (Start::Fresh(Box::new(config)), out)
         }
         (None, None) => anyhow::bail!("give --task, or --resume DIR"),
     };

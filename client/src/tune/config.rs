@@ -59,6 +59,11 @@ pub struct TuneConfig {
     /// instead of zeros. Paper: none.
     #[serde(default)]
     pub p0_from: Option<std::path::PathBuf>,
+    /// Start from text (as BBT-RGB does): `p0` = the embeddings of this instruction or these
+    /// demonstrations, its first `L` tokens (repeated when it has fewer), embedded by the
+    /// server. Paper: none (`p0 = 0`).
+    #[serde(default)]
+    pub p0_text: Option<String>,
     /// Training calls, out of `budget`, given to a local search after CMA-ES: COBYLA started
     /// from the best `z` CMA-ES found, one candidate per call (BBT-RGB's two-stage search, Sun
     /// et al. 2024). Paper (BBT): 0, CMA-ES only.
@@ -98,6 +103,7 @@ impl TuneConfig {
             deep: false,
             test_limit: None,
             p0_from: None,
+            p0_text: None,
             local_calls: 0,
             local_radius: default_local_radius(),
         }
@@ -162,8 +168,14 @@ impl TuneConfig {
                     .into(),
             );
         }
-        if self.deep && self.p0_from.is_some() {
-            return Err("prompt transfer (p0_from) is for BBT's input prompt, not BBTv2".into());
+        if self.deep && (self.p0_from.is_some() || self.p0_text.is_some()) {
+            return Err("p0_from and p0_text set BBT's input prompt, not BBTv2's".into());
+        }
+        if self.p0_from.is_some() && self.p0_text.is_some() {
+            return Err("p0_from and p0_text both set p0: choose one".into());
+        }
+        if self.p0_text.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err("p0_text is empty".into());
         }
         if self.deep && self.placement != Placement::Prefix {
             return Err("a deep prompt (BBTv2) needs the prefix placement".into());

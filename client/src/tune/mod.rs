@@ -29,7 +29,7 @@ use progress::{Event, Progress, ProgressOptions, Stage};
 /// Where a run starts from.
 pub enum Start {
     /// A new run; refuses a folder that already holds one.
-    Fresh(TuneConfig),
+    Fresh(Box<TuneConfig>),
     /// Continue the run checkpointed in the output folder.
     Resume,
 }
@@ -58,7 +58,7 @@ pub fn run(
             }
             std::fs::create_dir_all(out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
-            new_checkpoint(client, config)?
+            new_checkpoint(client, *config)?
         }
     };
     let mut tuner = Tuner {
@@ -161,11 +161,12 @@ pub fn session_request(
             scale,
             gain,
         },
-        p0: match &config.p0_from {
-            Some(path) => PromptInit::Vectors {
+        p0: match (&config.p0_from, &config.p0_text) {
+            (Some(path), _) => PromptInit::Vectors {
                 rows: outputs::read_prompt(path, config.prompt_length)?,
             },
-            None => PromptInit::Zeros,
+            (None, Some(text)) => PromptInit::Text { text: text.clone() },
+            (None, None) => PromptInit::Zeros,
         },
         loss: config.loss,
         deep: config.deep,

@@ -387,7 +387,7 @@ fn run_api(
             let start = if dir.join(CHECKPOINT_FILE).exists() {
                 Start::Resume
             } else {
-                Start::Fresh(black_box_config(grid, cell, kind, out)?)
+                Start::Fresh(Box::new(black_box_config(grid, cell, kind, out)?))
             };
             let quiet = ProgressOptions {
                 quiet: true,

@@ -158,6 +158,24 @@ pub fn build_session(
                 .embed_tokens(ids)
                 .map_err(|e| CoreError::Invalid(format!("p0: {e:#}")))?
         }
+        PromptInit::Text { text } => {
+            let ids = engine
+                .tokenizer()
+                .encode(text)
+                .map_err(|e| CoreError::Invalid(format!("p0 text: {e:#}")))?;
+            if ids.is_empty() {
+                return Err(CoreError::Invalid(
+                    "p0 text has no tokens: give an instruction or demonstrations".into(),
+                ));
+            }
+            let ids: Vec<u32> = ids
+                .iter()
+                .copied()
+                .cycle()
+                .take(req.prompt_length)
+                .collect();
+            engine.embed_tokens(&ids).map_err(internal)?
+        }
         PromptInit::Vectors { rows } => {
             if rows.len() != req.prompt_length {
                 return Err(CoreError::Invalid(format!(
