@@ -229,6 +229,60 @@ fn deep_prompt_at_layer_zero_equals_shifting_the_prompt() {
         .any(|(a, b)| (a - b).abs() > 1e-3));
 }
 
+/// BBTv2 in the suffix placement: deep vectors at prompt positions after the cached texts. The
+/// texts' keys/values do not depend on the prompt, so the cached pass must equal each row run
+/// whole on its own, for both architectures and for several candidates at once.
+#[test]
+fn deep_prompts_after_cached_texts_equal_one_at_a_time() {
+    for architecture in [Architecture::Llama, Architecture::Gemma3] {
+        let engine = tiny_engine(architecture);
+        let layers = engine.config().num_layers;
+        let hidden = engine.config().hidden_size;
+        let prompts: Vec<Prompt> = (0..2)
+            .map(|_| Prompt {
+                embeddings: randn(&[3, hidden], 1.0),
+                deep: Some(randn(&[layers, 3, hidden], 0.5)),
+            })
+            .collect();
+        let texts = vec![ids(1, 5), ids(2, 3), ids(3, 7)];
+        let tails = vec![ids(4, 2), ids(5, 2), ids(6, 3)];
+        let cache = engine.cache_texts(&texts).unwrap();
+        let cached = engine
+            .score_suffix(&cache, &prompts, &tails, &Readout::FullVocabulary)
+            .unwrap()
+            .logits
+            .to_vec2()
+            .unwrap();
+        let mut alone = Vec::new();
+        for p in &prompts {
+            for (text, tail) in texts.iter().zip(&tails) {
+                let row = Row::new(vec![
+                    Segment::Tokens([BOS].iter().chain(text).copied().collect()),
+                    Segment::Prompt(0),
+                    Segment::Tokens(tail.clone()),
+                ]);
+                alone.extend(run(&engine, &[row], std::slice::from_ref(p)));
+            }
+        }
+        assert_close(&cached, &alone, 1e-4);
+        // The deep vectors matter here (they are not dropped on the cached path).
+        let shallow: Vec<Prompt> = prompts
+            .iter()
+            .map(|p| Prompt::new(p.embeddings.clone()))
+            .collect();
+        let without: Vec<Vec<f32>> = engine
+            .score_suffix(&cache, &shallow, &tails, &Readout::FullVocabulary)
+            .unwrap()
+            .logits
+            .to_vec2()
+            .unwrap();
+        assert!(without[0]
+            .iter()
+            .zip(&cached[0])
+            .any(|(a, b)| (a - b).abs() > 1e-3));
+    }
+}
+
 #[test]
 fn sliding_window_limits_what_local_layers_see() {
     // Window 4, 3 local layers: the last position's receptive field is 3 * (4 - 1) = 9 tokens.

@@ -949,11 +949,35 @@ async fn deep_sessions_tune_one_layer_at_a_time() {
         )
         .await;
     assert_eq!(status, 422, "{e}");
+    assert_eq!(eval(2, vec![vec![0.0; 6]]).await[0], seen);
+
+    // The suffix placement (the prompt after the cached texts): at zero its deep prompt is a
+    // shallow suffix session's p0, and a layer's candidates move the loss.
     let mut suffix = body.clone();
     suffix["placement"] = json!("suffix");
-    let (status, e) = s.post("/v1/sessions", None, &suffix).await;
-    assert_eq!(status, 422, "{e}");
-    assert_eq!(eval(2, vec![vec![0.0; 6]]).await[0], seen);
+    let (status, info) = s.post("/v1/sessions", None, &suffix).await;
+    assert_eq!(status, 201, "{info}");
+    let deep_suffix = info["id"].as_str().unwrap().to_string();
+    let shallow_suffix = create(&s, None, "suffix").await;
+    let loss_of = |id: String, body: Value| {
+        let s = &s;
+        async move {
+            let (status, r) = s
+                .post(&format!("/v1/sessions/{id}/evaluate"), None, &body)
+                .await;
+            assert_eq!(status, 200, "{r}");
+            losses(&r)
+        }
+    };
+    let flat = loss_of(shallow_suffix, json!({"candidates": [vec![0f32; 6]]})).await[0];
+    let zero = loss_of(
+        deep_suffix.clone(),
+        json!({"candidates": [vec![0f32; 6]], "layer": 0}),
+    )
+    .await[0];
+    assert!((zero - flat).abs() < 1e-5, "{zero} vs {flat}");
+    let moved = loss_of(deep_suffix, json!({"candidates": cands, "layer": 1})).await;
+    assert!(moved.iter().all(|l| (l - zero).abs() > 1e-7), "{moved:?}");
 }
 
 /// The rows of a JSON matrix.

@@ -47,7 +47,8 @@ pub struct TuneConfig {
     pub zero_shot: bool,
     /// BBTv2 (Sun et al., EMNLP 2022): a prompt at every layer, one projection and one CMA-ES
     /// per layer, tuned by divide and conquer (each round runs one generation per layer, the
-    /// other layers fixed at their best). Prefix placement only. BBT: off.
+    /// other layers fixed at their best). In the suffix placement the texts stay cached across
+    /// calls, as for BBT. BBT: off.
     #[serde(default)]
     pub deep: bool,
     /// Score only a fixed subset of N test examples (the same ones for every seed and method),
@@ -176,9 +177,6 @@ impl TuneConfig {
         }
         if self.p0_text.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err("p0_text is empty".into());
-        }
-        if self.deep && self.placement != Placement::Prefix {
-            return Err("a deep prompt (BBTv2) needs the prefix placement".into());
         }
         if self.prompt_length == 0 {
             return Err("prompt_length must be at least 1".into());

@@ -117,7 +117,7 @@ impl Preset {
                     demonstrations, the context of the paper's RoBERTa. BBT runs the \
                     quickstart settings (5 prompt vectors before the template's tail, so each \
                     call reuses the server's cached texts; d = 100; population 20) for 300 \
-                    calls. BBTv2 needs the prefix placement, where every call runs the whole \
+                    calls. BBTv2 runs in the prefix placement (the paper's), where every call runs the whole \
                     texts (on AG's News about 4x a BBT call), so it gets one \
                     divide-and-conquer round: one generation of 5 per layer, 150 calls on 30 \
                     layers, L = 5, d = 100. The gradient methods take 12 steps of 16 examples \

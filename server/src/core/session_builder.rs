@@ -249,18 +249,14 @@ const SPREAD_CLIP_ROUNDS: usize = 5;
 const SPREAD_EXAMPLES: usize = 64;
 
 /// BBTv2's per-layer projections, scaled by the spread of the hidden states entering each
-/// layer when the model reads the training inputs `[bos][p0][text]`.
+/// layer when the model reads the training inputs with `p0` in the session's placement
+/// (`[bos][p0][text]` or `[bos][text][p0][template tail]`).
 fn deep_projection(
     engine: &Engine,
     req: &CreateSessionRequest,
     train: &EncodedSplit,
     p0: Tensor,
 ) -> Result<SessionProjection, CoreError> {
-    if req.placement != Placement::Prefix {
-        return Err(CoreError::Invalid(
-            "deep prompts need the prefix placement".into(),
-        ));
-    }
     if req.prompt_length == 0 {
         return Err(CoreError::Invalid(
             "deep prompts need prompt_length of at least 1".into(),
@@ -273,10 +269,14 @@ fn deep_projection(
         .zip(&train.tails)
         .take(SPREAD_EXAMPLES)
         .map(|(h, t)| {
+            let (before, after) = match req.placement {
+                Placement::Prefix => (bos.clone(), h.iter().chain(t).copied().collect()),
+                Placement::Suffix => (bos.iter().chain(h).copied().collect(), t.clone()),
+            };
             Row::new(vec![
-                Segment::Tokens(bos.clone()),
+                Segment::Tokens(before),
                 Segment::Prompt(0),
-                Segment::Tokens(h.iter().chain(t).copied().collect()),
+                Segment::Tokens(after),
             ])
         })
         .collect();
