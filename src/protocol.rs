@@ -92,6 +92,13 @@ pub enum PromptInit {
     /// demonstrations, as BBT-RGB starts its prompt): its first `L` tokens, repeated from its
     /// start when it has fewer, so every prompt vector is a word embedding of the model's own.
     Text { text: String },
+    /// `p0` = the embeddings of the first `L` tokens of in-context demonstrations: training
+    /// examples in the session's template, each followed by its label word, in the order drawn
+    /// from `seed` (BBT-RGB's other textual start).
+    Demonstrations {
+        #[serde(default)]
+        seed: u64,
+    },
 }
 
 /// The training loss the server reports per candidate.

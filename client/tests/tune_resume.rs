@@ -297,6 +297,18 @@ fn a_run_starts_from_another_runs_prompt() {
         instructed_result["curve"], plain["curve"],
         "another starting point, another search"
     );
+    // `--p0-demonstrations`: the server builds them from the run's training split and seed.
+    let demonstrated = dir.path().join("demonstrated");
+    let mut args = tune_args(server.url(), &task, &demonstrated, BBT_RUN);
+    args.push("--p0-demonstrations".into());
+    run_to_end(&args);
+    let checkpoint: Value = serde_json::from_str(
+        &std::fs::read_to_string(demonstrated.join("checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    let p0 = &checkpoint["session_request"]["p0"];
+    assert_eq!(p0["kind"], "demonstrations");
+    assert_eq!(p0["seed"], checkpoint["config"]["seed"]);
     let mut both = tune_args(server.url(), &task, &dir.path().join("both"), BBT_RUN);
     both.extend(["--p0-text", "x", "--p0-from", source.to_str().unwrap()].map(String::from));
     let out = Command::new(BBT).args(&both).output().unwrap();

@@ -212,6 +212,7 @@ fn any_json() -> impl Strategy<Value = Value> {
         "tokens",
         "vectors",
         "text",
+        "demonstrations",
     ]);
     let leaf = prop_oneof![
         Just(Value::Null),

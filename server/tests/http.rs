@@ -1272,6 +1272,37 @@ async fn a_prompt_can_start_from_the_embeddings_of_a_text() {
     let (status, err) = p0_rows("").await.unwrap_err();
     assert_eq!(status, 422);
     assert!(err.to_string().contains("p0 text"), "{err}");
+
+    // Demonstrations: the session's training examples in its template with their label words,
+    // the first L tokens of them; the order (and so the start) follows the seed.
+    let demos = |seed: u64| {
+        let mut body = session_body("prefix");
+        body["p0"] = json!({"kind": "demonstrations", "seed": seed});
+        let s = &s;
+        async move {
+            let (status, info) = s.post("/v1/sessions", None, &body).await;
+            assert_eq!(status, 201, "{info}");
+            let id = info["id"].as_str().unwrap();
+            let (_, p) = s
+                .post(
+                    &format!("/v1/sessions/{id}/prompt"),
+                    None,
+                    &json!({"z": vec![0.0f32; 6]}),
+                )
+                .await;
+            rows(&p["prompt"])
+        }
+    };
+    let first = demos(1).await;
+    assert_eq!(first.len(), 3);
+    assert!(first.iter().all(|r| r.iter().any(|&v| v != 0.0)));
+    assert_eq!(demos(1).await, first, "the same seed, the same start");
+    let other = (2..6).map(demos);
+    let mut differs = false;
+    for d in other {
+        differs |= d.await != first;
+    }
+    assert!(differs, "another order, another start");
 }
 
 /// The status `GET /v1/sessions/{id}` answers `key`.

@@ -101,6 +101,10 @@ pub struct SettingArgs {
     /// first L tokens, repeated when it has fewer), embedded by the server.
     #[arg(long)]
     pub p0_text: Option<String>,
+    /// Start from demonstrations: p0 = the embeddings of the first L tokens of training
+    /// examples with their label words (in an order drawn from the seed), built by the server.
+    #[arg(long)]
+    pub p0_demonstrations: bool,
     /// Training calls, out of the budget, for a local search after CMA-ES: COBYLA started from
     /// CMA-ES's best z (BBT-RGB's two-stage search); 0 for CMA-ES only.
     #[arg(long)]
@@ -154,6 +158,7 @@ impl SettingArgs {
         }
         c.diagonal |= self.diagonal;
         c.zero_shot |= self.zero_shot;
+        c.p0_demonstrations |= self.p0_demonstrations;
         if self.bound.is_some() {
             c.bound = self.bound;
         }

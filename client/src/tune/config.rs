@@ -65,6 +65,11 @@ pub struct TuneConfig {
     /// server. Paper: none (`p0 = 0`).
     #[serde(default)]
     pub p0_text: Option<String>,
+    /// Start from demonstrations (as BBT-RGB does): `p0` = the embeddings of the first `L`
+    /// tokens of training examples in the template, each followed by its label word, in an
+    /// order drawn from the run's seed; assembled and embedded by the server. Paper: off.
+    #[serde(default)]
+    pub p0_demonstrations: bool,
     /// Training calls, out of `budget`, given to a local search after CMA-ES: COBYLA started
     /// from the best `z` CMA-ES found, one candidate per call (BBT-RGB's two-stage search, Sun
     /// et al. 2024). Paper (BBT): 0, CMA-ES only.
@@ -105,6 +110,7 @@ impl TuneConfig {
             test_limit: None,
             p0_from: None,
             p0_text: None,
+            p0_demonstrations: false,
             local_calls: 0,
             local_radius: default_local_radius(),
         }
@@ -169,11 +175,18 @@ impl TuneConfig {
                     .into(),
             );
         }
-        if self.deep && (self.p0_from.is_some() || self.p0_text.is_some()) {
-            return Err("p0_from and p0_text set BBT's input prompt, not BBTv2's".into());
+        let p0_sources = [
+            self.p0_from.is_some(),
+            self.p0_text.is_some(),
+            self.p0_demonstrations,
+        ];
+        if self.deep && p0_sources.contains(&true) {
+            return Err(
+                "p0_from, p0_text and p0_demonstrations set BBT's input prompt, not BBTv2's".into(),
+            );
         }
-        if self.p0_from.is_some() && self.p0_text.is_some() {
-            return Err("p0_from and p0_text both set p0: choose one".into());
+        if p0_sources.iter().filter(|&&set| set).count() > 1 {
+            return Err("p0_from, p0_text and p0_demonstrations each set p0: choose one".into());
         }
         if self.p0_text.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err("p0_text is empty".into());

@@ -166,6 +166,9 @@ pub fn session_request(
                 rows: outputs::read_prompt(path, config.prompt_length)?,
             },
             (None, Some(text)) => PromptInit::Text { text: text.clone() },
+            (None, None) if config.p0_demonstrations => {
+                PromptInit::Demonstrations { seed: config.seed }
+            }
             (None, None) => PromptInit::Zeros,
         },
         loss: config.loss,

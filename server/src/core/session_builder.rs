@@ -168,13 +168,25 @@ pub fn build_session(
                     "p0 text has no tokens: give an instruction or demonstrations".into(),
                 ));
             }
-            let ids: Vec<u32> = ids
-                .iter()
-                .copied()
-                .cycle()
-                .take(req.prompt_length)
-                .collect();
-            engine.embed_tokens(&ids).map_err(internal)?
+            embed_first_tokens(engine, &ids, req.prompt_length)?
+        }
+        PromptInit::Demonstrations { seed } => {
+            let built = demonstrations::assemble(
+                engine.tokenizer(),
+                &spec,
+                &verbalizer,
+                &splits[&SplitName::Train],
+                *seed,
+                None,
+                usize::MAX,
+            )
+            .map_err(|e| CoreError::Invalid(format!("p0 demonstrations: {e:#}")))?;
+            if built.ids.is_empty() {
+                return Err(CoreError::Invalid(
+                    "p0 demonstrations: the session has no training examples".into(),
+                ));
+            }
+            embed_first_tokens(engine, &built.ids, req.prompt_length)?
         }
         PromptInit::Vectors { rows } => {
             if rows.len() != req.prompt_length {
@@ -239,6 +251,13 @@ fn content_free_inputs(spec: &TaskSpec) -> Vec<Example> {
             label: 0,
         })
         .collect()
+}
+
+/// The embeddings of the first `len` of `ids` (repeated from the start when there are fewer):
+/// a prompt of the model's own word embeddings.
+fn embed_first_tokens(engine: &Engine, ids: &[u32], len: usize) -> Result<Tensor, CoreError> {
+    let ids: Vec<u32> = ids.iter().copied().cycle().take(len).collect();
+    engine.embed_tokens(&ids).map_err(internal)
 }
 
 /// Rounds of 3-sigma clipping when measuring hidden-state spreads (as the BBTv2 reference code).
