@@ -1,7 +1,7 @@
 #!/bin/bash
 # BBTv2 call cost, prefix vs suffix placement (MR, L = 5, d = 100, one round of 2 calls per layer).
 while pgrep -f "p0_text.sh|two_stage.sh" >/dev/null; do sleep 10; done
-BBT=/work/main/target/release/bbt
+BBT=${BBT:-target/release/bbt}
 $BBT serve --bind 127.0.0.1:8092 > server3.log 2>&1 &
 SERVER=$!
 for i in $(seq 60); do curl -sf http://127.0.0.1:8092/health >/dev/null && break; sleep 2; done

@@ -1,7 +1,7 @@
 #!/bin/bash
 # MR, quick preset with p0 from an instruction, seeds 13 42 87 (after two_stage.sh).
 while pgrep -f two_stage.sh >/dev/null; do sleep 10; done
-BBT=/work/main/target/release/bbt
+BBT=${BBT:-target/release/bbt}
 $BBT serve --bind 127.0.0.1:8091 > server2.log 2>&1 &
 SERVER=$!
 for i in $(seq 60); do curl -sf http://127.0.0.1:8091/health >/dev/null && break; sleep 2; done

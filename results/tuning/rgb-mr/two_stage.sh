@@ -1,6 +1,6 @@
 #!/bin/bash
 # MR, quick preset: CMA-ES 600 vs CMA-ES 400 + COBYLA 200, seeds 13 42 87.
-BBT=/work/main/target/release/bbt
+BBT=${BBT:-target/release/bbt}
 $BBT serve --bind 127.0.0.1:8090 > server.log 2>&1 &
 SERVER=$!
 for i in $(seq 60); do curl -sf http://127.0.0.1:8090/health >/dev/null && break; sleep 2; done
