@@ -60,6 +60,22 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// BBT's settings beyond the preset's (BBT-RGB's techniques, as `bbt tune` has them).
+    #[command(flatten)]
+    black_box: BlackBoxSettings,
+}
+
+/// Settings of the BBT runs (`bbt` and `bbt-from-TASK`) on top of the preset's.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct BlackBoxSettings {
+    /// Calls of each BBT run's budget given to COBYLA after CMA-ES, from its best z (BBT-RGB's
+    /// two-stage search; `bbt tune --local-calls`).
+    #[arg(long, default_value_t = 0)]
+    pub local_calls: u64,
+    /// BBT's prompt starts from the embeddings of this instruction (`bbt tune --p0-text`); not
+    /// for the transfer methods, which start from another task's prompt.
+    #[arg(long)]
+    pub p0_text: Option<String>,
 }
 
 /// The grid a comparison covers.
@@ -68,6 +84,7 @@ pub struct Grid {
     pub tasks: Vec<String>,
     pub methods: Vec<String>,
     pub seeds: Vec<u64>,
+    pub black_box: BlackBoxSettings,
 }
 
 impl Grid {
@@ -80,6 +97,7 @@ impl Grid {
                 .clone()
                 .unwrap_or_else(|| preset.methods.clone()),
             seeds: args.seeds.clone().unwrap_or_else(|| preset.seeds.clone()),
+            black_box: args.black_box.clone(),
             preset,
         };
         for m in &grid.methods {
@@ -125,6 +143,7 @@ impl Grid {
             tasks: append_new(&self.tasks, tasks),
             methods: append_new(&self.methods, methods),
             seeds: append_new(&self.seeds, seeds),
+            black_box: self.black_box.clone(),
         })
     }
 }
@@ -410,6 +429,12 @@ fn black_box_config(
 ) -> anyhow::Result<bbt_client::tune::config::TuneConfig> {
     let deep = kind == (MethodKind::BlackBox { deep: true });
     let mut config = grid.preset.black_box(&cell.task, cell.seed, deep);
+    if !deep {
+        config.local_calls = grid.black_box.local_calls;
+    }
+    if kind == (MethodKind::BlackBox { deep: false }) {
+        config.p0_text = grid.black_box.p0_text.clone();
+    }
     if kind == MethodKind::Transfer {
         let source_task = cell
             .method
@@ -507,10 +532,41 @@ mod tests {
             tasks: vec!["mr".into()],
             methods: vec!["lora".into(), "bbt".into()],
             seeds: vec![42],
+            black_box: BlackBoxSettings::default(),
         };
         let shown = grid.with_results_in(out.path()).unwrap();
         assert_eq!(shown.tasks, ["mr", "agnews"]);
         assert_eq!(shown.methods, ["lora", "bbt", "icl"]);
         assert_eq!(shown.seeds, [42, 5, 13]);
+    }
+
+    #[test]
+    fn black_box_settings_reach_the_bbt_runs_only() {
+        let grid = Grid {
+            preset: Preset::named("cpu").unwrap(),
+            tasks: vec!["mr".into()],
+            methods: vec!["bbt".into(), "bbtv2".into()],
+            seeds: vec![42],
+            black_box: BlackBoxSettings {
+                local_calls: 100,
+                p0_text: Some(" Review:".into()),
+            },
+        };
+        let config = |method: &str| {
+            let cell = Cell {
+                task: "mr".into(),
+                method: method.into(),
+                seed: 42,
+            };
+            let kind = MethodKind::parse(method).unwrap();
+            black_box_config(&grid, &cell, kind, Path::new("unused")).unwrap()
+        };
+        let bbt = config("bbt");
+        assert_eq!(bbt.local_calls, 100);
+        assert_eq!(bbt.p0_text.as_deref(), Some(" Review:"));
+        assert!(bbt.validate().is_ok(), "{:?}", bbt.validate());
+        let deep = config("bbtv2");
+        assert_eq!(deep.local_calls, 0);
+        assert_eq!(deep.p0_text, None);
     }
 }

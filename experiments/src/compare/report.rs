@@ -351,6 +351,7 @@ mod tests {
             tasks: vec!["mr".into()],
             methods: vec!["bbt".into(), "lora".into()],
             seeds: vec![13, 42],
+            black_box: Default::default(),
         };
         for (seed, accuracy) in [(13, 0.80), (42, 0.90)] {
             let cell = Cell {
@@ -407,6 +408,7 @@ mod tests {
             tasks: vec!["mr".into(), "sst2".into()],
             methods: vec!["bbt".into(), "bbt-from-sst2".into()],
             seeds: vec![13, 42],
+            black_box: Default::default(),
         };
         let finished = |method: &str, seed, accuracy| Finished {
             summary: fake(method, "mr", seed, accuracy),
