@@ -1202,16 +1202,15 @@ async fn baseline_routes_demonstrations_content_free_features_and_score() {
     }
 }
 
-#[tokio::test]
-async fn a_prompt_given_as_vectors_is_the_starting_point() {
-    let s = start(Limits::default(), ApiKeys::open()).await;
-    let rows: Vec<Vec<f32>> = (0..3)
-        .map(|i| (0..32).map(|j| ((i * 32 + j) as f32 * 0.1).sin()).collect())
-        .collect();
+/// A prefix session started from `p0`, and its prompt at z = 0 (i.e. `p0` itself); the status
+/// and body when the session is refused.
+async fn starting_prompt(s: &Server, p0: Value) -> Result<Vec<Vec<f32>>, (u16, Value)> {
     let mut body = session_body("prefix");
-    body["p0"] = json!({"kind": "vectors", "rows": rows});
+    body["p0"] = p0;
     let (status, info) = s.post("/v1/sessions", None, &body).await;
-    assert_eq!(status, 201, "{info}");
+    if status != 201 {
+        return Err((status, info));
+    }
     let id = info["id"].as_str().unwrap();
     let (_, p) = s
         .post(
@@ -1220,13 +1219,22 @@ async fn a_prompt_given_as_vectors_is_the_starting_point() {
             &json!({"z": vec![0.0f32; 6]}),
         )
         .await;
-    assert_eq!(self::rows(&p["prompt"]), rows);
+    Ok(rows(&p["prompt"]))
+}
+
+#[tokio::test]
+async fn a_prompt_given_as_vectors_is_the_starting_point() {
+    let s = start(Limits::default(), ApiKeys::open()).await;
+    let rows: Vec<Vec<f32>> = (0..3)
+        .map(|i| (0..32).map(|j| ((i * 32 + j) as f32 * 0.1).sin()).collect())
+        .collect();
+    let started = starting_prompt(&s, json!({"kind": "vectors", "rows": rows})).await;
+    assert_eq!(started.unwrap(), rows);
     for bad in [
         json!({"kind": "vectors", "rows": rows[..2]}),
         json!({"kind": "vectors", "rows": [vec![1.0f32; 31], vec![1.0f32; 32], vec![1.0f32; 32]]}),
     ] {
-        body["p0"] = bad;
-        let (status, err) = s.post("/v1/sessions", None, &body).await;
+        let (status, err) = starting_prompt(&s, bad).await.unwrap_err();
         assert_eq!(status, 422, "{err}");
     }
 }
@@ -1234,26 +1242,7 @@ async fn a_prompt_given_as_vectors_is_the_starting_point() {
 #[tokio::test]
 async fn a_prompt_can_start_from_the_embeddings_of_a_text() {
     let s = start(Limits::default(), ApiKeys::open()).await;
-    let p0_rows = |text: &str| {
-        let mut body = session_body("prefix");
-        body["p0"] = json!({"kind": "text", "text": text});
-        let s = &s;
-        async move {
-            let (status, info) = s.post("/v1/sessions", None, &body).await;
-            if status != 201 {
-                return Err((status, info));
-            }
-            let id = info["id"].as_str().unwrap();
-            let (_, p) = s
-                .post(
-                    &format!("/v1/sessions/{id}/prompt"),
-                    None,
-                    &json!({"z": vec![0.0f32; 6]}),
-                )
-                .await;
-            Ok(rows(&p["prompt"]))
-        }
-    };
+    let p0_rows = |text: &str| starting_prompt(&s, json!({"kind": "text", "text": text}));
     // Two words (the verbalizer's, one token each) fill L = 3 as word, word, first word again.
     let two = p0_rows(" t50 t51").await.unwrap();
     assert_eq!(two.len(), 3);
@@ -1276,21 +1265,10 @@ async fn a_prompt_can_start_from_the_embeddings_of_a_text() {
     // Demonstrations: the session's training examples in its template with their label words,
     // the first L tokens of them; the order (and so the start) follows the seed.
     let demos = |seed: u64| {
-        let mut body = session_body("prefix");
-        body["p0"] = json!({"kind": "demonstrations", "seed": seed});
         let s = &s;
         async move {
-            let (status, info) = s.post("/v1/sessions", None, &body).await;
-            assert_eq!(status, 201, "{info}");
-            let id = info["id"].as_str().unwrap();
-            let (_, p) = s
-                .post(
-                    &format!("/v1/sessions/{id}/prompt"),
-                    None,
-                    &json!({"z": vec![0.0f32; 6]}),
-                )
-                .await;
-            rows(&p["prompt"])
+            let p0 = json!({"kind": "demonstrations", "seed": seed});
+            starting_prompt(s, p0).await.unwrap()
         }
     };
     let first = demos(1).await;
