@@ -9,7 +9,6 @@
 use std::alloc::Layout;
 use std::ptr::NonNull;
 
-use half::bf16;
 use rayon::prelude::*;
 
 use super::library::{Blas, MklPacking, B_MATRIX, NO_TRANS, PACKED, ROW_MAJOR, TRANS};
@@ -140,8 +139,7 @@ impl PackedWeight {
                             buf
                         }
                         Precision::Bf16 => {
-                            let rounded: Vec<u16> =
-                                src.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+                            let rounded: Vec<u16> = src.iter().map(|&v| bf16_bits(v)).collect();
                             let buf = AlignedBuf::new((mkl.bf16_pack_get_size)(B_MATRIX, 1, n, k));
                             (mkl.bf16_pack)(
                                 ROW_MAJOR,
@@ -245,17 +243,34 @@ impl PackedWeight {
     }
 }
 
-/// `x` rounded to bf16 (nearest even), as raw bits, rows in parallel.
+/// `x` rounded to bf16 (nearest even, NaN kept a quiet NaN), as raw bits, in parallel chunks
+/// that the compiler vectorises (the same rounding as `half::bf16::from_f32`).
 fn to_bf16_bits(x: &[f32], row: usize) -> Vec<u16> {
-    let mut out = vec![0u16; x.len()];
-    out.par_chunks_mut(row.max(1) * 64)
-        .zip(x.par_chunks(row.max(1) * 64))
+    let mut out = Vec::with_capacity(x.len());
+    let chunk = row.max(1) * 64;
+    out.spare_capacity_mut()
+        .par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
         .for_each(|(o, x)| {
             for (o, &v) in o.iter_mut().zip(x) {
-                *o = bf16::from_f32(v).to_bits();
+                o.write(bf16_bits(v));
             }
         });
+    // SAFETY: the chunks above wrote every one of the `x.len()` elements.
+    unsafe { out.set_len(x.len()) };
     out
+}
+
+/// One f32 rounded to bf16 bits: nearest, ties to even; NaN stays a (quiet) NaN.
+#[inline(always)]
+fn bf16_bits(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    if v.is_nan() {
+        ((bits >> 16) | 0x0040) as u16
+    } else {
+        rounded as u16
+    }
 }
 
 /// The output columns each thread computes: `(start, len)`, one slice per rayon thread (fewer
@@ -342,4 +357,55 @@ pub fn matmul_nt(blas: &Blas, x: &[f32], w: &[f32], m: usize, k: usize, n: usize
 /// `a @ b` for row-major `a` `[m, k]` and `b` `[k, n]` (e.g. a gradient times a weight).
 pub fn sgemm(blas: &Blas, a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     parallel_sgemm(blas, a, b, (m, k, n), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    #[test]
+    fn bf16_rounding_matches_half_on_every_kind_of_value() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            1e-40,
+            -1e-40,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            // Ties: halfway between two bf16 values, rounding to the even one.
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f81_8000),
+        ];
+        // A spread of bit patterns over the whole range, including the rounding boundaries.
+        let mut bits = 0x1234_5678u32;
+        for _ in 0..100_000 {
+            bits = bits.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            values.push(f32::from_bits(bits));
+            values.push(f32::from_bits((bits & 0xffff_0000) | 0x7fff));
+            values.push(f32::from_bits((bits & 0xffff_0000) | 0x8000));
+        }
+        values.retain(|v| !v.is_nan());
+        let ours = to_bf16_bits(&values, 7);
+        for (&v, &b) in values.iter().zip(&ours) {
+            assert_eq!(b, bf16::from_f32(v).to_bits(), "{v:e} ({:#x})", v.to_bits());
+        }
+        for nan in [
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0xffff_ffff),
+        ] {
+            assert!(
+                bf16::from_bits(bf16_bits(nan)).is_nan(),
+                "{:#x}",
+                nan.to_bits()
+            );
+        }
+    }
 }

@@ -137,7 +137,20 @@ impl Decoder {
     }
 
     /// Runs all layers over a packed batch.
+    ///
+    /// On the CPU the whole pass runs on one of rayon's worker threads: every kernel inside it
+    /// splits its work over the pool, and a caller outside the pool would otherwise be put to
+    /// sleep and woken again around each of those hundreds of parallel steps.
     pub fn run(&self, input: PackedInput) -> anyhow::Result<PackedOutput> {
+        if self.device.is_cpu() && rayon::current_thread_index().is_none() {
+            rayon::scope(|_| self.run_layers(input))
+        } else {
+            self.run_layers(input)
+        }
+    }
+
+    /// [`Decoder::run`] on the calling thread.
+    fn run_layers(&self, input: PackedInput) -> anyhow::Result<PackedOutput> {
         let cfg = &self.cfg;
         let b = input.lengths.len();
         anyhow::ensure!(b > 0, "empty batch");
