@@ -25,7 +25,7 @@ pub enum Precision {
 /// Output columns per packed slice are a multiple of this (whole vector registers).
 const COLUMN_QUANTUM: usize = 16;
 
-/// A zeroed, 64-byte aligned heap buffer (what MKL recommends for packed matrices).
+/// A 64-byte aligned heap buffer (what MKL recommends for packed matrices).
 struct AlignedBuf {
     ptr: NonNull<u8>,
     layout: Layout,
@@ -36,10 +36,13 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
+    /// An uninitialised buffer: the packing routine writes what it later reads. oneMKL asks
+    /// for far more than a small weight's packed form needs (about 10 MB for a 288 × 576 slice),
+    /// so the pages it never writes must stay untouched, or the server's memory would triple.
     fn new(bytes: usize) -> Self {
         let layout = Layout::from_size_align(bytes.max(64), 64).expect("valid layout");
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = unsafe { std::alloc::alloc(layout) };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         Self { ptr, layout }
     }
