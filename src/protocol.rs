@@ -177,7 +177,7 @@ pub struct CreateSessionRequest {
     pub p0: PromptInit,
     #[serde(default)]
     pub loss: Loss,
-    /// BBTv2's deep prompt (prefix placement only): every layer gets its own projection `A_l`
+    /// BBTv2's deep prompt (either placement): every layer gets its own projection `A_l`
     /// and prompt `A_l·z_l`, added to the hidden states at the prompt positions as they enter
     /// layer `l`. The session keeps each layer's chosen `z_l` (set with
     /// `PUT /v1/sessions/{id}/layers/{l}`, zero at first), and `evaluate` names the layer its

@@ -37,6 +37,10 @@ pub struct Args {
     /// Prompt placement (suffix keeps a warm text cache per session).
     #[arg(long, default_value = "suffix")]
     placement: String,
+    /// BBTv2 sessions: a deep prompt (one projection per layer); every request carries
+    /// candidates for one layer, cycling through the first layers, the others at their `z`.
+    #[arg(long, conflicts_with = "soak")]
+    deep: bool,
     /// Measure these running servers (e.g. a load balancer's URL) instead of one in this
     /// process; clients are spread over them in turn.
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["replicas", "soak"])]
@@ -181,6 +185,9 @@ impl Cluster {
     }
 }
 
+/// Deep sessions' requests cycle through this many layers (every layer costs the same pass).
+const DEEP_LAYERS_CYCLED: usize = 4;
+
 /// The nginx configuration operators start from.
 const NGINX_CONF: &str = include_str!("../../deploy/nginx.conf");
 
@@ -245,8 +252,13 @@ async fn measure(args: &Args, bases: &[String], clients: usize) -> anyhow::Resul
     let session_body = json!({
         "task": {"kind": "builtin", "name": "mr", "k": 16, "seed": 42},
         "prompt_length": args.prompt_length, "placement": args.placement,
-        "projection": {"intrinsic_dim": args.dim, "seed": 1}
+        "projection": {"intrinsic_dim": args.dim, "seed": 1}, "deep": args.deep
     });
+    // Deep sessions name the layer each request's candidates are for.
+    let layer = |r: usize| match args.deep {
+        true => format!("&layer={}", r % DEEP_LAYERS_CYCLED),
+        false => String::new(),
+    };
     // One session per client, named by the client (so a balancer routes all of its requests
     // alike), created and warmed (text cache) before timing.
     let warm: Vec<u8> = candidates(0, 1, args.dim)
@@ -268,7 +280,7 @@ async fn measure(args: &Args, bases: &[String], clients: usize) -> anyhow::Resul
             resp.text().await?
         );
         let url = format!("{base}/v1/sessions/{id}/evaluate?split=train&dtype=f32");
-        let resp = with_key(http.post(&url))
+        let resp = with_key(http.post(format!("{url}{}", layer(0))))
             .header("content-type", "application/octet-stream")
             .body(warm.clone())
             .send()
@@ -283,11 +295,13 @@ async fn measure(args: &Args, bases: &[String], clients: usize) -> anyhow::Resul
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (c, url) in sessions.into_iter().enumerate() {
-        let request = with_key(http.post(&url));
         let (population, dim, requests) = (args.population, args.dim, args.requests_per_client);
+        let requests: Vec<_> = (0..requests)
+            .map(|r| with_key(http.post(format!("{url}{}", layer(r)))))
+            .collect();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            for r in 0..requests {
+            for (r, request) in requests.into_iter().enumerate() {
                 let body: Vec<u8> = candidates(1 + c * 100 + r, population, dim)
                     .iter()
                     .flatten()
@@ -295,8 +309,6 @@ async fn measure(args: &Args, bases: &[String], clients: usize) -> anyhow::Resul
                     .collect();
                 let t = Instant::now();
                 let resp = request
-                    .try_clone()
-                    .expect("a body-less request clones")
                     .header("content-type", "application/octet-stream")
                     .body(body)
                     .send()
@@ -322,7 +334,7 @@ async fn measure(args: &Args, bases: &[String], clients: usize) -> anyhow::Resul
     Ok(
         json!({"bench": "server_evaluate", "clients": clients, "requests": latencies.len(),
            "population": args.population, "examples": 32, "prompt_length": args.prompt_length,
-           "placement": args.placement, "p50_s": percentile(&latencies, 0.5),
+           "placement": args.placement, "deep": args.deep, "p50_s": percentile(&latencies, 0.5),
            "p99_s": percentile(&latencies, 0.99), "wall_s": wall, "api_calls_per_s": calls / wall}),
     )
 }
