@@ -1,8 +1,8 @@
 //! `bench-server`: latency and throughput of `/v1/sessions/{id}/evaluate` under 1, 4 and 16
 //! concurrent clients against an in-process server on loopback (or `--servers URL,...`, or
 //! `--replicas 1,2,3` of this binary's server behind nginx), and the bytes a client uploads per
-//! API call in each encoding. One JSON object per line. With `--soak MINUTES`, sustained mixed
-//! load instead ([`crate::soak`]).
+//! API call in each encoding. One JSON object per line. `--deep` measures BBTv2 sessions. With
+//! `--soak MINUTES`, sustained mixed load instead ([`crate::soak`]).
 
 use std::process::Command;
 use std::sync::Arc;
@@ -334,6 +334,7 @@ async fn measure(args: &Args, bases: &[String], clients: usize) -> anyhow::Resul
     Ok(
         json!({"bench": "server_evaluate", "clients": clients, "requests": latencies.len(),
            "population": args.population, "examples": 32, "prompt_length": args.prompt_length,
+           "dim": args.dim,
            "placement": args.placement, "deep": args.deep, "p50_s": percentile(&latencies, 0.5),
            "p99_s": percentile(&latencies, 0.99), "wall_s": wall, "api_calls_per_s": calls / wall}),
     )

@@ -240,7 +240,8 @@ impl PackedWeight {
         self.precision
     }
 
-    /// Bytes held by the packed copy.
+    /// Bytes reserved for the packed copy (what oneMKL asks for; the pages it never writes are
+    /// not resident).
     pub fn bytes(&self) -> usize {
         self.slices.iter().map(|s| s.buf.layout.size()).sum()
     }
