@@ -44,6 +44,13 @@ impl AlignedBuf {
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc(layout) };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        // Unit tests fill the buffer with NaN bytes: a library reading bytes its packing never
+        // wrote then gives NaN products instead of passing on fresh (zeroed) pages.
+        #[cfg(test)]
+        // SAFETY: the buffer holds `layout.size()` bytes.
+        unsafe {
+            std::ptr::write_bytes(ptr.as_ptr(), 0xff, layout.size())
+        };
         Self { ptr, layout }
     }
 }
