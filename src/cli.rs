@@ -8,8 +8,8 @@ use crate::engine::{default_dtype, Engine};
 /// The compute dtype a model is loaded in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DTypeArg {
-    /// bf16 on GPUs and on CPUs with native bf16 matmuls (AMX or AVX512-BF16) once oneMKL is
-    /// loaded; f32 elsewhere.
+    /// bf16 on GPUs and on CPUs with native bf16 matmuls (AMX or AVX512-BF16) once oneMKL
+    /// (Intel) or oneDNN (others) is loaded; f32 elsewhere.
     Auto,
     F32,
     Bf16,

@@ -15,7 +15,8 @@
 //! - [`projection`]: BBT's `A·z + p0`.
 //! - [`scoring`]: a task's examples under candidate prompts -> loss, accuracy, F1.
 //! - [`peft`]: the gradient-based methods the experiments compare BBT with, on the same forward.
-//! - [`blas`]: the CPU's matmul kernels (oneMKL loaded at run time, candle's gemm as fallback).
+//! - [`blas`]: the CPU's matmul kernels (oneMKL, oneDNN or OpenBLAS loaded at run time,
+//!   candle's gemm as fallback).
 //! - [`device`], [`cli`]: `--device` parsing and the `--model/--device` flags of every binary.
 
 pub mod assets;

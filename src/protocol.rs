@@ -32,8 +32,8 @@ pub struct ModelCard {
     /// activations, norms and softmax).
     #[serde(default)]
     pub dtype: String,
-    /// The CPU matmul kernels: `onemkl-2026.2` (oneMKL, prepacked weights) or `candle-gemm`;
-    /// absent on a GPU.
+    /// The CPU matmul kernels: `onemkl-2026.2`, `onednn-3.2.0` (prepacked weights),
+    /// `openblas-0.3.34` or `candle-gemm`; absent on a GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_kernels: Option<String>,
 }

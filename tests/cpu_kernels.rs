@@ -20,7 +20,7 @@ const ARCHITECTURES: [Architecture; 2] = [Architecture::Llama, Architecture::Gem
 /// The libraries to compare with candle's gemm.
 fn libraries() -> Vec<&'static Blas> {
     let require = std::env::var("BBT_REQUIRE_BLAS").is_ok_and(|v| v == "1");
-    [BlasKind::Mkl, BlasKind::OpenBlas]
+    [BlasKind::Mkl, BlasKind::OpenBlas, BlasKind::OneDnn]
         .into_iter()
         .filter_map(|kind| {
             let lib = library(kind);

@@ -47,7 +47,11 @@ fn every_blas_library_gives_candles_logits_on_the_reference_sentences() {
         let mut e = common::load_cpu("smollm2-135m", dtype);
         e.use_cpu_kernels(None).unwrap();
         let want = common::full_logits(&e, &rows, &[]);
-        for kind in [bbt::blas::BlasKind::Mkl, bbt::blas::BlasKind::OpenBlas] {
+        for kind in [
+            bbt::blas::BlasKind::Mkl,
+            bbt::blas::BlasKind::OpenBlas,
+            bbt::blas::BlasKind::OneDnn,
+        ] {
             let Some(blas) = bbt::blas::library(kind) else {
                 assert!(
                     std::env::var("BBT_REQUIRE_BLAS").as_deref() != Ok("1"),

@@ -83,6 +83,12 @@ const PREFILL: (usize, usize) = (32, 64);
 const EXAMPLES: usize = 32;
 const TEXT_TOKENS: usize = 35;
 const PROMPT_LEN: usize = 50;
+/// The CPU libraries measured where they load.
+const LIBRARIES: [bbt::blas::BlasKind; 3] = [
+    bbt::blas::BlasKind::OpenBlas,
+    bbt::blas::BlasKind::Mkl,
+    bbt::blas::BlasKind::OneDnn,
+];
 
 /// One configuration of the engine: a dtype and, on the CPU, a kernel family.
 struct Config {
@@ -109,7 +115,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let cpu = bbt::blas::cpu();
     let kernels = bbt::blas::kernels()?;
     // Load both libraries up front (fetching them on first use) so the timings exclude it.
-    for kind in [bbt::blas::BlasKind::OpenBlas, bbt::blas::BlasKind::Mkl] {
+    for kind in LIBRARIES {
         bbt::blas::library(kind);
     }
     println!(
@@ -120,7 +126,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     matmul_rates(&device, reps)?;
 
     // The engine's configurations: on the CPU, f32 on candle's gemm and on each library that
-    // loads here, and bf16 on oneMKL; `--dtype` other than auto keeps only that dtype.
+    // loads here, and bf16 on each library that packs weights (oneMKL, oneDNN); `--dtype` other
+    // than auto keeps only that dtype.
     let auto = bbt::engine::default_dtype(&device);
     let wanted = |d: DType| {
         args.model.dtype == bbt::cli::DTypeArg::Auto || args.model.dtype_on(&device) == d
@@ -137,7 +144,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     cpu_kernels: Some(None),
                 });
             }
-            for kind in [bbt::blas::BlasKind::OpenBlas, bbt::blas::BlasKind::Mkl] {
+            for kind in LIBRARIES {
                 let Some(blas) = bbt::blas::library(kind) else {
                     continue;
                 };
@@ -194,7 +201,7 @@ fn matmul_rates(device: &candle_core::Device, reps: usize) -> anyhow::Result<()>
     let w = b.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     if let Some(ob) = bbt::blas::library(bbt::blas::BlasKind::OpenBlas) {
         let s = median_seconds(reps, || {
-            bbt::blas::matmul_nt(ob, &x, &w, m, k, n);
+            bbt::blas::matmul_nt(ob, &x, &w, m, k, n)?;
             Ok(())
         })?;
         println!(
@@ -203,24 +210,27 @@ fn matmul_rates(device: &candle_core::Device, reps: usize) -> anyhow::Result<()>
                    "gflops": flop / s / 1e9})
         );
     }
-    let Some(mkl) = bbt::blas::library(bbt::blas::BlasKind::Mkl) else {
-        return Ok(());
-    };
-    for precision in [bbt::blas::Precision::F32, bbt::blas::Precision::Bf16] {
-        let packed = bbt::blas::PackedWeight::pack(mkl, &w, n, k, precision);
-        let s = median_seconds(reps, || {
-            packed.matmul_t(mkl, &x, m);
-            Ok(())
-        })?;
-        let dtype = match precision {
-            bbt::blas::Precision::F32 => "f32",
-            bbt::blas::Precision::Bf16 => "bf16",
+    for kind in [bbt::blas::BlasKind::Mkl, bbt::blas::BlasKind::OneDnn] {
+        let Some(blas) = bbt::blas::library(kind) else {
+            continue;
         };
-        println!(
-            "{}",
-            json!({"bench": "matmul", "kernels": mkl.label(), "dtype": dtype, "packed": true,
-                   "m": m, "k": k, "n": n, "gflops": flop / s / 1e9})
-        );
+        for precision in [bbt::blas::Precision::F32, bbt::blas::Precision::Bf16] {
+            let packed = bbt::blas::PackedWeight::pack(blas, &w, n, k, precision)?;
+            let s = median_seconds(reps, || {
+                packed.matmul_t(blas, &x, m)?;
+                Ok(())
+            })?;
+            let dtype = match precision {
+                bbt::blas::Precision::F32 => "f32",
+                bbt::blas::Precision::Bf16 => "bf16",
+            };
+            println!(
+                "{}",
+                json!({"bench": "matmul", "kernels": blas.label(), "dtype": dtype, "packed": true,
+                       "implementation": packed.implementation(blas),
+                       "m": m, "k": k, "n": n, "gflops": flop / s / 1e9})
+            );
+        }
     }
     Ok(())
 }

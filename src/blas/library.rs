@@ -4,14 +4,17 @@
 //! - **oneMKL** (`mkl`): `cblas_sgemm` plus prepacked weights in f32 (`cblas_sgemm_pack`) and
 //!   bf16 with f32 accumulation (`cblas_gemm_bf16bf16f32_pack`: AMX or AVX512-BF16 where the
 //!   CPU has them), opened with its sequential threading layer;
-//! - **OpenBLAS** (`scipy-openblas32`): `cblas_sgemm`, one thread per call.
+//! - **OpenBLAS** (`scipy-openblas32`): `cblas_sgemm`, one thread per call;
+//! - **oneDNN** (`onednn-cpu-gomp`): matmul primitives per prepared weight, f32 or bf16 with
+//!   f32 accumulation (see [`super::onednn`]), and `dnnl_sgemm`.
 //!
 //! Either way bbt splits each matmul over its own rayon threads (see [`super::packed`]), so no
 //! second thread pool competes with rayon's for the cores.
 
 use std::path::{Path, PathBuf};
 
-use crate::assets::{self, PackageSpec, MKL_WHEEL, OPENBLAS_WHEEL};
+use super::onednn;
+use crate::assets::{self, PackageSpec, MKL_WHEEL, ONEDNN_WHEEL, OPENBLAS_WHEEL};
 
 /// `CBLAS_LAYOUT`, `CBLAS_TRANSPOSE`, `CBLAS_IDENTIFIER` and the packed marker, as in `mkl.h`.
 pub(super) const ROW_MAJOR: i32 = 101;
@@ -38,6 +41,8 @@ const MKL_MEMBERS: [&str; 9] = [
 const MKL_FILE: &str = "libmkl_rt.so.3";
 const OPENBLAS_MEMBERS: [&str; 1] = ["scipy_openblas32/lib/libscipy_openblas.so"];
 const OPENBLAS_FILE: &str = "libscipy_openblas.so";
+const ONEDNN_MEMBERS: [&str; 1] = ["onednn_cpu_gomp-2023.2.0.data/data/lib/libdnnl.so.3"];
+const ONEDNN_FILE: &str = "libdnnl.so.3";
 
 pub(super) type SgemmFn = unsafe extern "C" fn(
     i32,
@@ -104,16 +109,26 @@ pub(super) struct MklPacking {
 /// Which library a [`Blas`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlasKind {
+    /// Intel oneMKL.
     Mkl,
+    /// OpenBLAS, as built for SciPy.
     OpenBlas,
+    /// Intel oneDNN.
+    OneDnn,
+}
+
+/// What a loaded library offers: a CBLAS `sgemm` (oneMKL, OpenBLAS), prepacked weights
+/// (oneMKL, oneDNN).
+pub(super) enum Backend {
+    Mkl { sgemm: SgemmFn, packing: MklPacking },
+    OpenBlas { sgemm: SgemmFn },
+    OneDnn(Box<onednn::Api>),
 }
 
 /// A loaded BLAS library and the entry points bbt calls.
 pub struct Blas {
     kind: BlasKind,
-    pub(super) sgemm: SgemmFn,
-    /// oneMKL only: weights are prepacked.
-    pub(super) packing: Option<MklPacking>,
+    pub(super) backend: Backend,
     release: String,
     path: PathBuf,
     // Keeps the code behind the function pointers mapped; dropped last.
@@ -134,7 +149,7 @@ impl std::fmt::Debug for Blas {
 ///
 /// # Safety
 /// `T` must be the symbol's true signature.
-unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &str) -> anyhow::Result<T> {
+pub(super) unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &str) -> anyhow::Result<T> {
     let sym: libloading::Symbol<T> = lib
         .get(name.as_bytes())
         .map_err(|e| anyhow::anyhow!("symbol {name}: {e}"))?;
@@ -165,15 +180,17 @@ impl Blas {
                 .to_string();
             Ok(Self {
                 kind: BlasKind::Mkl,
-                sgemm: symbol(&lib, "cblas_sgemm")?,
-                packing: Some(MklPacking {
-                    sgemm_pack_get_size: symbol(&lib, "cblas_sgemm_pack_get_size")?,
-                    sgemm_pack: symbol(&lib, "cblas_sgemm_pack")?,
-                    sgemm_compute: symbol(&lib, "cblas_sgemm_compute")?,
-                    bf16_pack_get_size: symbol(&lib, "cblas_gemm_bf16bf16f32_pack_get_size")?,
-                    bf16_pack: symbol(&lib, "cblas_gemm_bf16bf16f32_pack")?,
-                    bf16_compute: symbol(&lib, "cblas_gemm_bf16bf16f32_compute")?,
-                }),
+                backend: Backend::Mkl {
+                    sgemm: symbol(&lib, "cblas_sgemm")?,
+                    packing: MklPacking {
+                        sgemm_pack_get_size: symbol(&lib, "cblas_sgemm_pack_get_size")?,
+                        sgemm_pack: symbol(&lib, "cblas_sgemm_pack")?,
+                        sgemm_compute: symbol(&lib, "cblas_sgemm_compute")?,
+                        bf16_pack_get_size: symbol(&lib, "cblas_gemm_bf16bf16f32_pack_get_size")?,
+                        bf16_pack: symbol(&lib, "cblas_gemm_bf16bf16f32_pack")?,
+                        bf16_compute: symbol(&lib, "cblas_gemm_bf16bf16f32_compute")?,
+                    },
+                },
                 release,
                 path: path.to_path_buf(),
                 _lib: lib,
@@ -200,8 +217,9 @@ impl Blas {
                 .to_string();
             Ok(Self {
                 kind: BlasKind::OpenBlas,
-                sgemm: symbol(&lib, "scipy_cblas_sgemm")?,
-                packing: None,
+                backend: Backend::OpenBlas {
+                    sgemm: symbol(&lib, "scipy_cblas_sgemm")?,
+                },
                 release,
                 path: path.to_path_buf(),
                 _lib: lib,
@@ -209,8 +227,26 @@ impl Blas {
         }
     }
 
-    /// Finds `kind`'s library (`BBT_MKL_LIB` / `BBT_OPENBLAS_LIB`, else the asset cache,
-    /// fetching the pinned wheel on first use) and opens it.
+    /// Opens oneDNN's `libdnnl.so.3` at `path` (3.x, GNU OpenMP runtime).
+    pub fn open_onednn(path: &Path) -> anyhow::Result<Self> {
+        // SAFETY: loading runs oneDNN's initialisers (and GNU OpenMP's, which it links); the
+        // symbols are resolved with `dnnl.h`'s signatures after checking the major version.
+        unsafe {
+            let lib = libloading::Library::new(path)
+                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", path.display()))?;
+            let (api, release) = onednn::Api::open(&lib)?;
+            Ok(Self {
+                kind: BlasKind::OneDnn,
+                backend: Backend::OneDnn(Box::new(api)),
+                release,
+                path: path.to_path_buf(),
+                _lib: lib,
+            })
+        }
+    }
+
+    /// Finds `kind`'s library (`BBT_MKL_LIB` / `BBT_OPENBLAS_LIB` / `BBT_ONEDNN_LIB`, else the
+    /// asset cache, fetching the pinned wheel on first use) and opens it.
     pub fn locate_and_open(kind: BlasKind) -> anyhow::Result<Self> {
         let (var, spec, members, file): (_, _, &[&str], _) = match kind {
             BlasKind::Mkl => ("BBT_MKL_LIB", &MKL_WHEEL, &MKL_MEMBERS, MKL_FILE),
@@ -219,6 +255,12 @@ impl Blas {
                 &OPENBLAS_WHEEL,
                 &OPENBLAS_MEMBERS,
                 OPENBLAS_FILE,
+            ),
+            BlasKind::OneDnn => (
+                "BBT_ONEDNN_LIB",
+                &ONEDNN_WHEEL,
+                &ONEDNN_MEMBERS,
+                ONEDNN_FILE,
             ),
         };
         let path = match std::env::var_os(var).filter(|s| !s.is_empty()) {
@@ -235,6 +277,7 @@ impl Blas {
         match kind {
             BlasKind::Mkl => Self::open_mkl(&path),
             BlasKind::OpenBlas => Self::open_openblas(&path),
+            BlasKind::OneDnn => Self::open_onednn(&path),
         }
     }
 
@@ -243,25 +286,31 @@ impl Blas {
         self.kind
     }
 
-    /// Whether weights are prepacked (oneMKL) and bf16 matmuls run in the library.
+    /// Whether weights are prepacked (oneMKL, oneDNN) and bf16 matmuls run in the library.
     pub fn packs_weights(&self) -> bool {
-        self.packing.is_some()
+        !matches!(self.backend, Backend::OpenBlas { .. })
     }
 
-    /// Whether this library's bf16 matmuls are faster than its f32 ones on this CPU: oneMKL on an
-    /// Intel CPU with AMX or AVX512-BF16. oneMKL does not use AVX512-BF16 on AMD's CPUs (on an
-    /// AMD EPYC Zen 4 its bf16 matmul ran at 127 GFLOP/s against 148 for its f32 one), and
-    /// OpenBLAS's wheel has no bf16 matmul.
+    /// Whether this library's bf16 matmuls are faster than its f32 ones on this CPU: oneDNN on
+    /// any CPU with AMX or AVX512-BF16, oneMKL only on Intel's. oneMKL does not use AVX512-BF16
+    /// on AMD's CPUs (on an AMD EPYC Zen 4 its bf16 matmul ran at 127 GFLOP/s against 148 for
+    /// its f32 one, where oneDNN's reached 381), and OpenBLAS's wheel has no bf16 matmul.
     pub fn has_fast_bf16(&self) -> bool {
         let cpu = super::cpu();
-        self.packs_weights() && cpu.is_intel() && cpu.has_fast_bf16()
+        match self.backend {
+            Backend::OneDnn(_) => cpu.has_fast_bf16(),
+            Backend::Mkl { .. } => cpu.is_intel() && cpu.has_fast_bf16(),
+            Backend::OpenBlas { .. } => false,
+        }
     }
 
-    /// A short label for reports and metrics: `onemkl-2026.2`, `openblas-0.3.34`.
+    /// A short label for reports and metrics: `onemkl-2026.2`, `openblas-0.3.34`,
+    /// `onednn-3.2.0`.
     pub fn label(&self) -> String {
         match self.kind {
             BlasKind::Mkl => format!("onemkl-{}", self.release),
             BlasKind::OpenBlas => format!("openblas-{}", self.release),
+            BlasKind::OneDnn => format!("onednn-{}", self.release),
         }
     }
 

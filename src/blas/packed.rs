@@ -1,6 +1,7 @@
 //! Matmuls through a loaded BLAS, split over rayon's threads by output columns: against
-//! weights prepacked once, at load, into oneMKL's internal layout ([`PackedWeight`]), or
-//! against a plain row-major weight ([`matmul_nt`], any library), and `a @ b` ([`sgemm`]).
+//! weights prepacked once, at load, into oneMKL's internal layout or for oneDNN's matmul
+//! primitives ([`PackedWeight`]), or against a plain row-major weight ([`matmul_nt`], any
+//! library), and `a @ b` ([`sgemm`]).
 //!
 //! Each thread owns a slice of the output columns (for a packed weight, a slice of its rows
 //! packed separately) and runs the single-threaded library on it: the threads never write the
@@ -11,7 +12,8 @@ use std::ptr::NonNull;
 
 use rayon::prelude::*;
 
-use super::library::{Blas, MklPacking, B_MATRIX, NO_TRANS, PACKED, ROW_MAJOR, TRANS};
+use super::library::{Backend, Blas, MklPacking, B_MATRIX, NO_TRANS, PACKED, ROW_MAJOR, TRANS};
+use super::onednn;
 
 /// The element type of a packed weight (and of the activations multiplied with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +28,7 @@ pub enum Precision {
 const COLUMN_QUANTUM: usize = 16;
 
 /// A 64-byte aligned heap buffer (what MKL recommends for packed matrices).
-struct AlignedBuf {
+pub(super) struct AlignedBuf {
     ptr: NonNull<u8>,
     layout: Layout,
 }
@@ -39,7 +41,7 @@ impl AlignedBuf {
     /// An uninitialised buffer: the packing routine writes what it later reads. oneMKL asks
     /// for far more than a small weight's packed form needs (about 10 MB for a 288 × 576 slice),
     /// so the pages it never writes must stay untouched, or the server's memory would triple.
-    fn new(bytes: usize) -> Self {
+    pub(super) fn new(bytes: usize) -> Self {
         let layout = Layout::from_size_align(bytes.max(64), 64).expect("valid layout");
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc(layout) };
@@ -52,6 +54,16 @@ impl AlignedBuf {
             std::ptr::write_bytes(ptr.as_ptr(), 0xff, layout.size())
         };
         Self { ptr, layout }
+    }
+
+    /// The buffer's size in bytes.
+    pub(super) fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// The start of the buffer (libraries write packed weights through it).
+    pub(super) fn as_mut_ptr(&self) -> *mut std::ffi::c_void {
+        self.ptr.as_ptr().cast()
     }
 }
 
@@ -66,7 +78,15 @@ impl Drop for AlignedBuf {
 struct Slice {
     start: usize,
     len: usize,
-    buf: AlignedBuf,
+    data: SliceData,
+}
+
+/// A slice's packed form, per library.
+enum SliceData {
+    /// oneMKL's packed buffer.
+    Mkl(AlignedBuf),
+    /// A oneDNN matmul primitive with its reordered weight.
+    OneDnn(onednn::Matmul),
 }
 
 /// A `[out, in]` weight packed for `x @ W^T`.
@@ -98,148 +118,102 @@ impl OutPtr {
 /// beta = 0 a BLAS routine writes every output element and never reads the old ones).
 ///
 /// # Safety
-/// `fill` must write all `len` elements behind the pointer it is given.
-unsafe fn filled_output(len: usize, fill: impl FnOnce(OutPtr)) -> Vec<f32> {
+/// `fill` must write all `len` elements behind the pointer it is given when it succeeds.
+unsafe fn filled_output(
+    len: usize,
+    fill: impl FnOnce(OutPtr) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f32>> {
     let mut out = Vec::with_capacity(len);
-    fill(OutPtr(out.as_mut_ptr()));
+    fill(OutPtr(out.as_mut_ptr()))?;
     // SAFETY: the caller's `fill` initialised the `len` elements of the capacity.
     unsafe { out.set_len(len) };
-    out
+    Ok(out)
 }
 
 impl PackedWeight {
     /// Packs `weight` (`[out, in]`, row-major) in `precision`, in as many slices as rayon has
     /// threads (fewer for narrow weights).
     ///
-    /// # Panics
-    /// If `blas` cannot pack weights (only oneMKL can: see [`Blas::packs_weights`]).
+    /// # Errors
+    /// If `blas` cannot pack weights (OpenBLAS: see [`Blas::packs_weights`]) or oneDNN refuses
+    /// the shape.
     pub fn pack(
         blas: &Blas,
         weight: &[f32],
         out_features: usize,
         in_features: usize,
         precision: Precision,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         assert_eq!(weight.len(), out_features * in_features, "weight shape");
-        let mkl = blas.packing.as_ref().expect("a library that packs weights");
-        let (k, ld) = (in_features as i32, in_features as i32);
         let slices = column_slices(out_features)
             .into_par_iter()
             .map(|(start, len)| {
                 let src = &weight[start * in_features..(start + len) * in_features];
-                let n = len as i32;
-                // SAFETY: `src` holds `len` rows of `in_features` floats; the buffer has the
-                // size the library asks for this shape.
-                let buf = unsafe {
-                    match precision {
-                        Precision::F32 => {
-                            let buf = AlignedBuf::new((mkl.sgemm_pack_get_size)(B_MATRIX, 1, n, k));
-                            (mkl.sgemm_pack)(
-                                ROW_MAJOR,
-                                B_MATRIX,
-                                TRANS,
-                                1,
-                                n,
-                                k,
-                                1.0,
-                                src.as_ptr(),
-                                ld,
-                                buf.ptr.as_ptr().cast(),
-                            );
-                            buf
-                        }
-                        Precision::Bf16 => {
-                            let rounded: Vec<u16> = src.iter().map(|&v| bf16_bits(v)).collect();
-                            let buf = AlignedBuf::new((mkl.bf16_pack_get_size)(B_MATRIX, 1, n, k));
-                            (mkl.bf16_pack)(
-                                ROW_MAJOR,
-                                B_MATRIX,
-                                TRANS,
-                                1,
-                                n,
-                                k,
-                                rounded.as_ptr(),
-                                ld,
-                                buf.ptr.as_ptr().cast(),
-                            );
-                            buf
-                        }
+                let data = match &blas.backend {
+                    Backend::Mkl { packing, .. } => {
+                        SliceData::Mkl(mkl_pack(packing, src, len, in_features, precision))
+                    }
+                    Backend::OneDnn(api) => {
+                        let rounded: Vec<u16>;
+                        let w = match precision {
+                            Precision::F32 => onednn::Weights::F32(src),
+                            Precision::Bf16 => {
+                                rounded = src.iter().map(|&v| bf16_bits(v)).collect();
+                                onednn::Weights::Bf16(&rounded)
+                            }
+                        };
+                        SliceData::OneDnn(onednn::Matmul::new(
+                            api,
+                            w,
+                            len,
+                            in_features,
+                            out_features,
+                        )?)
+                    }
+                    Backend::OpenBlas { .. } => {
+                        anyhow::bail!("{} does not pack weights", blas.label())
                     }
                 };
-                Slice { start, len, buf }
+                Ok(Slice { start, len, data })
             })
-            .collect();
-        Self {
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
             out_features,
             in_features,
             precision,
             slices,
-        }
+        })
     }
 
     /// `x @ W^T` for `x` `[m, in]` (row-major): returns `[m, out]`.
-    pub fn matmul_t(&self, blas: &Blas, x: &[f32], m: usize) -> Vec<f32> {
-        let mkl = blas.packing.as_ref().expect("packed by this library");
+    ///
+    /// # Errors
+    /// When oneDNN fails to run (it checked the shapes when the weight was packed).
+    pub fn matmul_t(&self, blas: &Blas, x: &[f32], m: usize) -> anyhow::Result<Vec<f32>> {
         let (k, n) = (self.in_features, self.out_features);
         assert_eq!(x.len(), m * k, "input shape");
         if m == 0 || n == 0 {
-            return vec![0f32; m * n];
+            return Ok(vec![0f32; m * n]);
         }
-        // SAFETY: the slices cover all n output columns of all m rows, each written with beta = 0.
-        unsafe { filled_output(m * n, |c| self.compute(mkl, x, m, c)) }
-    }
-
-    /// Writes `x @ W^T` (`x` `[m, in]`) through `c`, one rayon task per prepacked slice.
-    fn compute(&self, mkl: &MklPacking, x: &[f32], m: usize, c: OutPtr) {
-        let (k, n) = (self.in_features, self.out_features);
-        match self.precision {
-            Precision::F32 => self.slices.par_iter().for_each(|s| {
-                // SAFETY: `x` is `[m, k]`; `s.buf` was packed for `[k, s.len]`; the slice's
-                // output columns `s.start .. s.start + s.len` of every row lie inside `out`
+        let xb = match self.precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(to_bf16_bits(x, k)),
+        };
+        let input: *const std::ffi::c_void = match &xb {
+            Some(xb) => xb.as_ptr().cast(),
+            None => x.as_ptr().cast(),
+        };
+        let input = InPtr(input);
+        let fill = |c: OutPtr| {
+            self.slices.par_iter().try_for_each(|s| {
+                // SAFETY: `input` is `[m, k]` in the packed precision; the slice's output
+                // columns `s.start .. s.start + s.len` of every row lie inside the output
                 // (`m * n` floats, row stride n) and no other slice writes them.
-                unsafe {
-                    (mkl.sgemm_compute)(
-                        ROW_MAJOR,
-                        NO_TRANS,
-                        PACKED,
-                        m as i32,
-                        s.len as i32,
-                        k as i32,
-                        x.as_ptr(),
-                        k as i32,
-                        s.buf.ptr.as_ptr().cast(),
-                        k as i32,
-                        0.0,
-                        c.at(s.start),
-                        n as i32,
-                    )
-                }
-            }),
-            Precision::Bf16 => {
-                let xb = to_bf16_bits(x, k);
-                self.slices.par_iter().for_each(|s| {
-                    // SAFETY: as for f32, with `xb` the `[m, k]` input in bf16.
-                    unsafe {
-                        (mkl.bf16_compute)(
-                            ROW_MAJOR,
-                            NO_TRANS,
-                            PACKED,
-                            m as i32,
-                            s.len as i32,
-                            k as i32,
-                            1.0,
-                            xb.as_ptr(),
-                            k as i32,
-                            s.buf.ptr.as_ptr().cast(),
-                            k as i32,
-                            0.0,
-                            c.at(s.start),
-                            n as i32,
-                        )
-                    }
-                });
-            }
-        }
+                unsafe { s.compute(blas, self.precision, input, (m, k, n), c.at(s.start)) }
+            })
+        };
+        // SAFETY: the slices cover all n output columns of all m rows, each written in full.
+        unsafe { filled_output(m * n, fill) }
     }
 
     /// The precision the weight was packed in.
@@ -247,10 +221,139 @@ impl PackedWeight {
         self.precision
     }
 
-    /// Bytes reserved for the packed copy (what oneMKL asks for; the pages it never writes are
-    /// not resident).
+    /// Bytes reserved for the packed copy (what oneMKL asks for, whose pages it never writes
+    /// are not resident; oneDNN's reordered weight).
     pub fn bytes(&self) -> usize {
-        self.slices.iter().map(|s| s.buf.layout.size()).sum()
+        self.slices
+            .iter()
+            .map(|s| match &s.data {
+                SliceData::Mkl(buf) => buf.len(),
+                SliceData::OneDnn(mm) => mm.bytes(),
+            })
+            .sum()
+    }
+
+    /// The implementation oneDNN chose for this weight (`gemm:jit:bf16`, …); `None` for oneMKL.
+    pub fn implementation(&self, blas: &Blas) -> Option<String> {
+        match (&blas.backend, self.slices.first().map(|s| &s.data)) {
+            (Backend::OneDnn(api), Some(SliceData::OneDnn(mm))) => Some(mm.implementation(api)),
+            _ => None,
+        }
+    }
+}
+
+impl Slice {
+    /// Writes this slice's columns of `x @ W^T` through `c` (already offset to the slice's first
+    /// column; rows of stride `n`).
+    ///
+    /// # Safety
+    /// `x` must be `[m, k]` in `precision`; `c` must be valid for `m` rows of stride `n` holding
+    /// this slice's `len` columns, which no other thread writes.
+    unsafe fn compute(
+        &self,
+        blas: &Blas,
+        precision: Precision,
+        x: InPtr,
+        (m, k, n): (usize, usize, usize),
+        c: *mut f32,
+    ) -> anyhow::Result<()> {
+        match (&self.data, &blas.backend) {
+            (SliceData::Mkl(buf), Backend::Mkl { packing, .. }) => {
+                let (mi, ki, li, ni) = (m as i32, k as i32, self.len as i32, n as i32);
+                match precision {
+                    Precision::F32 => (packing.sgemm_compute)(
+                        ROW_MAJOR,
+                        NO_TRANS,
+                        PACKED,
+                        mi,
+                        li,
+                        ki,
+                        x.0.cast(),
+                        ki,
+                        buf.as_mut_ptr().cast(),
+                        ki,
+                        0.0,
+                        c,
+                        ni,
+                    ),
+                    Precision::Bf16 => (packing.bf16_compute)(
+                        ROW_MAJOR,
+                        NO_TRANS,
+                        PACKED,
+                        mi,
+                        li,
+                        ki,
+                        1.0,
+                        x.0.cast(),
+                        ki,
+                        buf.as_mut_ptr().cast(),
+                        ki,
+                        0.0,
+                        c,
+                        ni,
+                    ),
+                }
+                Ok(())
+            }
+            (SliceData::OneDnn(mm), Backend::OneDnn(api)) => mm.run(api, x.0, m, c),
+            _ => anyhow::bail!("a weight packed by another library than {}", blas.label()),
+        }
+    }
+}
+
+/// The matmul input shared by the threads (read only).
+#[derive(Clone, Copy)]
+struct InPtr(*const std::ffi::c_void);
+// SAFETY: the threads only read the input.
+unsafe impl Send for InPtr {}
+unsafe impl Sync for InPtr {}
+
+/// One slice `[len, k]` of a weight packed by oneMKL in `precision`.
+fn mkl_pack(
+    mkl: &MklPacking,
+    src: &[f32],
+    len: usize,
+    k: usize,
+    precision: Precision,
+) -> AlignedBuf {
+    let (n, k) = (len as i32, k as i32);
+    // SAFETY: `src` holds `len` rows of `k` floats; the buffer has the size the library asks
+    // for this shape.
+    unsafe {
+        match precision {
+            Precision::F32 => {
+                let buf = AlignedBuf::new((mkl.sgemm_pack_get_size)(B_MATRIX, 1, n, k));
+                (mkl.sgemm_pack)(
+                    ROW_MAJOR,
+                    B_MATRIX,
+                    TRANS,
+                    1,
+                    n,
+                    k,
+                    1.0,
+                    src.as_ptr(),
+                    k,
+                    buf.as_mut_ptr().cast(),
+                );
+                buf
+            }
+            Precision::Bf16 => {
+                let rounded: Vec<u16> = src.iter().map(|&v| bf16_bits(v)).collect();
+                let buf = AlignedBuf::new((mkl.bf16_pack_get_size)(B_MATRIX, 1, n, k));
+                (mkl.bf16_pack)(
+                    ROW_MAJOR,
+                    B_MATRIX,
+                    TRANS,
+                    1,
+                    n,
+                    k,
+                    rounded.as_ptr(),
+                    k,
+                    buf.as_mut_ptr().cast(),
+                );
+                buf
+            }
+        }
     }
 }
 
@@ -306,67 +409,99 @@ fn parallel_sgemm(
     b: &[f32],
     (m, k, n): (usize, usize, usize),
     b_transposed: bool,
-) -> Vec<f32> {
+) -> anyhow::Result<Vec<f32>> {
     assert_eq!(a.len(), m * k, "a shape");
     assert_eq!(b.len(), k * n, "b shape");
     if m == 0 || n == 0 {
-        return vec![0f32; m * n];
+        return Ok(vec![0f32; m * n]);
     }
+    let fill = |c: OutPtr| {
+        column_slices(n)
+            .into_par_iter()
+            .try_for_each(|(start, len)| {
+                // Columns `start .. start + len` of op(b): rows of a transposed `b`, columns of
+                // a plain one.
+                let (b_slice, ldb) = if b_transposed {
+                    (b[start * k..].as_ptr(), k)
+                } else {
+                    (b[start..].as_ptr(), n)
+                };
+                // SAFETY: the slice's columns of op(b) and of the output (row stride n) are in
+                // bounds, and no other task writes those output columns.
+                unsafe {
+                    plain_sgemm(
+                        blas,
+                        b_transposed,
+                        (m, len, k),
+                        a.as_ptr(),
+                        b_slice,
+                        ldb,
+                        c.at(start),
+                        n,
+                    )
+                }
+            })
+    };
     // SAFETY: the column slices cover all n columns of all m rows, each written with beta = 0.
-    unsafe {
-        filled_output(m * n, |c| {
-            parallel_sgemm_into(blas, a, b, (m, k, n), b_transposed, c)
-        })
-    }
+    unsafe { filled_output(m * n, fill) }
 }
 
-/// Writes [`parallel_sgemm`]'s product through `c` (`[m, n]`, row-major).
-fn parallel_sgemm_into(
+/// `c = a @ op(b)` for `a` `[m, k]` (row stride k) on the calling thread, in f32.
+///
+/// # Safety
+/// The pointers and row strides must describe matrices of these shapes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn plain_sgemm(
     blas: &Blas,
-    a: &[f32],
-    b: &[f32],
-    (m, k, n): (usize, usize, usize),
     b_transposed: bool,
-    c: OutPtr,
-) {
-    column_slices(n).into_par_iter().for_each(|(start, len)| {
-        // Columns `start .. start + len` of op(b): rows of a transposed `b`, columns of a
-        // plain one.
-        let (trans, b_slice, ldb) = if b_transposed {
-            (TRANS, b[start * k..].as_ptr(), k)
-        } else {
-            (NO_TRANS, b[start..].as_ptr(), n)
-        };
-        // SAFETY: the slice's columns of op(b) and of the output (row stride n) are in bounds,
-        // and no other task writes those output columns.
-        unsafe {
-            (blas.sgemm)(
-                ROW_MAJOR,
-                NO_TRANS,
-                trans,
-                m as i32,
-                len as i32,
-                k as i32,
-                1.0,
-                a.as_ptr(),
-                k as i32,
-                b_slice,
-                ldb as i32,
-                0.0,
-                c.at(start),
-                n as i32,
-            )
+    (m, n, k): (usize, usize, usize),
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) -> anyhow::Result<()> {
+    let trans = if b_transposed { TRANS } else { NO_TRANS };
+    let cblas = match &blas.backend {
+        Backend::Mkl { sgemm, .. } | Backend::OpenBlas { sgemm } => sgemm,
+        Backend::OneDnn(api) => {
+            return api.sgemm(b_transposed, (m, n, k), a, k, b, ldb, c, ldc);
         }
-    });
+    };
+    cblas(
+        ROW_MAJOR, NO_TRANS, trans, m as i32, n as i32, k as i32, 1.0, a, k as i32, b, ldb as i32,
+        0.0, c, ldc as i32,
+    );
+    Ok(())
 }
 
 /// `x @ w^T` for row-major `x` `[m, k]` and a weight `w` `[n, k]`, unpacked.
-pub fn matmul_nt(blas: &Blas, x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+///
+/// # Errors
+/// When oneDNN's sgemm fails.
+pub fn matmul_nt(
+    blas: &Blas,
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> anyhow::Result<Vec<f32>> {
     parallel_sgemm(blas, x, w, (m, k, n), true)
 }
 
 /// `a @ b` for row-major `a` `[m, k]` and `b` `[k, n]` (e.g. a gradient times a weight).
-pub fn sgemm(blas: &Blas, a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+///
+/// # Errors
+/// When oneDNN's sgemm fails.
+pub fn sgemm(
+    blas: &Blas,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> anyhow::Result<Vec<f32>> {
     parallel_sgemm(blas, a, b, (m, k, n), false)
 }
 

@@ -58,7 +58,8 @@ pub struct Engine {
 }
 
 /// The default dtype of a device: bf16 on GPUs; on the CPU bf16 where its matmuls are native
-/// (AMX or AVX512-BF16) and oneMKL is loaded to run them, f32 elsewhere.
+/// (AMX or AVX512-BF16) and a library that runs them natively (oneMKL on Intel, oneDNN) is
+/// loaded, f32 elsewhere.
 pub fn default_dtype(device: &Device) -> DType {
     if !device.is_cpu() {
         return DType::BF16;
@@ -74,8 +75,8 @@ pub fn default_dtype(device: &Device) -> DType {
 
 /// The dtype tensors are stored and computed in for a model loaded in `dtype`: on the CPU a
 /// bf16 model keeps f32 activations, norms and embeddings, and only its matmuls take bf16
-/// inputs (candle's CPU kernels have no fast bf16 arithmetic; oneMKL's bf16 matmuls accumulate
-/// in f32).
+/// inputs (candle's CPU kernels have no fast bf16 arithmetic; oneMKL's and oneDNN's bf16 matmuls
+/// accumulate in f32).
 pub fn compute_dtype(device: &Device, dtype: DType) -> DType {
     if device.is_cpu() && dtype == DType::BF16 {
         DType::F32

@@ -1,6 +1,6 @@
 //! A linear layer's frozen weight prepared for the CPU's BLAS ([`crate::blas`]) once at load,
-//! and the op that multiplies by it: prepacked in the model's matmul precision for oneMKL, used
-//! in place (row-major `[out, in]`) by OpenBLAS.
+//! and the op that multiplies by it: prepacked in the model's matmul precision for oneMKL and
+//! oneDNN, used in place (row-major `[out, in]`) by OpenBLAS.
 //!
 //! The prepared weight remembers which weight tensor it was made from: when a training method
 //! swaps in a trainable copy of the weight, the copy no longer matches and the layer runs the
@@ -17,7 +17,7 @@ use crate::blas::{matmul_nt, sgemm, Blas, PackedWeight, Precision};
 #[derive(Clone)]
 pub struct CpuWeight {
     source: TensorId,
-    /// oneMKL's packed copy; `None` for libraries that read the weight in place.
+    /// oneMKL's or oneDNN's packed copy; `None` for libraries that read the weight in place.
     packed: Option<Arc<PackedWeight>>,
     /// Unpacked bf16 models: inputs are rounded to bf16 before the f32 product (the weight was
     /// rounded when prepared).
@@ -39,9 +39,9 @@ impl CpuWeight {
                     .to_dtype(DType::F32)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                Some(Arc::new(PackedWeight::pack(
-                    blas, &data, out, inp, precision,
-                )))
+                let packed =
+                    PackedWeight::pack(blas, &data, out, inp, precision).map_err(blas_error)?;
+                Some(Arc::new(packed))
             }
             false => None,
         };
@@ -104,7 +104,7 @@ impl CustomOp1 for BlasLinear {
         }
         let p = &self.prepared;
         let y = match &p.packed {
-            Some(packed) => packed.matmul_t(p.blas, x, m),
+            Some(packed) => packed.matmul_t(p.blas, x, m).map_err(blas_error)?,
             None => {
                 let rounded: Vec<f32>;
                 let x = if p.round_inputs {
@@ -115,6 +115,7 @@ impl CustomOp1 for BlasLinear {
                 };
                 with_f32_slice(&self.weight, |w| matmul_nt(p.blas, x, w, m, k, n))
                     .ok_or_else(|| candle_core::Error::Msg("blas-linear: weight not f32".into()))?
+                    .map_err(blas_error)?
             }
         };
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
@@ -135,8 +136,17 @@ impl CustomOp1 for BlasLinear {
         let Some(Some(dx)) = dx else {
             return Ok(Some(grad.matmul(&self.weight)?));
         };
-        Ok(Some(Tensor::from_vec(dx, (m, k), grad.device())?))
+        Ok(Some(Tensor::from_vec(
+            dx.map_err(blas_error)?,
+            (m, k),
+            grad.device(),
+        )?))
     }
+}
+
+/// A BLAS library's failure as a candle error.
+fn blas_error(e: anyhow::Error) -> candle_core::Error {
+    candle_core::Error::Msg(format!("CPU matmul: {e:#}"))
 }
 
 /// Runs `f` on the f32 elements of a contiguous CPU tensor (`None` for any other tensor).
