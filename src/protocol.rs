@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::tasks::Metric;
+use crate::tasks::{LabelWords, Metric};
 
 /// `GET /v1/models`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,13 +135,19 @@ pub enum TaskRequest {
         /// and method), to bound the cost of comparisons; the whole test set if absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         test_limit: Option<usize>,
+        /// Label words to use instead of the task's own, one entry per class: a word or a list
+        /// of words (the class scores their mean logit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verbalizer: Option<Vec<LabelWords>>,
     },
     /// The client's own examples.
     Explicit {
         name: Option<String>,
         template: String,
         classes: Vec<String>,
-        verbalizer: Vec<String>,
+        /// One entry per class: a label word or a list of words (the class scores their mean
+        /// logit).
+        verbalizer: Vec<LabelWords>,
         #[serde(default = "default_metric")]
         metric: Metric,
         train: Vec<ExampleIn>,
@@ -223,7 +229,7 @@ pub struct SessionInfo {
     pub id: String,
     pub task: String,
     pub classes: Vec<String>,
-    pub verbalizer: Vec<String>,
+    pub verbalizer: Vec<LabelWords>,
     pub metric: Metric,
     pub prompt_length: usize,
     pub placement: Placement,
@@ -391,7 +397,8 @@ pub struct ScoreResponse {
 pub struct ForwardRequest {
     /// Template with `<S>` (or `<S1>`, `<S2>`).
     pub template: String,
-    pub verbalizer: Vec<String>,
+    /// One entry per class: a label word or a list of words (the class scores their mean logit).
+    pub verbalizer: Vec<LabelWords>,
     pub inputs: Vec<ForwardInput>,
     /// `L x hidden` prompt (rows of numbers); may be empty (L = 0).
     #[serde(default)]

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use crate::engine::{Engine, Prompt, Readout, Row, Segment};
 use crate::model::decoder::KvCache;
 use crate::protocol::{Loss, Placement};
-use crate::tasks::{Example, TaskSpec};
+use crate::tasks::{Example, TaskSpec, Verbalizer};
 
 /// A split's examples as token ids: the example-dependent head and the constant tail, tokenised
 /// separately so both placements see the same ids.
@@ -75,7 +75,8 @@ impl EncodedSplit {
     }
 }
 
-/// Verbalizer logits `[candidates][examples][classes]` of `prompts` on `split`.
+/// Class scores `[candidates][examples][classes]` of `prompts` on `split`: each class's mean
+/// label-word logit (the logit itself for a class with one word).
 ///
 /// `cache`, for the suffix placement, is `split.cache_heads(engine)` (it is reused across
 /// calls); without it the suffix rows run whole, in one pass. It is ignored for the prefix
@@ -86,9 +87,9 @@ pub fn candidate_logits(
     prompts: &[Prompt],
     placement: Placement,
     cache: Option<&KvCache>,
-    verbalizer: &[u32],
+    verbalizer: &Verbalizer,
 ) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
-    let readout = Readout::Tokens(verbalizer.to_vec());
+    let readout = Readout::Tokens(verbalizer.ids().to_vec());
     let flat: Vec<Vec<f32>> = match placement {
         Placement::Prefix => {
             let rows: Vec<Vec<u32>> = split
@@ -111,7 +112,12 @@ pub fn candidate_logits(
     };
     Ok(flat
         .chunks(split.len().max(1))
-        .map(<[Vec<f32>]>::to_vec)
+        .map(|examples| {
+            examples
+                .iter()
+                .map(|words| verbalizer.class_scores(words))
+                .collect()
+        })
         .collect())
 }
 
@@ -123,7 +129,7 @@ pub fn split_features(
     split: &EncodedSplit,
     prompt: Prompt,
     placement: Placement,
-    verbalizer: &[u32],
+    verbalizer: &Verbalizer,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let bos = engine.bos_segment();
     let rows: Vec<Row> = split
@@ -146,7 +152,7 @@ pub fn split_features(
         &rows,
         &[prompt],
         None,
-        &Readout::Tokens(verbalizer.to_vec()),
+        &Readout::Tokens(verbalizer.ids().to_vec()),
         true,
     )?;
     let features = out

@@ -60,7 +60,7 @@ fn bf16_scores_every_placement_as_f32_close_to_the_f32_model() {
         let wide = tiny_engine_in(arch, 21, DType::F32);
         assert_eq!(narrow.model_dtype(), DType::BF16);
         let split = split();
-        let verbalizer = [5, 9];
+        let verbalizer = bbt::tasks::Verbalizer::single(&[5, 9]).unwrap();
         let p16 = prompts(&narrow);
         let p32 = same_prompts(&p16, DType::F32);
         let cache16 = split.cache_heads(&narrow).unwrap();

@@ -70,7 +70,8 @@ fn all_logits(engine: &Engine) -> Vec<f32> {
         (Placement::Suffix, Some(&cache)),
         (Placement::Suffix, None),
     ] {
-        let l = candidate_logits(engine, &split, &prompts, placement, cache, &[5, 9, 13]).unwrap();
+        let verbalizer = bbt::tasks::Verbalizer::single(&[5, 9, 13]).unwrap();
+        let l = candidate_logits(engine, &split, &prompts, placement, cache, &verbalizer).unwrap();
         out.extend(l.into_iter().flatten().flatten());
     }
     out
@@ -152,7 +153,8 @@ fn small_config(method: Method) -> MethodConfig {
 /// Loss and gradients of every method after moving its parameters off their initial values.
 fn gradients(engine: &mut Engine, method: Method) -> (f64, Vec<Vec<f32>>) {
     let split = split();
-    let trainable = Trainable::new(engine, &small_config(method), &[30, 31, 32], 5).unwrap();
+    let verbalizer = bbt::tasks::Verbalizer::single(&[30, 31, 32]).unwrap();
+    let trainable = Trainable::new(engine, &small_config(method), &verbalizer, 5).unwrap();
     for (i, p) in trainable.params().iter().enumerate() {
         let t = p.var.as_tensor();
         let v: Vec<f32> = (0..t.elem_count())

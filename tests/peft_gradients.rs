@@ -8,13 +8,17 @@ use bbt::model::weights::DecoderWeights;
 use bbt::peft::{Method, MethodConfig, Trainable, Trainer};
 use bbt::protocol::Placement;
 use bbt::scoring::EncodedSplit;
+use bbt::tasks::Verbalizer;
 use bbt::Engine;
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const ARCHITECTURES: [Architecture; 2] = [Architecture::Llama, Architecture::Gemma3];
-const VERBALIZER: [u32; 3] = [30, 31, 32];
+/// One label word per class.
+fn verbalizer() -> Verbalizer {
+    Verbalizer::single(&[30, 31, 32]).unwrap()
+}
 
 fn split() -> EncodedSplit {
     EncodedSplit {
@@ -83,45 +87,92 @@ fn gradients_match_central_finite_differences() {
                 let mut engine = engine(arch, DType::F64);
                 let mut config = small_config(method);
                 config.placement = placement;
-                let trainable = Trainable::new(&engine, &config, &VERBALIZER, 5).unwrap();
-                let mut rng = ChaCha8Rng::seed_from_u64(9);
-                perturb(&trainable, &mut rng);
-                let trainer = Trainer::new(trainable, 1).unwrap();
-                let (_, grads) = trainer.gradients(&mut engine, &split, &idx).unwrap();
-                let params = trainer.trainable.params();
-                assert_eq!(grads.len(), params.len());
+                let trainable = Trainable::new(&engine, &config, &verbalizer(), 5).unwrap();
                 let what = format!("{arch:?} {method} {placement:?}");
-                let mut nonzero = 0;
-                for (p, g) in params.iter().zip(&grads) {
-                    // Directional derivative along a random direction of this parameter alone.
-                    let d = random_like(p.var.as_tensor(), &mut rng, 1.0);
-                    let base = p.var.as_tensor().copy().unwrap();
-                    let eps = 1e-5;
-                    let loss_at = |engine: &mut Engine, sign: f64| {
-                        p.var
-                            .set(&(&base + (&d * (sign * eps)).unwrap()).unwrap())
-                            .unwrap();
-                        trainer.gradients(engine, &split, &idx).unwrap().0
-                    };
-                    let numeric =
-                        (loss_at(&mut engine, 1.0) - loss_at(&mut engine, -1.0)) / (2.0 * eps);
-                    p.var.set(&base).unwrap();
-                    let analytic = dot(g, &d);
-                    let tol = 1e-6 + 1e-4 * numeric.abs().max(analytic.abs());
-                    assert!(
-                        (numeric - analytic).abs() < tol,
-                        "{what}: parameter {}: finite difference {numeric:.9} vs gradient {analytic:.9}",
-                        p.name
-                    );
-                    nonzero += usize::from(analytic.abs() > 1e-9);
-                }
-                assert!(
-                    nonzero * 2 >= params.len(),
-                    "{what}: only {nonzero} of {} parameters get a gradient",
-                    params.len()
-                );
+                check_gradients(&mut engine, trainable, &split, &idx, &what);
             }
         }
+    }
+}
+
+/// Perturbs `trainable`'s parameters, then checks each one's gradient against a central finite
+/// difference along a random direction, and that at least half of them get a gradient.
+fn check_gradients(
+    engine: &mut Engine,
+    trainable: Trainable,
+    split: &EncodedSplit,
+    idx: &[usize],
+    what: &str,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    perturb(&trainable, &mut rng);
+    let trainer = Trainer::new(trainable, 1).unwrap();
+    let (_, grads) = trainer.gradients(engine, split, idx).unwrap();
+    let params = trainer.trainable.params();
+    assert_eq!(grads.len(), params.len());
+    let mut nonzero = 0;
+    for (p, g) in params.iter().zip(&grads) {
+        // Directional derivative along a random direction of this parameter alone.
+        let d = random_like(p.var.as_tensor(), &mut rng, 1.0);
+        let base = p.var.as_tensor().copy().unwrap();
+        let eps = 1e-5;
+        let mut loss_at = |sign: f64| {
+            p.var
+                .set(&(&base + (&d * (sign * eps)).unwrap()).unwrap())
+                .unwrap();
+            trainer.gradients(engine, split, idx).unwrap().0
+        };
+        let numeric = (loss_at(1.0) - loss_at(-1.0)) / (2.0 * eps);
+        p.var.set(&base).unwrap();
+        let analytic = dot(g, &d);
+        let tol = 1e-6 + 1e-4 * numeric.abs().max(analytic.abs());
+        assert!(
+            (numeric - analytic).abs() < tol,
+            "{what}: parameter {}: finite difference {numeric:.9} vs gradient {analytic:.9}",
+            p.name
+        );
+        nonzero += usize::from(analytic.abs() > 1e-9);
+    }
+    assert!(
+        nonzero * 2 >= params.len(),
+        "{what}: only {nonzero} of {} parameters get a gradient",
+        params.len()
+    );
+}
+
+/// Several label words per class: each class scores the mean of its words' logits (what the
+/// same method reads for every word alone), and gradients still match finite differences,
+/// through the trainable head rows of norm tuning too.
+#[test]
+fn several_label_words_per_class_score_their_mean_and_train() {
+    let split = split();
+    let idx = [0usize, 1, 2];
+    let many = Verbalizer::new(vec![vec![30, 33], vec![31], vec![32, 34, 35]]).unwrap();
+    let each_word = Verbalizer::single(many.ids()).unwrap();
+    for method in [Method::PromptTuning, Method::NormTuning, Method::Lora] {
+        let mut engine = engine(Architecture::Llama, DType::F64);
+        let config = small_config(method);
+        let grouped = Trainable::new(&engine, &config, &many, 5).unwrap();
+        let alone = Trainable::new(&engine, &config, &each_word, 5).unwrap();
+        let scores: Vec<Vec<f64>> = grouped
+            .logits(&mut engine, &split, &idx, false)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let words: Vec<Vec<f64>> = alone
+            .logits(&mut engine, &split, &idx, false)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for (s, w) in scores.iter().zip(&words) {
+            let w32: Vec<f32> = w.iter().map(|&x| x as f32).collect();
+            let want = many.class_scores(&w32);
+            assert_eq!(s.len(), 3, "{method}: one score per class");
+            for (a, b) in s.iter().zip(&want) {
+                assert!((*a as f32 - b).abs() < 1e-4, "{method}: {s:?} vs {want:?}");
+            }
+        }
+        check_gradients(&mut engine, grouped, &split, &idx, &format!("{method} grouped"));
     }
 }
 
@@ -134,7 +185,7 @@ fn training_and_inference_forwards_agree() {
     for arch in ARCHITECTURES {
         for method in Method::ALL {
             let mut engine = engine(arch, DType::F32);
-            let trainable = Trainable::new(&engine, &small_config(method), &VERBALIZER, 5).unwrap();
+            let trainable = Trainable::new(&engine, &small_config(method), &verbalizer(), 5).unwrap();
             perturb(&trainable, &mut ChaCha8Rng::seed_from_u64(3));
             let train: Vec<f32> = trainable
                 .logits(&mut engine, &split, &idx, true)
@@ -193,7 +244,7 @@ fn training_moves_parameters_and_leaves_frozen_weights_bitwise_unchanged() {
             }
             let mut engine = engine(arch, DType::F32);
             let before = frozen_values(engine.weights(), method);
-            let trainable = Trainable::new(&engine, &small_config(method), &VERBALIZER, 5).unwrap();
+            let trainable = Trainable::new(&engine, &small_config(method), &verbalizer(), 5).unwrap();
             let initial: Vec<Vec<f32>> = trainable
                 .params()
                 .iter()
@@ -231,7 +282,7 @@ fn trainable_parameter_counts() {
         let q_out = cfg.num_heads * cfg.head_dim;
         let kv_out = cfg.num_kv_heads * cfg.head_dim;
         let count = |c: &MethodConfig| {
-            Trainable::new(&engine, c, &VERBALIZER, 1)
+            Trainable::new(&engine, c, &verbalizer(), 1)
                 .unwrap()
                 .num_trainable()
         };
@@ -289,14 +340,14 @@ fn bad_settings_are_refused_with_a_message() {
     let engine = engine(Architecture::Llama, DType::F32);
     let mut c = small_config(Method::Lora);
     c.lora_targets = vec!["qq".into()];
-    let err = Trainable::new(&engine, &c, &VERBALIZER, 1).err().unwrap();
+    let err = Trainable::new(&engine, &c, &verbalizer(), 1).err().unwrap();
     assert!(err.to_string().contains("unknown LoRA target"), "{err}");
     let mut c = small_config(Method::PromptTuning);
     c.prompt_length = 0;
-    assert!(Trainable::new(&engine, &c, &VERBALIZER, 1).is_err());
+    assert!(Trainable::new(&engine, &c, &verbalizer(), 1).is_err());
     let mut c = small_config(Method::Adapter);
     c.learning_rate = -1.0;
-    assert!(Trainable::new(&engine, &c, &VERBALIZER, 1).is_err());
+    assert!(Trainable::new(&engine, &c, &verbalizer(), 1).is_err());
 }
 
 #[test]
@@ -308,11 +359,11 @@ fn saved_and_reloaded_parameters_give_the_same_logits() {
         for method in Method::ALL {
             let mut engine = engine(arch, DType::F32);
             let config = small_config(method);
-            let trained = Trainable::new(&engine, &config, &VERBALIZER, 5).unwrap();
+            let trained = Trainable::new(&engine, &config, &verbalizer(), 5).unwrap();
             perturb(&trained, &mut ChaCha8Rng::seed_from_u64(4));
             let path = dir.path().join(format!("{arch:?}-{method}.safetensors"));
             trained.save(&path).unwrap();
-            let fresh = Trainable::new(&engine, &config, &VERBALIZER, 6).unwrap();
+            let fresh = Trainable::new(&engine, &config, &verbalizer(), 6).unwrap();
             let logits = |t: &Trainable, e: &mut Engine| -> Vec<f32> {
                 t.logits(e, &split, &idx, false)
                     .unwrap()
@@ -333,7 +384,7 @@ fn saved_and_reloaded_parameters_give_the_same_logits() {
     }
     // A file for another method is refused with a message.
     let engine = engine(Architecture::Llama, DType::F32);
-    let lora = Trainable::new(&engine, &small_config(Method::Lora), &VERBALIZER, 1).unwrap();
+    let lora = Trainable::new(&engine, &small_config(Method::Lora), &verbalizer(), 1).unwrap();
     let err = lora
         .load(&dir.path().join("Llama-bitfit.safetensors"))
         .unwrap_err();

@@ -147,7 +147,29 @@ fn verbalizers_are_single_tokens_for_the_default_model() {
         let (ids, cut) = spec
             .verbalizer_ids(&tokenizer, MultiTokenWords::Reject)
             .unwrap();
-        assert_eq!((ids.len(), cut.len()), (spec.classes.len(), 0), "{name}");
+        assert_eq!((ids.classes(), cut.len()), (spec.classes.len(), 0), "{name}");
+        assert!(ids.is_single(), "{name}");
+    }
+    // The lists of several words per class: single tokens too, the task's own word first.
+    for name in tasks::task_names() {
+        let Some(several) = tasks::several_label_words(name) else {
+            continue;
+        };
+        let mut spec = tasks::registry::lookup(name)
+            .map(|(s, _)| s)
+            .or_else(|| tasks::builtin::lookup(name).map(|(s, _)| s))
+            .unwrap();
+        for (own, list) in spec.verbalizer.iter().zip(&several) {
+            assert_eq!(own.first(), list.first(), "{name}");
+            assert!(list.words().len() > 1, "{name}");
+        }
+        spec.verbalizer = several;
+        spec.validate().unwrap();
+        let (ids, cut) = spec
+            .verbalizer_ids(&tokenizer, MultiTokenWords::Reject)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!((ids.classes(), cut.len()), (spec.classes.len(), 0), "{name}");
+        assert!(!ids.is_single(), "{name}");
     }
     // The check bites: a two-token word is refused, or cut to its first token when allowed.
     let (mut spec, _) = tasks::builtin::lookup("dbpedia").unwrap();

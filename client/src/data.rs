@@ -74,8 +74,16 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<String> {
     let words: Vec<String> = spec
         .verbalizer
         .iter()
-        .zip(&ids)
-        .map(|(w, id)| format!("{w:?}={id}"))
+        .enumerate()
+        .map(|(class, words)| {
+            let each: Vec<String> = words
+                .words()
+                .iter()
+                .zip(ids.words_of(class))
+                .map(|(w, id)| format!("{w:?}={id}"))
+                .collect();
+            each.join("|")
+        })
         .collect();
     writeln!(out, "verbalizer {}", words.join("  "))?;
     writeln!(out, "train/dev: {}", data.train_dev_source)?;
@@ -129,6 +137,6 @@ fn render_example(
         "[{split:<5}] {:<14} {h:>3}+{t} tokens  {:?} -> {:?}",
         spec.classes[ex.label],
         format!("{head}|{tail}"),
-        spec.verbalizer[ex.label]
+        spec.verbalizer[ex.label].first()
     ))
 }

@@ -84,7 +84,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         spec.template.as_str(),
         spec.verbalizer
             .iter()
-            .map(|w| format!("{w:?}"))
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(" / ")
     );

@@ -178,7 +178,7 @@ fn run_peers(args: &Args, methods: &[Method], ours: &[Value]) -> anyhow::Result<
         serde_json::to_vec(&json!({
             "rows": rows,
             "labels": p.train.labels,
-            "verbalizer": p.verbalizer,
+            "verbalizer": p.single_word_ids()?,
         }))?,
     )?;
     let model = bbt::assets::resolve_model(&args.model.model)?;

@@ -673,6 +673,49 @@ async fn forward_is_stateless_and_matches_sessions_with_the_same_prompt() {
 }
 
 #[tokio::test]
+async fn several_label_words_score_the_mean_of_their_logits() {
+    let s = start(Limits::default(), ApiKeys::open()).await;
+    let inputs: Vec<Value> = examples(3)
+        .iter()
+        .map(|e| json!({"text": e["text"]}))
+        .collect();
+    let prompt = vec![vec![0.1f32; 32]; 2];
+    let forward = |verbalizer: Value| {
+        json!({"template": " <S> t40", "verbalizer": verbalizer, "inputs": inputs, "prompt": prompt})
+    };
+    let (status, words) = s
+        .post("/v1/forward", None, &forward(json!([" t50", " t52", " t51"])))
+        .await;
+    assert_eq!(status, 200, "{words}");
+    let (status, grouped) = s
+        .post("/v1/forward", None, &forward(json!([[" t50", " t52"], " t51"])))
+        .await;
+    assert_eq!(status, 200, "{grouped}");
+    for i in 0..3 {
+        let w = |c: usize| words["logits"][i][c].as_f64().unwrap();
+        let g = |c: usize| grouped["logits"][i][c].as_f64().unwrap();
+        assert_eq!(grouped["logits"][i].as_array().unwrap().len(), 2);
+        assert!((g(0) - (w(0) + w(1)) / 2.0).abs() < 1e-4, "example {i}");
+        assert!((g(1) - w(2)).abs() < 1e-4, "example {i}");
+    }
+    // A session keeps the lists, and says so.
+    let mut body = session_body("suffix");
+    body["task"]["verbalizer"] = json!([[" t50", " t52"], " t51"]);
+    let (status, info) = s.post("/v1/sessions", None, &body).await;
+    assert_eq!(status, 201, "{info}");
+    assert_eq!(info["verbalizer"], json!([[" t50", " t52"], " t51"]));
+    // A word in two classes, or an empty list, is a 422 that names the problem.
+    for (verbalizer, says) in [
+        (json!([[" t50", " t51"], " t51"]), "same token"),
+        (json!([[], " t51"]), "empty list"),
+    ] {
+        let (status, answer) = s.post("/v1/forward", None, &forward(verbalizer)).await;
+        assert_eq!(status, 422, "{answer}");
+        assert!(answer["detail"].as_str().unwrap().contains(says), "{answer}");
+    }
+}
+
+#[tokio::test]
 async fn idle_and_evicted_sessions_get_a_clear_410() {
     let limits = Limits {
         session_idle: Duration::from_millis(300),
@@ -716,10 +759,11 @@ async fn concurrent_requests_share_engine_passes_with_unchanged_results() {
         ..Limits::default()
     };
     let s = start(limits, ApiKeys::open()).await;
-    // Two prefix sessions with different tasks and label words, one suffix session.
+    // Two prefix sessions with different tasks and label words (the second with several words
+    // for two of its classes, sharing words with the first), one suffix session.
     let a = create(&s, None, "prefix").await;
     let mut other = session_body("prefix");
-    other["task"]["verbalizer"] = json!([" t52", " t50", " t53"]);
+    other["task"]["verbalizer"] = json!([[" t52", " t54"], " t50", [" t53", " t55", " t51"]]);
     other["task"]["classes"] = json!(["x", "y", "z"]);
     other["prompt_length"] = json!(2);
     let (status, b) = s.post("/v1/sessions", None, &other).await;

@@ -14,6 +14,7 @@ use crate::model::linear::{matmul_t, Adapter, LoraFactors};
 use crate::model::weights::{DecoderWeights, Proj};
 use crate::protocol::Placement;
 use crate::scoring::EncodedSplit;
+use crate::tasks::Verbalizer;
 
 /// One named trainable tensor.
 pub struct Param {
@@ -46,9 +47,9 @@ pub struct Trainable {
     /// Prompt tuning: the `[L, hidden]` prompt.
     prompt: Option<Tensor>,
     prefix: Option<Prefix>,
-    /// Norm tuning: trainable verbalizer rows `[classes, hidden]` of the output head.
+    /// Norm tuning: trainable label-word rows `[words, hidden]` of the output head.
     head: Option<Tensor>,
-    verbalizer: Vec<u32>,
+    verbalizer: Verbalizer,
     bos: Vec<u32>,
     /// `(kv_heads, head_dim)` of the model's attention.
     kv_shape: (usize, usize),
@@ -99,7 +100,7 @@ impl Trainable {
     pub fn new(
         engine: &Engine,
         config: &MethodConfig,
-        verbalizer: &[u32],
+        verbalizer: &Verbalizer,
         seed: u64,
     ) -> anyhow::Result<Self> {
         config.validate()?;
@@ -116,7 +117,7 @@ impl Trainable {
             prompt: None,
             prefix: None,
             head: None,
-            verbalizer: verbalizer.to_vec(),
+            verbalizer: verbalizer.clone(),
             bos: engine.bos_segment(),
             kv_shape: (cfg.num_kv_heads, cfg.head_dim),
             notes: Vec::new(),
@@ -240,8 +241,8 @@ impl Trainable {
             self.make_layer_norms_trainable(li)?;
         }
         let ids = Tensor::from_vec(
-            self.verbalizer.clone(),
-            self.verbalizer.len(),
+            self.verbalizer.ids().to_vec(),
+            self.verbalizer.ids().len(),
             self.weights.embed.device(),
         )?;
         let rows = self.weights.output_head().index_select(&ids, 0)?;
@@ -423,9 +424,9 @@ impl Trainable {
         &self.weights
     }
 
-    /// Verbalizer logits `[idx.len(), classes]` of the examples `idx` of `split`. With `train`
-    /// they carry gradients to the parameters (and LoRA dropout is on); without, the pass runs
-    /// detached, keeping no graph. The method's weights are installed in `engine` for the pass
+    /// Class scores `[idx.len(), classes]` (each the mean of its label words' logits) of the
+    /// examples `idx` of `split`. With `train` they carry gradients to the parameters (and LoRA
+    /// dropout is on); without, the pass runs detached, keeping no graph. The method's weights are installed in `engine` for the pass
     /// and the engine's own put back after it.
     pub fn logits(
         &self,
@@ -455,7 +456,7 @@ impl Trainable {
     ) -> anyhow::Result<Tensor> {
         let keep = |x: &Tensor| if train { x.clone() } else { x.detach() };
         let prompts: Vec<Prompt> = self.prompt.iter().map(|p| Prompt::new(keep(p))).collect();
-        let readout = Readout::Tokens(self.verbalizer.clone());
+        let readout = Readout::Tokens(self.verbalizer.ids().to_vec());
         if !prompts.is_empty() && self.config.placement == Placement::Prefix {
             // `[bos][prompt]` is the same for every example: its keys/values are computed once
             // and shared, in training as in BBT's scoring (gradients flow through the share).
@@ -463,7 +464,8 @@ impl Trainable {
                 .iter()
                 .map(|&i| self.example_tokens(split, i).map(|(h, t)| [h, t].concat()))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            return Ok(engine.score_prefix(&prompts, &texts, &readout)?.logits);
+            let words = engine.score_prefix(&prompts, &texts, &readout)?.logits;
+            return Ok(self.verbalizer.class_scores_tensor(&words)?);
         }
         let past = self.prefix_cache(train)?;
         let rows = idx
@@ -471,13 +473,14 @@ impl Trainable {
             .map(|&i| self.row(split, i, past.is_some()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let out = engine.forward(&rows, &prompts, past.as_ref(), &readout, true)?;
-        match &self.head {
+        let words = match &self.head {
             Some(head) => {
                 let features = out.features.expect("features were asked for");
-                Ok(matmul_t(&features, &keep(head))?)
+                matmul_t(&features, &keep(head))?
             }
-            None => Ok(out.logits),
-        }
+            None => out.logits,
+        };
+        Ok(self.verbalizer.class_scores_tensor(&words)?)
     }
 
     fn example_tokens<'s>(

@@ -27,7 +27,7 @@ fn spec(name: &str, classes: &[&str], template: &str, words: &[&str], metric: Me
         name: name.into(),
         classes: classes.iter().map(|c| c.to_string()).collect(),
         template: Template::new(template).expect("built-in templates are valid"),
-        verbalizer: words.iter().map(|w| w.to_string()).collect(),
+        verbalizer: words.iter().map(|&w| w.into()).collect(),
         metric,
     }
 }

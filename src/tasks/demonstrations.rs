@@ -6,7 +6,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{Example, TaskSpec};
+use super::{Example, TaskSpec, Verbalizer};
 use crate::tokenizer::Tokenizer;
 
 /// What a context of demonstrations holds.
@@ -22,22 +22,22 @@ pub struct Demonstrations {
 pub const SEPARATOR: &str = "\n";
 
 /// The demonstrations for `train` under `spec`: each example is tokenised exactly as the model
-/// reads inputs (template head, template tail), then its label word (`verbalizer[label]`, one
-/// token id) and [`SEPARATOR`]. Examples are taken in a random order drawn from `order_seed`
+/// reads inputs (template head, template tail), then its class's first label word and
+/// [`SEPARATOR`]. Examples are taken in a random order drawn from `order_seed`
 /// and added until the next would exceed `budget` tokens or `max` examples are in.
 pub fn assemble(
     tokenizer: &Tokenizer,
     spec: &TaskSpec,
-    verbalizer: &[u32],
+    verbalizer: &Verbalizer,
     train: &[Example],
     order_seed: u64,
     max: Option<usize>,
     budget: usize,
 ) -> anyhow::Result<Demonstrations> {
     anyhow::ensure!(
-        verbalizer.len() == spec.classes.len(),
-        "{} label-word ids for {} classes",
-        verbalizer.len(),
+        verbalizer.classes() == spec.classes.len(),
+        "label words for {} classes, the task has {}",
+        verbalizer.classes(),
         spec.classes.len()
     );
     let separator = tokenizer.encode(SEPARATOR)?;
@@ -52,9 +52,12 @@ pub fn assemble(
             break;
         }
         let example = &train[i];
-        let label = *verbalizer
-            .get(example.label)
-            .ok_or_else(|| anyhow::anyhow!("training example {i} has label {}", example.label))?;
+        anyhow::ensure!(
+            example.label < verbalizer.classes(),
+            "training example {i} has label {}",
+            example.label
+        );
+        let label = verbalizer.words_of(example.label)[0];
         let (head, tail) = spec
             .template
             .render(&example.text_a, example.text_b.as_deref())
@@ -96,7 +99,8 @@ mod tests {
                 label: i % 2,
             })
             .collect();
-        let all = assemble(&tokenizer, &spec, &[50, 51], &train, 3, None, 100).unwrap();
+        let words = Verbalizer::single(&[50, 51]).unwrap();
+        let all = assemble(&tokenizer, &spec, &words, &train, 3, None, 100).unwrap();
         assert_eq!((all.count, all.ids.len()), (6, 24));
         // Each demonstration: its two words, the template's t40, its label word.
         let mut seen: Vec<u32> = all
@@ -111,13 +115,18 @@ mod tests {
         seen.sort();
         assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
         // The budget stops it before the example that would not fit; `max` caps the count.
-        let cut = assemble(&tokenizer, &spec, &[50, 51], &train, 3, None, 11).unwrap();
+        let cut = assemble(&tokenizer, &spec, &words, &train, 3, None, 11).unwrap();
         assert_eq!((cut.count, &cut.ids[..]), (2, &all.ids[..8]));
-        let capped = assemble(&tokenizer, &spec, &[50, 51], &train, 3, Some(1), 100).unwrap();
+        let capped = assemble(&tokenizer, &spec, &words, &train, 3, Some(1), 100).unwrap();
         assert_eq!(capped.ids, all.ids[..4]);
         // Another seed, another order.
-        let other = assemble(&tokenizer, &spec, &[50, 51], &train, 4, None, 100).unwrap();
+        let other = assemble(&tokenizer, &spec, &words, &train, 4, None, 100).unwrap();
         assert_ne!(other.ids, all.ids);
-        assert!(assemble(&tokenizer, &spec, &[50], &train, 3, None, 100).is_err());
+        let one_class = Verbalizer::single(&[50]).unwrap();
+        assert!(assemble(&tokenizer, &spec, &one_class, &train, 3, None, 100).is_err());
+        // Several words per class: a demonstration writes the class's first word.
+        let many = Verbalizer::new(vec![vec![50, 52], vec![51, 53]]).unwrap();
+        let first = assemble(&tokenizer, &spec, &many, &train, 3, None, 100).unwrap();
+        assert_eq!(first, all);
     }
 }

@@ -10,6 +10,7 @@ pub mod formats;
 pub mod registry;
 pub mod spec;
 pub mod user;
+pub mod verbalizer;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use serde::Serialize;
 
 pub use formats::DataError;
 pub use spec::{Metric, MultiTokenWords, TaskSpec, Template};
+pub use verbalizer::{several_label_words, LabelWords, Verbalizer};
 
 /// One labelled example: one or two texts and a class index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

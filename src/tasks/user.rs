@@ -4,7 +4,7 @@
 //! name = "support-tickets"
 //! template = " <S> The ticket is about"
 //! classes = ["billing", "bug"]
-//! verbalizer = [" money", " software"]
+//! verbalizer = [" money", " software"]  # or several words per class: [[" money", " bill"], " bug"]
 //! metric = "accuracy"                    # or "accuracy_and_f1"; optional
 //!
 //! [data]
@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use super::formats::{Column, Delimited, JsonFields, LabelMap};
 use super::spec::{Metric, TaskSpec, Template};
+use super::verbalizer::LabelWords;
 use super::{Example, FileFormat, LoadOptions, TaskData};
 
 /// A column given by name or by 0-based index.
@@ -70,7 +71,7 @@ struct SpecFile {
     name: String,
     template: String,
     classes: Vec<String>,
-    verbalizer: Vec<String>,
+    verbalizer: Vec<LabelWords>,
     metric: Option<Metric>,
     data: DataSection,
 }
@@ -256,6 +257,26 @@ labels = { billing = ["0", "invoice"] }
             s.push_str(&format!("\"ticket {i}, please help\",{label}\n"));
         }
         s
+    }
+
+    #[test]
+    fn a_class_may_have_several_label_words_in_toml_and_json() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir, "pool.csv", &pool_csv(60));
+        let toml = SPEC.replace(
+            r#"verbalizer = [" money", " software"]"#,
+            r#"verbalizer = [[" money", " bill"], " software"]"#,
+        );
+        let spec = load(&write(&dir, "task.toml", &toml), &options()).unwrap().spec;
+        assert_eq!(spec.verbalizer[0].words(), [" money", " bill"]);
+        assert_eq!(spec.verbalizer[1].words(), [" software"]);
+        // An empty list is refused with the class it belongs to.
+        let empty = SPEC.replace(
+            r#"verbalizer = [" money", " software"]"#,
+            r#"verbalizer = [[], " software"]"#,
+        );
+        let err = load(&write(&dir, "empty.toml", &empty), &options()).unwrap_err();
+        assert!(err.to_string().contains("\"billing\" has an empty list"), "{err:#}");
     }
 
     #[test]

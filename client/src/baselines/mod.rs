@@ -116,6 +116,7 @@ fn session(
             settings.k,
             settings.seed,
             settings.test_limit,
+            None,
         )?,
         prompt_length: 0,
         placement: Placement::Prefix,

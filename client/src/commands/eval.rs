@@ -46,7 +46,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(!saved.z.is_empty(), "{} holds no z", args.prompt.display());
     let mut session = saved.session.clone();
     if let Some(task) = &args.task {
-        session.task = task_request(task, args.k, args.seed, None)?;
+        session.task = task_request(task, args.k, args.seed, None, None)?;
     }
     let split: SplitName = serde_json::from_value(serde_json::json!(args.split))?;
     let mut client = args.server.connect()?;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use bbt::protocol::{Distribution, Loss, Placement};
+use bbt::tasks::LabelWords;
 use bbt_client::http::{RetryPolicy, ServerClient};
 use bbt_client::tune::config::TuneConfig;
 use bbt_client::tune::outputs::TuneResult;
@@ -112,6 +113,33 @@ pub struct SettingArgs {
     /// COBYLA's initial trust-region radius in z.
     #[arg(long)]
     pub local_radius: Option<f64>,
+    /// Label words instead of the task's own: `several` (the task's built-in lists of several
+    /// words per class, BBT-RGB's multiple label words) or JSON with one entry per class, a
+    /// word or a list of words whose mean logit scores the class, e.g.
+    /// '[[" bad", " terrible"], [" great", " good"]]'.
+    #[arg(long, value_parser = parse_label_words)]
+    pub label_words: Option<LabelWordsArg>,
+}
+
+/// `--label-words`: the task's built-in lists, or the user's own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelWordsArg {
+    /// The task's lists of several words per class ([`bbt::tasks::several_label_words`]).
+    Several,
+    /// One entry per class.
+    Words(Vec<LabelWords>),
+}
+
+fn parse_label_words(s: &str) -> Result<LabelWordsArg, String> {
+    if s.trim() == "several" {
+        return Ok(LabelWordsArg::Several);
+    }
+    serde_json::from_str(s).map(LabelWordsArg::Words).map_err(|e| {
+        format!(
+            "expected `several` or a JSON list with one entry per class, each a word or a list \
+             of words, e.g. '[[\" bad\", \" terrible\"], \" great\"]': {e}"
+        )
+    })
 }
 
 fn parse_placement(s: &str) -> Result<Placement, String> {
@@ -132,7 +160,10 @@ fn parse_distribution(s: &str) -> Result<Distribution, String> {
 
 impl SettingArgs {
     /// The preset with these overrides.
-    pub fn apply(&self, mut c: TuneConfig) -> TuneConfig {
+    ///
+    /// # Errors
+    /// `--label-words several` for a task without built-in lists of several words.
+    pub fn apply(&self, mut c: TuneConfig) -> anyhow::Result<TuneConfig> {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { c.$field = v; } )* };
         }
@@ -171,7 +202,20 @@ impl SettingArgs {
         if self.p0_from.is_some() {
             c.p0_from = self.p0_from.clone();
         }
-        c
+        match &self.label_words {
+            Some(LabelWordsArg::Words(words)) => c.label_words = Some(words.clone()),
+            Some(LabelWordsArg::Several) => {
+                c.label_words = Some(bbt::tasks::several_label_words(&c.task).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--label-words several: task {} has no built-in lists of several label \
+                         words; give them as JSON, one entry per class",
+                        c.task
+                    )
+                })?);
+            }
+            None => {}
+        }
+        Ok(c)
     }
 }
 
@@ -231,7 +275,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 "bbtv2" => TuneConfig::bbtv2(task),
                 _ => TuneConfig::paper(task),
             };
-            let config = args.settings.apply(preset);
+            let config = args.settings.apply(preset)?;
             let out = args.out.clone().unwrap_or_else(|| {
                 let name = std::path::Path::new(task)
                     .file_stem()

@@ -4,6 +4,7 @@
 //! `docs/TUNING.md`).
 
 use bbt::protocol::{Distribution, Loss, Placement};
+use bbt::tasks::LabelWords;
 use serde::{Deserialize, Serialize};
 
 /// The settings of one tuning run; saved in every checkpoint and in `result.json`.
@@ -79,6 +80,11 @@ pub struct TuneConfig {
     /// at sigma 1.
     #[serde(default = "default_local_radius")]
     pub local_radius: f64,
+    /// Label words to use instead of the task's own, one entry per class: a word or a list of
+    /// words, the class scoring the mean of its words' logits (BBT-RGB's multiple label
+    /// words). Paper: the task's one word per class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_words: Option<Vec<LabelWords>>,
 }
 
 fn default_local_radius() -> f64 {
@@ -113,6 +119,7 @@ impl TuneConfig {
             p0_demonstrations: false,
             local_calls: 0,
             local_radius: default_local_radius(),
+            label_words: None,
         }
     }
 

@@ -16,7 +16,7 @@ use bbt::protocol::{
     CandidateResult, CreateSessionRequest, ExampleIn, ModelCard, Placement, ProjectionSpec,
     PromptInit, SplitName, TaskRequest,
 };
-use bbt::tasks::{self, LoadOptions};
+use bbt::tasks::{self, LabelWords, LoadOptions};
 
 use crate::cmaes::{CmaOptions, Ipop};
 use crate::http::{CallError, ServerClient};
@@ -151,7 +151,13 @@ pub fn session_request(
         )
     };
     Ok(CreateSessionRequest {
-        task: task_request(&config.task, config.k, config.seed, config.test_limit)?,
+        task: task_request(
+            &config.task,
+            config.k,
+            config.seed,
+            config.test_limit,
+            config.label_words.as_deref(),
+        )?,
         prompt_length: config.prompt_length,
         placement: config.placement,
         projection: ProjectionSpec {
@@ -177,12 +183,14 @@ pub fn session_request(
     })
 }
 
-/// The task as the server takes it (scored on its first `test_limit` test examples, if set).
+/// The task as the server takes it (scored on its first `test_limit` test examples, if set),
+/// with `label_words` instead of the task's own when given.
 pub fn task_request(
     task: &str,
     k: usize,
     seed: u64,
     test_limit: Option<usize>,
+    label_words: Option<&[LabelWords]>,
 ) -> anyhow::Result<TaskRequest> {
     let is_file = task.ends_with(".toml") || task.ends_with(".json");
     if !is_file {
@@ -191,6 +199,7 @@ pub fn task_request(
             k,
             seed,
             test_limit,
+            verbalizer: label_words.map(<[LabelWords]>::to_vec),
         });
     }
     let options = LoadOptions {
@@ -213,7 +222,7 @@ pub fn task_request(
         name: Some(data.spec.name.clone()),
         template: data.spec.template.as_str().to_string(),
         classes: data.spec.classes.clone(),
-        verbalizer: data.spec.verbalizer.clone(),
+        verbalizer: label_words.map_or_else(|| data.spec.verbalizer.clone(), <[_]>::to_vec),
         metric: data.spec.metric,
         train: convert(&data.train),
         dev: convert(&data.dev),

@@ -76,6 +76,11 @@ pub struct BlackBoxSettings {
     /// for the transfer methods, which start from another task's prompt.
     #[arg(long)]
     pub p0_text: Option<String>,
+    /// BBT and BBTv2 score each class by the mean logit of several label words, from each
+    /// task's built-in lists (`bbt tune --label-words several`); tasks without lists keep their
+    /// one word per class.
+    #[arg(long)]
+    pub several_label_words: bool,
 }
 
 /// The grid a comparison covers.
@@ -435,6 +440,9 @@ fn black_box_config(
     if kind == (MethodKind::BlackBox { deep: false }) {
         config.p0_text = grid.black_box.p0_text.clone();
     }
+    if matches!(kind, MethodKind::BlackBox { .. }) && grid.black_box.several_label_words {
+        config.label_words = bbt::tasks::several_label_words(&cell.task);
+    }
     if kind == MethodKind::Transfer {
         let source_task = cell
             .method
@@ -550,6 +558,7 @@ mod tests {
             black_box: BlackBoxSettings {
                 local_calls: 100,
                 p0_text: Some(" Review:".into()),
+                several_label_words: true,
             },
         };
         let config = |method: &str| {
@@ -565,8 +574,12 @@ mod tests {
         assert_eq!(bbt.local_calls, 100);
         assert_eq!(bbt.p0_text.as_deref(), Some(" Review:"));
         assert!(bbt.validate().is_ok(), "{:?}", bbt.validate());
+        let words = bbt.label_words.expect("mr has lists of several label words");
+        assert_eq!(words[1].first(), " great");
+        assert!(words[1].words().len() > 1);
         let deep = config("bbtv2");
         assert_eq!(deep.local_calls, 0);
         assert_eq!(deep.p0_text, None);
+        assert!(deep.label_words.is_some());
     }
 }

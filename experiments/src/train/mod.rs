@@ -17,7 +17,7 @@ use bbt::peft::optim::learning_rate_at;
 use bbt::peft::{Method, MethodConfig, StepReport, Trainable, Trainer};
 use bbt::protocol::{CandidateResult, Loss, Placement};
 use bbt::scoring::EncodedSplit;
-use bbt::tasks::{self, LoadOptions, Metric, MultiTokenWords, TaskSpec, Template};
+use bbt::tasks::{self, LoadOptions, Metric, MultiTokenWords, TaskSpec, Template, Verbalizer};
 use bbt::Engine;
 use bbt_client::summary::RunSummary;
 use bbt_client::tune::outputs::{peak_rss_mb, plot_curve, write_json, CurveXy};
@@ -447,10 +447,21 @@ pub struct Prepared {
     pub engine: Engine,
     /// The task (with the null template for null prompts).
     pub spec: TaskSpec,
-    pub verbalizer: Vec<u32>,
+    pub verbalizer: Verbalizer,
     pub train: EncodedSplit,
     pub dev: EncodedSplit,
     pub test: EncodedSplit,
+}
+
+impl Prepared {
+    /// The label words' token ids for a PyTorch peer, which reads one word per class.
+    pub fn single_word_ids(&self) -> anyhow::Result<&[u32]> {
+        anyhow::ensure!(
+            self.verbalizer.is_single(),
+            "the PyTorch peers read one label word per class; this task has several for a class"
+        );
+        Ok(self.verbalizer.ids())
+    }
 }
 
 /// Loads the task's splits and the model of `config` on `device`.

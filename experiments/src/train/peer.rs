@@ -72,7 +72,7 @@ pub fn run(config: &TrainConfig, dir: &Path, json_out: bool) -> anyhow::Result<(
     let spec = json!({
         "method": mc.method.name(),
         "init_adapter": init_adapter,
-        "verbalizer": prepared.verbalizer,
+        "verbalizer": prepared.single_word_ids()?,
         "train": split(&prepared.train),
         "dev": split(&prepared.dev),
         "test": split(&prepared.test),

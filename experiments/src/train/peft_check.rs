@@ -57,7 +57,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let inputs = tempfile::NamedTempFile::new()?;
     std::fs::write(
         inputs.path(),
-        serde_json::to_vec(&json!({"rows": rows, "verbalizer": prepared.verbalizer}))?,
+        serde_json::to_vec(&json!({"rows": rows, "verbalizer": prepared.single_word_ids()?}))?,
     )?;
     let model = bbt::assets::resolve_model(&config.model)?;
     let out = crate::peers::run_python(

@@ -135,7 +135,7 @@ pub fn evaluate_prefix_merged(
     // The union of label words; each job reads its own columns.
     let mut columns: BTreeMap<u32, usize> = BTreeMap::new();
     for job in jobs {
-        for &id in &job.session.verbalizer {
+        for &id in job.session.verbalizer.ids() {
             let next = columns.len();
             columns.entry(id).or_insert(next);
         }
@@ -154,19 +154,18 @@ pub fn evaluate_prefix_merged(
     let mut next = 0;
     for job in jobs {
         let split = &job.session.splits[&job.split];
-        let cols: Vec<usize> = job
-            .session
-            .verbalizer
-            .iter()
-            .map(|id| columns[id])
-            .collect();
+        let verbalizer = &job.session.verbalizer;
+        let cols: Vec<usize> = verbalizer.ids().iter().map(|id| columns[id]).collect();
         let per_candidate: Vec<Vec<Vec<f32>>> = (0..job.count)
             .map(|_| {
                 let block = &logits[next..next + split.len()];
                 next += split.len();
                 block
                     .iter()
-                    .map(|row| cols.iter().map(|&c| row[c]).collect())
+                    .map(|row| {
+                        let words: Vec<f32> = cols.iter().map(|&c| row[c]).collect();
+                        verbalizer.class_scores(&words)
+                    })
                     .collect()
             })
             .collect();

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use bbt::projection::{DeepProjection, Projection};
 use bbt::protocol::{CreateSessionRequest, Placement, PromptInit, SplitName, CONTENT_FREE_TEXTS};
 use bbt::scoring::EncodedSplit;
-use bbt::tasks::{demonstrations, Example, MultiTokenWords, TaskSpec};
+use bbt::tasks::{demonstrations, Example, MultiTokenWords, TaskSpec, Verbalizer};
 use bbt::{Engine, Prompt, Row, Segment};
 use candle_core::{DType, Tensor};
 
@@ -17,8 +17,8 @@ fn internal(e: impl std::fmt::Display) -> CoreError {
     CoreError::Internal(format!("{e:#}"))
 }
 
-/// Token ids of the verbalizer; a multi-token or unknown word is a 422 naming it.
-pub fn verbalizer_ids(engine: &Engine, spec: &TaskSpec) -> Result<Vec<u32>, CoreError> {
+/// Token ids of the label words, by class; a multi-token or unknown word is a 422 naming it.
+pub fn verbalizer_ids(engine: &Engine, spec: &TaskSpec) -> Result<Verbalizer, CoreError> {
     spec.verbalizer_ids(engine.tokenizer(), MultiTokenWords::Reject)
         .map(|(ids, _)| ids)
         .map_err(|e| CoreError::Invalid(format!("{e:#}")))

@@ -10,7 +10,7 @@ use bbt::model::decoder::KvCache;
 use bbt::projection::{DeepProjection, Projection};
 use bbt::protocol::{Loss, Placement, SessionInfo, SplitName};
 use bbt::scoring::EncodedSplit;
-use bbt::tasks::TaskSpec;
+use bbt::tasks::{TaskSpec, Verbalizer};
 use bbt::Prompt;
 use candle_core::Tensor;
 use parking_lot::Mutex;
@@ -73,8 +73,8 @@ pub struct Session {
     /// See [`SessionIdentity::request_digest`].
     pub request_digest: u64,
     pub spec: TaskSpec,
-    /// Token id of each class's label word.
-    pub verbalizer: Vec<u32>,
+    /// Token ids of each class's label words.
+    pub verbalizer: Verbalizer,
     pub splits: HashMap<SplitName, EncodedSplit>,
     pub projection: SessionProjection,
     pub placement: Placement,
@@ -94,7 +94,7 @@ impl Session {
     pub fn new(
         identity: SessionIdentity,
         spec: TaskSpec,
-        verbalizer: Vec<u32>,
+        verbalizer: Verbalizer,
         splits: HashMap<SplitName, EncodedSplit>,
         projection: SessionProjection,
         placement: Placement,

@@ -23,7 +23,15 @@ pub fn task_examples(
             k,
             seed,
             test_limit,
-        } => builtin(name, *k, *seed, *test_limit, limits, data_dir)?,
+            verbalizer,
+        } => {
+            let (mut spec, splits) = builtin(name, *k, *seed, *test_limit, limits, data_dir)?;
+            if let Some(words) = verbalizer {
+                spec.verbalizer = words.clone();
+                spec.validate().map_err(CoreError::Invalid)?;
+            }
+            (spec, splits)
+        }
         TaskRequest::Explicit {
             name,
             template,
