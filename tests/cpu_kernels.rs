@@ -203,3 +203,50 @@ fn every_method_gets_candles_gradients_through_the_libraries() {
         }
     }
 }
+
+#[test]
+fn a_weight_being_trained_multiplies_and_differentiates_through_the_library() {
+    use bbt::blas::Precision;
+    use bbt::model::linear::Linear;
+    use candle_core::Var;
+    let device = Device::Cpu;
+    let values = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 37 + seed * 11) % 101) as f32 / 101.0 - 0.5))
+            .collect()
+    };
+    for blas in libraries() {
+        let w = Var::from_vec(values(7 * 5, 1), (7, 5), &device).unwrap();
+        let x = Var::from_vec(values(3 * 5, 2), (3, 5), &device).unwrap();
+        let mut layer = Linear::new(w.as_tensor().clone());
+        layer.prepare_cpu(Some(blas), Precision::F32).unwrap();
+        assert!(layer.trains_through_blas(), "{}", blas.label());
+        // A weighted sum of the outputs, so every output element has its own gradient.
+        let coef = Tensor::from_vec(values(3 * 7, 3), (3, 7), &device).unwrap();
+        let got = layer.forward(x.as_tensor()).unwrap();
+        let want = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            max_abs_diff(&flat(&got), &flat(&want)) < 1e-5,
+            "{}",
+            blas.label()
+        );
+        let g_got = (got * &coef)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_want = (want * &coef)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w] {
+            let a = flat(g_got.get(v.as_tensor()).unwrap());
+            let b = flat(g_want.get(v.as_tensor()).unwrap());
+            assert!(max_abs_diff(&a, &b) < 1e-5, "{}: gradient", blas.label());
+        }
+    }
+}

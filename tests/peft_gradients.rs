@@ -172,7 +172,13 @@ fn several_label_words_per_class_score_their_mean_and_train() {
                 assert!((*a as f32 - b).abs() < 1e-4, "{method}: {s:?} vs {want:?}");
             }
         }
-        check_gradients(&mut engine, grouped, &split, &idx, &format!("{method} grouped"));
+        check_gradients(
+            &mut engine,
+            grouped,
+            &split,
+            &idx,
+            &format!("{method} grouped"),
+        );
     }
 }
 
@@ -185,7 +191,8 @@ fn training_and_inference_forwards_agree() {
     for arch in ARCHITECTURES {
         for method in Method::ALL {
             let mut engine = engine(arch, DType::F32);
-            let trainable = Trainable::new(&engine, &small_config(method), &verbalizer(), 5).unwrap();
+            let trainable =
+                Trainable::new(&engine, &small_config(method), &verbalizer(), 5).unwrap();
             perturb(&trainable, &mut ChaCha8Rng::seed_from_u64(3));
             let train: Vec<f32> = trainable
                 .logits(&mut engine, &split, &idx, true)
@@ -244,7 +251,8 @@ fn training_moves_parameters_and_leaves_frozen_weights_bitwise_unchanged() {
             }
             let mut engine = engine(arch, DType::F32);
             let before = frozen_values(engine.weights(), method);
-            let trainable = Trainable::new(&engine, &small_config(method), &verbalizer(), 5).unwrap();
+            let trainable =
+                Trainable::new(&engine, &small_config(method), &verbalizer(), 5).unwrap();
             let initial: Vec<Vec<f32>> = trainable
                 .params()
                 .iter()

@@ -147,7 +147,11 @@ fn verbalizers_are_single_tokens_for_the_default_model() {
         let (ids, cut) = spec
             .verbalizer_ids(&tokenizer, MultiTokenWords::Reject)
             .unwrap();
-        assert_eq!((ids.classes(), cut.len()), (spec.classes.len(), 0), "{name}");
+        assert_eq!(
+            (ids.classes(), cut.len()),
+            (spec.classes.len(), 0),
+            "{name}"
+        );
         assert!(ids.is_single(), "{name}");
     }
     // The lists of several words per class: single tokens too, the task's own word first.
@@ -168,7 +172,11 @@ fn verbalizers_are_single_tokens_for_the_default_model() {
         let (ids, cut) = spec
             .verbalizer_ids(&tokenizer, MultiTokenWords::Reject)
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert_eq!((ids.classes(), cut.len()), (spec.classes.len(), 0), "{name}");
+        assert_eq!(
+            (ids.classes(), cut.len()),
+            (spec.classes.len(), 0),
+            "{name}"
+        );
         assert!(!ids.is_single(), "{name}");
     }
     // The check bites: a two-token word is refused, or cut to its first token when allowed.

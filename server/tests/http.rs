@@ -680,15 +680,21 @@ async fn several_label_words_score_the_mean_of_their_logits() {
         .map(|e| json!({"text": e["text"]}))
         .collect();
     let prompt = vec![vec![0.1f32; 32]; 2];
-    let forward = |verbalizer: Value| {
-        json!({"template": " <S> t40", "verbalizer": verbalizer, "inputs": inputs, "prompt": prompt})
-    };
+    let forward = |verbalizer: Value| json!({"template": " <S> t40", "verbalizer": verbalizer, "inputs": inputs, "prompt": prompt});
     let (status, words) = s
-        .post("/v1/forward", None, &forward(json!([" t50", " t52", " t51"])))
+        .post(
+            "/v1/forward",
+            None,
+            &forward(json!([" t50", " t52", " t51"])),
+        )
         .await;
     assert_eq!(status, 200, "{words}");
     let (status, grouped) = s
-        .post("/v1/forward", None, &forward(json!([[" t50", " t52"], " t51"])))
+        .post(
+            "/v1/forward",
+            None,
+            &forward(json!([[" t50", " t52"], " t51"])),
+        )
         .await;
     assert_eq!(status, 200, "{grouped}");
     for i in 0..3 {
@@ -711,7 +717,10 @@ async fn several_label_words_score_the_mean_of_their_logits() {
     ] {
         let (status, answer) = s.post("/v1/forward", None, &forward(verbalizer)).await;
         assert_eq!(status, 422, "{answer}");
-        assert!(answer["detail"].as_str().unwrap().contains(says), "{answer}");
+        assert!(
+            answer["detail"].as_str().unwrap().contains(says),
+            "{answer}"
+        );
     }
 }
 

@@ -10,7 +10,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
 
-use super::packed_linear::{round_to_bf16, CpuWeight};
+use super::packed_linear::{round_to_bf16, trainable_matmul_t, CpuWeight};
 use crate::blas::{Blas, Precision};
 
 /// `x @ w^T` for `x` `[n, in]` and `w` `[out, in]`, differentiable in whichever operands track
@@ -109,6 +109,9 @@ pub struct Linear {
     /// A bf16 model on the CPU: inputs are rounded to bf16 before the matmul (the weight was
     /// rounded when prepared), and everything else stays f32.
     bf16_inputs: bool,
+    /// The CPU's BLAS for a weight being trained (a variable when prepared; its detached copy
+    /// for evaluation): its matmuls and their gradients go through the library's plain sgemm.
+    trainable_blas: Option<&'static Blas>,
 }
 
 impl Linear {
@@ -120,6 +123,7 @@ impl Linear {
             lora: Vec::new(),
             prepared: None,
             bf16_inputs: false,
+            trainable_blas: None,
         }
     }
 
@@ -146,6 +150,7 @@ impl Linear {
             }
             _ => None,
         };
+        self.trainable_blas = blas.filter(|_| self.weight.is_variable());
         Ok(())
     }
 
@@ -160,23 +165,44 @@ impl Linear {
             .is_some_and(|p| p.prepares(&self.weight))
     }
 
+    /// Whether the weight is being trained and its matmuls (and their gradients) go through the
+    /// CPU's BLAS.
+    pub fn trains_through_blas(&self) -> bool {
+        self.trainable_blas.is_some() && self.weight.is_variable()
+    }
+
     /// Bytes of the packed copy of the weight, if any.
     pub fn packed_bytes(&self) -> usize {
         self.prepared.as_ref().map_or(0, CpuWeight::bytes)
     }
 
-    /// `x @ W^T`: through the BLAS when the prepared weight is current and `x` is f32 rows on
-    /// the CPU, else candle's matmul (on bf16-rounded inputs for a bf16 model).
+    /// `x @ W^T`: through the BLAS when the prepared weight is current (or the weight is being
+    /// trained and the layer was prepared with a BLAS) and `x` is f32 rows on the CPU, else
+    /// candle's matmul; on bf16-rounded inputs for a bf16 model either way.
     fn weight_matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let f32_rows = x.rank() == 2 && x.dtype() == DType::F32;
         if let Some(p) = &self.prepared {
-            if p.prepares(&self.weight) && x.rank() == 2 && x.dtype() == DType::F32 {
+            if p.prepares(&self.weight) && f32_rows {
                 return p.matmul_t(x, &self.weight);
             }
         }
-        if self.bf16_inputs && x.dtype() == DType::F32 {
-            return matmul_t(&round_to_bf16(x)?, &self.weight);
+        let rounded;
+        let x = if self.bf16_inputs && x.dtype() == DType::F32 {
+            rounded = round_to_bf16(x)?;
+            &rounded
+        } else {
+            x
+        };
+        match self.trainable_blas {
+            Some(blas)
+                if f32_rows
+                    && self.weight.dtype() == DType::F32
+                    && self.weight.device().is_cpu() =>
+            {
+                trainable_matmul_t(blas, x, &self.weight)
+            }
+            _ => matmul_t(x, &self.weight),
         }
-        matmul_t(x, &self.weight)
     }
 
     /// Output features.
@@ -249,6 +275,7 @@ impl Linear {
                 .collect(),
             prepared: self.prepared.clone(),
             bf16_inputs: self.bf16_inputs,
+            trainable_blas: self.trainable_blas,
         }
     }
 }

@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, TensorId};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, TensorId,
+};
 use half::bf16;
 
 use crate::blas::{matmul_nt, sgemm, Blas, PackedWeight, Precision};
@@ -147,6 +149,87 @@ impl CustomOp1 for BlasLinear {
 /// A BLAS library's failure as a candle error.
 fn blas_error(e: anyhow::Error) -> candle_core::Error {
     candle_core::Error::Msg(format!("CPU matmul: {e:#}"))
+}
+
+/// `x @ W^T` for a weight being trained (a variable, `[out, in]`, f32 on the CPU) through
+/// `blas`'s plain sgemm: the weight changes every step, so it is read in place, not packed.
+/// Differentiable in both: `dx = g @ W`, `dW = g^T @ x`, each one sgemm.
+pub fn trainable_matmul_t(
+    blas: &'static Blas,
+    x: &Tensor,
+    weight: &Tensor,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, TrainableLinear { blas })
+}
+
+/// `x @ W^T` with the weight as the op's second input (so it gets a gradient).
+struct TrainableLinear {
+    blas: &'static Blas,
+}
+
+impl CustomOp2 for TrainableLinear {
+    fn name(&self) -> &'static str {
+        "blas-trainable-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (x, w) else {
+            candle_core::bail!("blas-trainable-linear: f32 inputs needed");
+        };
+        let (Some((xs, xe)), Some((ws, we))) = (lx.contiguous_offsets(), lw.contiguous_offsets())
+        else {
+            candle_core::bail!("blas-trainable-linear: inputs must be contiguous");
+        };
+        let (m, k) = lx.shape().dims2()?;
+        let (n, k_w) = lw.shape().dims2()?;
+        if k != k_w {
+            candle_core::bail!("linear: input has {k} features, the weight {k_w}");
+        }
+        let y = matmul_nt(self.blas, &x[xs..xe], &w[ws..we], m, k, n).map_err(blas_error)?;
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (m, n) = grad.dims2()?;
+        let k = w.dim(1)?;
+        // dW = g^T @ x: the gradient transposed once (`[n, m]`, small next to the product).
+        let grad_t = grad.t()?.contiguous()?;
+        let products = with_f32_slice(&grad, |g| {
+            with_f32_slice(w, |w| sgemm(self.blas, g, w, m, n, k))
+        })
+        .zip(with_f32_slice(&grad_t, |gt| {
+            with_f32_slice(x, |x| sgemm(self.blas, gt, x, n, m, k))
+        }));
+        let Some((Some(dx), Some(dw))) = products else {
+            return Ok((Some(grad.matmul(w)?), Some(grad_t.matmul(x)?)));
+        };
+        Ok((
+            Some(Tensor::from_vec(
+                dx.map_err(blas_error)?,
+                (m, k),
+                grad.device(),
+            )?),
+            Some(Tensor::from_vec(
+                dw.map_err(blas_error)?,
+                (n, k),
+                grad.device(),
+            )?),
+        ))
+    }
 }
 
 /// Runs `f` on the f32 elements of a contiguous CPU tensor (`None` for any other tensor).

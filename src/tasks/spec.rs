@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::verbalizer::LabelWords;
 #[cfg(feature = "engine")]
 use super::verbalizer::Verbalizer;
-use super::verbalizer::LabelWords;
 
 #[cfg(feature = "engine")]
 use crate::tokenizer::Tokenizer;
@@ -185,7 +185,7 @@ impl TaskSpec {
                         many.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
                     ),
                 };
-                if let Some(other) = owner.insert(id, word) {
+                if let Some(other) = owner.insert(id, word.as_str()) {
                     anyhow::bail!(
                         "label word {word:?} maps to the same token as the label word {other:?}"
                     );

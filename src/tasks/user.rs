@@ -267,7 +267,9 @@ labels = { billing = ["0", "invoice"] }
             r#"verbalizer = [" money", " software"]"#,
             r#"verbalizer = [[" money", " bill"], " software"]"#,
         );
-        let spec = load(&write(&dir, "task.toml", &toml), &options()).unwrap().spec;
+        let spec = load(&write(&dir, "task.toml", &toml), &options())
+            .unwrap()
+            .spec;
         assert_eq!(spec.verbalizer[0].words(), [" money", " bill"]);
         assert_eq!(spec.verbalizer[1].words(), [" software"]);
         // An empty list is refused with the class it belongs to.
@@ -276,7 +278,10 @@ labels = { billing = ["0", "invoice"] }
             r#"verbalizer = [[], " software"]"#,
         );
         let err = load(&write(&dir, "empty.toml", &empty), &options()).unwrap_err();
-        assert!(err.to_string().contains("\"billing\" has an empty list"), "{err:#}");
+        assert!(
+            err.to_string().contains("\"billing\" has an empty list"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -52,9 +52,10 @@ impl From<String> for LabelWords {
 
 impl From<Vec<&str>> for LabelWords {
     fn from(ws: Vec<&str>) -> Self {
-        match ws.as_slice() {
-            [one] => Self::One(one.to_string()),
-            _ => Self::Many(ws.into_iter().map(String::from).collect()),
+        if ws.len() == 1 {
+            Self::One(ws[0].to_string())
+        } else {
+            Self::Many(ws.into_iter().map(String::from).collect())
         }
     }
 }
@@ -89,7 +90,11 @@ pub fn several_label_words(task: &str) -> Option<Vec<LabelWords>> {
             &[" Tech", " Technology", " Science"],
         ],
         "mrpc" => &[&[" No", " Different"], &[" Yes", " Same"]],
-        "snli" => &[&[" Yes", " True"], &[" Maybe", " Perhaps"], &[" No", " False"]],
+        "snli" => &[
+            &[" Yes", " True"],
+            &[" Maybe", " Perhaps"],
+            &[" No", " False"],
+        ],
         "rte" => &[&[" Yes", " True"], &[" No", " False"]],
         _ => return None,
     };
@@ -242,7 +247,10 @@ mod tests {
     fn the_tensor_op_matches_the_host_means_and_passes_gradients() {
         use candle_core::{Device, Tensor, Var};
         let v = Verbalizer::new(vec![vec![10, 11], vec![12], vec![13, 14, 15]]).unwrap();
-        let rows = [[1.0f32, 3.0, -2.0, 0.5, 1.5, 4.0], [0.0, -1.0, 2.0, 3.0, 3.0, 3.0]];
+        let rows = [
+            [1.0f32, 3.0, -2.0, 0.5, 1.5, 4.0],
+            [0.0, -1.0, 2.0, 3.0, 3.0, 3.0],
+        ];
         let x = Var::from_tensor(&Tensor::new(&rows, &Device::Cpu).unwrap()).unwrap();
         let got = v.class_scores_tensor(x.as_tensor()).unwrap();
         let got: Vec<Vec<f32>> = got.to_vec2().unwrap();
@@ -253,7 +261,11 @@ mod tests {
             }
         }
         // d(sum of class scores)/d(word logit) = 1 / (words in its class).
-        let grads = v.class_scores_tensor(x.as_tensor()).unwrap().sum_all().unwrap();
+        let grads = v
+            .class_scores_tensor(x.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let grads = grads.backward().unwrap();
         let g: Vec<Vec<f32>> = grads.get(x.as_tensor()).unwrap().to_vec2().unwrap();
         let want = [0.5, 0.5, 1.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0];

@@ -73,7 +73,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         Start::Resume
     } else {
-        Start::Fresh(Box::new(args.settings.apply(TuneConfig::quick(&args.task))?))
+        Start::Fresh(Box::new(
+            args.settings.apply(TuneConfig::quick(&args.task))?,
+        ))
     };
     let result = tune::run(&mut client, start, &args.out, args.output.progress())?;
     let server_rss = local

@@ -134,12 +134,14 @@ fn parse_label_words(s: &str) -> Result<LabelWordsArg, String> {
     if s.trim() == "several" {
         return Ok(LabelWordsArg::Several);
     }
-    serde_json::from_str(s).map(LabelWordsArg::Words).map_err(|e| {
-        format!(
+    serde_json::from_str(s)
+        .map(LabelWordsArg::Words)
+        .map_err(|e| {
+            format!(
             "expected `several` or a JSON list with one entry per class, each a word or a list \
              of words, e.g. '[[\" bad\", \" terrible\"], \" great\"]': {e}"
         )
-    })
+        })
 }
 
 fn parse_placement(s: &str) -> Result<Placement, String> {
@@ -205,13 +207,14 @@ impl SettingArgs {
         match &self.label_words {
             Some(LabelWordsArg::Words(words)) => c.label_words = Some(words.clone()),
             Some(LabelWordsArg::Several) => {
-                c.label_words = Some(bbt::tasks::several_label_words(&c.task).ok_or_else(|| {
-                    anyhow::anyhow!(
+                c.label_words =
+                    Some(bbt::tasks::several_label_words(&c.task).ok_or_else(|| {
+                        anyhow::anyhow!(
                         "--label-words several: task {} has no built-in lists of several label \
                          words; give them as JSON, one entry per class",
                         c.task
                     )
-                })?);
+                    })?);
             }
             None => {}
         }

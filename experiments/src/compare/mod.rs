@@ -574,7 +574,9 @@ mod tests {
         assert_eq!(bbt.local_calls, 100);
         assert_eq!(bbt.p0_text.as_deref(), Some(" Review:"));
         assert!(bbt.validate().is_ok(), "{:?}", bbt.validate());
-        let words = bbt.label_words.expect("mr has lists of several label words");
+        let words = bbt
+            .label_words
+            .expect("mr has lists of several label words");
         assert_eq!(words[1].first(), " great");
         assert!(words[1].words().len() > 1);
         let deep = config("bbtv2");
