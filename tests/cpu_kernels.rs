@@ -212,7 +212,7 @@ fn a_weight_being_trained_multiplies_and_differentiates_through_the_library() {
     let device = Device::Cpu;
     let values = |n: usize, seed: usize| -> Vec<f32> {
         (0..n)
-            .map(|i| (((i * 37 + seed * 11) % 101) as f32 / 101.0 - 0.5))
+            .map(|i| ((i * 37 + seed * 11) % 101) as f32 / 101.0 - 0.5)
             .collect()
     };
     for blas in libraries() {

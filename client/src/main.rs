@@ -35,7 +35,7 @@ enum Command {
     Demo(demo::Args),
     /// Start a local server with the default model, tune MR 16-shot, compare with zero-shot.
     #[cfg(feature = "local")]
-    Quickstart(commands::quickstart::Args),
+    Quickstart(Box<commands::quickstart::Args>),
     /// Tune a continuous prompt for a task against a bbt-server (black-box: CMA-ES on z).
     Tune(Box<commands::tune::Args>),
     /// Score a tuned prompt (best_prompt.json) on a task's split.

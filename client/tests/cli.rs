@@ -86,6 +86,18 @@ fn bad_input_exits_non_zero_with_one_clear_line() {
             "unknown asset `no-such-model`",
         ),
         (vec!["demo", "--device", "tpu"], "unknown device `tpu`"),
+        (
+            vec![
+                "tune",
+                "--server",
+                "http://127.0.0.1:9",
+                "--task",
+                "dbpedia",
+                "--label-words",
+                "several",
+            ],
+            "task dbpedia has no built-in lists of several label words",
+        ),
     ] {
         if args[..2] == ["data", "show"]
             && args[2] == "yelp"
@@ -100,5 +112,25 @@ fn bad_input_exits_non_zero_with_one_clear_line() {
             "{args:?}: {err}"
         );
         assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn label_words_that_are_not_a_list_per_class_are_refused_before_any_call() {
+    for bad in ["[3]", "great", "{\"a\": 1}"] {
+        let (code, _, err) = bbt(&[
+            "tune",
+            "--server",
+            "http://127.0.0.1:9",
+            "--task",
+            "mr",
+            "--label-words",
+            bad,
+        ]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(
+            err.contains("expected `several` or a JSON list with one entry per class"),
+            "{bad}: {err}"
+        );
     }
 }

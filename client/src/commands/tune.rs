@@ -269,7 +269,6 @@ pub struct Args {
 
 /// Runs `bbt tune`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let mut client = args.server.connect()?;
     let (start, out) = match (&args.resume, &args.task) {
         (Some(dir), _) => (Start::Resume, dir.clone()),
         (None, Some(task)) => {
@@ -289,6 +288,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --task, or --resume DIR"),
     };
+    let mut client = args.server.connect()?;
     let result = tune::run(&mut client, start, &out, args.output.progress())?;
     report(&result, &out, args.output.json);
     Ok(())
