@@ -80,6 +80,25 @@ impl Method {
         }
     }
 
+    /// The method's name in words, as papers and reports write it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Method::ModelTuning => "Model tuning (every weight)",
+            Method::PromptTuning => "Prompt tuning",
+            Method::PrefixTuning => "Prefix-tuning",
+            Method::PTuningV2 => "P-tuning v2",
+            Method::Lora => "LoRA",
+            Method::Adapter => "Adapter (Houlsby)",
+            Method::ParallelAdapter => "Parallel adapter",
+            Method::MamAdapter => "MAM adapter",
+            Method::Bitfit => "BitFit (biases only)",
+            Method::NormTuning => "Norm tuning",
+            Method::ChildTuningF => "Child-Tuning_F",
+            Method::ChildTuningD => "Child-Tuning_D",
+            Method::NullPrompt => "Null prompt + BitFit",
+        }
+    }
+
     /// Whether every weight of the model trains (so gradients and optimizer state cover it).
     pub fn tunes_all_weights(self) -> bool {
         matches!(

@@ -55,6 +55,17 @@ impl Baseline {
         }
     }
 
+    /// The method's name in words, as papers and reports write it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Manual => "Manual prompt, zero-shot",
+            Self::ManualCalibrated => "Manual prompt + contextual calibration",
+            Self::InContext => "In-context learning",
+            Self::InContextCalibrated => "In-context learning + contextual calibration",
+            Self::FeatureProbe => "Feature probe (logistic regression on the last hidden state)",
+        }
+    }
+
     /// The baseline called `name`.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|b| b.name() == name)

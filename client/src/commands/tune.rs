@@ -8,6 +8,7 @@ use bbt_client::http::{RetryPolicy, ServerClient};
 use bbt_client::tune::config::TuneConfig;
 use bbt_client::tune::outputs::TuneResult;
 use bbt_client::tune::progress::ProgressOptions;
+use bbt_client::tune::selection::Selection;
 use bbt_client::tune::{self, Start};
 
 /// Connection flags shared by the commands that talk to a server.
@@ -82,6 +83,16 @@ pub struct SettingArgs {
     /// Evaluate on dev every this many training calls.
     #[arg(long)]
     pub dev_every: Option<u64>,
+    /// Which prompt checked on dev becomes the result: dev-accuracy (the highest dev accuracy,
+    /// BBT's rule), dev-loss (the lowest dev loss), mean-dev-accuracy / mean-dev-loss (the
+    /// same among the search's estimates only: CMA-ES's mean, COBYLA's best) or final (the
+    /// search's last estimate).
+    #[arg(long, value_parser = Selection::parse)]
+    pub select: Option<Selection>,
+    /// Also score the prompt chosen so far on the test split after these numbers of training
+    /// calls, comma-separated (result.json's `test_curve`).
+    #[arg(long, value_delimiter = ',')]
+    pub test_at: Option<Vec<u64>>,
     /// Separable CMA-ES (diagonal covariance).
     #[arg(long)]
     pub diagonal: bool,
@@ -180,7 +191,14 @@ impl SettingArgs {
             sigma,
             alpha
         );
-        set!(distribution, dev_every, local_calls, local_radius);
+        set!(
+            distribution,
+            dev_every,
+            select,
+            test_at,
+            local_calls,
+            local_radius
+        );
         if let Some(loss) = &self.loss {
             c.loss = match loss.as_str() {
                 "hinge" => Loss::Hinge {
@@ -251,9 +269,11 @@ pub struct Args {
     #[arg(long, required_unless_present = "resume")]
     task: Option<String>,
     /// Starting settings: `paper` (BBT's: L=50 prefix, d=500, 8000 calls), `bbtv2` (BBTv2's:
-    /// a prompt at every layer, sigma = alpha = 0.2) or `quick` (bbt quickstart's); flags below
-    /// override single values.
-    #[arg(long, default_value = "paper", value_parser = ["paper", "bbtv2", "quick"])]
+    /// a prompt at every layer, sigma = alpha = 0.2), `quick` (bbt quickstart's: L=5 before
+    /// the template's tail, d=100, 600 calls) or `rgb` (quick with BBT-RGB's techniques: COBYLA
+    /// for the last 200 calls, several label words per class); flags below override single
+    /// values.
+    #[arg(long, default_value = "paper", value_parser = ["paper", "bbtv2", "quick", "rgb"])]
     preset: String,
     #[command(flatten)]
     settings: SettingArgs,
@@ -274,6 +294,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         (None, Some(task)) => {
             let preset = match args.preset.as_str() {
                 "quick" => TuneConfig::quick(task),
+                "rgb" => TuneConfig::rgb(task),
                 "bbtv2" => TuneConfig::bbtv2(task),
                 _ => TuneConfig::paper(task),
             };
@@ -321,5 +342,36 @@ pub fn human_bytes(b: u64) -> String {
         0..1_000 => format!("{b} B"),
         1_000..1_000_000 => format!("{:.1} kB", b as f64 / 1e3),
         _ => format!("{:.1} MB", b as f64 / 1e6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The setting flags alone, as `bbt tune` parses them.
+    #[derive(Parser)]
+    struct Settings {
+        #[command(flatten)]
+        settings: SettingArgs,
+    }
+
+    #[test]
+    fn the_rgb_preset_is_the_quick_preset_with_the_flags_docs_tuning_names() {
+        let docs = include_str!("../../../docs/TUNING.md");
+        let marker = "`bbt tune --preset rgb` is `bbt tune --preset quick ";
+        let start = docs
+            .find(marker)
+            .expect("docs/TUNING.md defines the rgb preset")
+            + marker.len();
+        let flags = &docs[start..start + docs[start..].find('`').unwrap()];
+        let parsed =
+            Settings::try_parse_from(std::iter::once("settings").chain(flags.split_whitespace()))
+                .unwrap();
+        for task in ["mr", "sst2", "agnews"] {
+            let documented = parsed.settings.apply(TuneConfig::quick(task)).unwrap();
+            assert_eq!(documented, TuneConfig::rgb(task), "{task}: {flags}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::TuneConfig;
 use super::local::LocalSearch;
+use super::selection::Picks;
 use crate::cmaes::Ipop;
 
 /// File name of the checkpoint in the output folder.
@@ -24,7 +25,16 @@ pub struct CurvePoint {
     pub dev_accuracy: Option<f64>,
 }
 
-/// The best-dev prompt so far.
+/// The test accuracy of the prompt chosen after some training calls (`test_at`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestPoint {
+    /// Training calls so far.
+    pub api_calls: u64,
+    pub test_accuracy: f64,
+    pub test_f1: Option<f64>,
+}
+
+/// A prompt checked on dev and kept by a selection rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BestPrompt {
     /// `d` numbers; BBTv2: `layers * d`, layer by layer.
@@ -55,7 +65,12 @@ pub struct Checkpoint {
     /// Dev, test and zero-shot calls.
     pub other_calls: u64,
     pub curve: Vec<CurvePoint>,
-    pub best: Option<BestPrompt>,
+    /// Each selection rule's pick so far; the configured rule's is the run's result.
+    #[serde(default)]
+    pub picks: Picks,
+    /// The test accuracy at each of the config's `test_at` milestones passed so far.
+    #[serde(default)]
+    pub test_curve: Vec<TestPoint>,
     pub best_train_loss: f64,
     /// The local search after CMA-ES, once begun.
     #[serde(default)]
@@ -68,6 +83,11 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The configured selection rule's pick so far.
+    pub fn best(&self) -> Option<&BestPrompt> {
+        self.picks.get(&self.config.select)
+    }
+
     /// Writes to a temporary file and renames it over the old checkpoint: a kill mid-write
     /// leaves the previous one intact.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {

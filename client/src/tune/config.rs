@@ -1,11 +1,14 @@
-//! Every setting of a tuning run in one place, with its default and why. Two presets:
+//! Every setting of a tuning run in one place, with its default and why. Presets:
 //! [`TuneConfig::paper`] (BBT, Sun et al. 2022, as its reference code runs it; `bbt tune`'s
-//! default) and [`TuneConfig::quick`] (what `bbt quickstart` runs; chosen by the measurements in
-//! `docs/TUNING.md`).
+//! default), [`TuneConfig::bbtv2`], [`TuneConfig::quick`] (what `bbt quickstart` runs) and
+//! [`TuneConfig::rgb`] (the quick preset with BBT-RGB's techniques); the last two chosen by the
+//! measurements in `docs/TUNING.md`.
 
 use bbt::protocol::{Distribution, Loss, Placement};
 use bbt::tasks::LabelWords;
 use serde::{Deserialize, Serialize};
+
+use super::selection::Selection;
 
 /// The settings of one tuning run; saved in every checkpoint and in `result.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,9 +40,18 @@ pub struct TuneConfig {
     pub distribution: Distribution,
     /// Training loss. Paper: cross-entropy.
     pub loss: Loss,
-    /// Evaluate on the dev split every this many training calls, keeping the best-dev prompt.
-    /// Paper: 100.
+    /// Evaluate on the dev split every this many training calls (CMA-ES's mean and the
+    /// generation's best sample). Paper: 100.
     pub dev_every: u64,
+    /// Which checked prompt becomes the result ([`Selection`]). Paper: the highest dev
+    /// accuracy.
+    #[serde(default = "default_select")]
+    pub select: Selection,
+    /// Also score the prompt chosen so far on the test split after these numbers of training
+    /// calls (each then checked on dev first), so one run shows what smaller budgets would
+    /// have given. Paper: none (the test split is scored once, at the end).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_at: Vec<u64>,
     /// Separable CMA-ES (diagonal covariance).
     pub diagonal: bool,
     /// Box bound `|z_i| <= bound` for CMA-ES, none if absent. Paper: none.
@@ -91,6 +103,10 @@ fn default_local_radius() -> f64 {
     0.2
 }
 
+fn default_select() -> Selection {
+    Selection::DevAccuracy
+}
+
 impl TuneConfig {
     /// BBT's settings: L = 50 prefix, d = 500, population 20, sigma 1, normal A with alpha 1,
     /// cross-entropy, 8,000 calls, dev every 100 calls.
@@ -109,6 +125,8 @@ impl TuneConfig {
             distribution: Distribution::Normal,
             loss: Loss::CrossEntropy,
             dev_every: 100,
+            select: default_select(),
+            test_at: Vec::new(),
             diagonal: false,
             bound: None,
             zero_shot: false,
@@ -148,6 +166,17 @@ impl TuneConfig {
             dev_every: 60,
             zero_shot: true,
             ..Self::paper(task)
+        }
+    }
+
+    /// `--preset rgb`: the quick preset with BBT-RGB's techniques that measured well in
+    /// `docs/TUNING.md`: COBYLA for the last third of the calls, from CMA-ES's best point, and
+    /// several label words per class where the task has built-in lists.
+    pub fn rgb(task: &str) -> Self {
+        Self {
+            local_calls: 200,
+            label_words: bbt::tasks::several_label_words(task),
+            ..Self::quick(task)
         }
     }
 
@@ -197,6 +226,13 @@ impl TuneConfig {
         }
         if self.p0_text.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err("p0_text is empty".into());
+        }
+        if let Some(m) = self.test_at.iter().find(|&&m| m == 0 || m >= self.budget) {
+            return Err(format!(
+                "test_at {m} is not between 1 and the budget {} (the end of the run is always \
+                 scored on test)",
+                self.budget - 1
+            ));
         }
         if self.prompt_length == 0 {
             return Err("prompt_length must be at least 1".into());

@@ -7,6 +7,7 @@ pub mod config;
 pub mod local;
 pub mod outputs;
 pub mod progress;
+pub mod selection;
 
 use std::path::Path;
 use std::time::Instant;
@@ -20,11 +21,12 @@ use bbt::tasks::{self, LabelWords, LoadOptions};
 
 use crate::cmaes::{CmaOptions, Ipop};
 use crate::http::{CallError, ServerClient};
-use checkpoint::{BestPrompt, Checkpoint, CurvePoint, CHECKPOINT_FILE};
+use checkpoint::{Checkpoint, CurvePoint, TestPoint, CHECKPOINT_FILE};
 use config::TuneConfig;
 use local::LocalSearch;
 use outputs::TuneResult;
 use progress::{Event, Progress, ProgressOptions, Stage};
+use selection::{CandidateKind, Checked};
 
 /// Where a run starts from.
 pub enum Start {
@@ -123,7 +125,8 @@ fn new_checkpoint(client: &mut ServerClient, config: TuneConfig) -> anyhow::Resu
         train_calls: 0,
         other_calls: 0,
         curve: Vec::new(),
-        best: None,
+        picks: Default::default(),
+        test_curve: Vec::new(),
         best_train_loss: f64::INFINITY,
         local: None,
         zero_shot_test_accuracy: None,
@@ -261,13 +264,14 @@ impl Tuner<'_> {
         if state.config.local_calls > 0 {
             self.local_search(state)?;
         }
-        let best = match &state.best {
+        let best = match state.best() {
             Some(b) => b.z.clone(),
             None => current_prompt(state),
         };
         let test = self.evaluate(state, &best, 1, SplitName::Test)?;
         if let Some(t) = &test {
             self.progress.event(&Event::Test {
+                api_calls: state.train_calls,
                 test_accuracy: t[0].accuracy,
             });
         }
@@ -325,15 +329,12 @@ impl Tuner<'_> {
             .expect("a population");
         // Dev candidates, when due: BBT's search mean and this generation's best; BBTv2 every
         // layer at its chosen z.
-        let dev_candidates = if deep {
-            vec![current_prompt(state)]
-        } else {
+        let mut dev_candidates = vec![(CandidateKind::Estimate, current_prompt(state))];
+        if !deep {
             let d = state.config.intrinsic_dim;
-            vec![
-                current_prompt(state),
-                z[best_index * d..(best_index + 1) * d].to_vec(),
-            ]
-        };
+            let sample = z[best_index * d..(best_index + 1) * d].to_vec();
+            dev_candidates.push((CandidateKind::Sample, sample));
+        }
         let last = next_search(state).is_none();
         let report = Report {
             stage: Stage::CmaEs,
@@ -386,10 +387,10 @@ impl Tuner<'_> {
                 let mut shared = shared.borrow_mut();
                 let (tuner, state) = &mut *shared;
                 let losses = &search.losses[(n - 1) / batch * batch..];
-                let best = search
-                    .best
-                    .as_ref()
-                    .map(|(z, _)| z.iter().map(|&v| v as f32).collect());
+                let best = search.best.as_ref().map(|(z, _)| {
+                    let z = z.iter().map(|&v| v as f32).collect();
+                    (CandidateKind::Estimate, z)
+                });
                 let report = Report {
                     stage: Stage::Cobyla,
                     before: state.train_calls - losses.len() as u64,
@@ -407,27 +408,49 @@ impl Tuner<'_> {
     }
 
     /// After a generation (or a population's worth of local-search calls): the best training
-    /// loss, a dev check of `dev_candidates` when one is due, the curve point and the event.
+    /// loss, a dev check of `dev_candidates` when one is due (every selection rule's pick
+    /// updated), the curve point and the events.
     fn report(
         &mut self,
         state: &mut Checkpoint,
         report: Report,
-        dev_candidates: Vec<Vec<f32>>,
+        dev_candidates: Vec<(CandidateKind, Vec<f32>)>,
     ) -> anyhow::Result<()> {
         let train_loss = report.losses.iter().copied().fold(f64::INFINITY, f64::min);
         state.best_train_loss = state.best_train_loss.min(train_loss);
         let every = state.config.dev_every;
-        let dev_due = report.before / every != state.train_calls / every || report.last;
+        let (before, now) = (report.before, state.train_calls);
+        let milestone = state.config.test_at.iter().any(|&m| before < m && m <= now);
+        let dev_due = before / every != now / every || report.last || milestone;
         let mut dev_accuracy = None;
         if dev_due && !dev_candidates.is_empty() {
             let n = dev_candidates.len();
-            let all = dev_candidates.concat();
+            let all: Vec<f32> = dev_candidates
+                .iter()
+                .flat_map(|(_, z)| z)
+                .copied()
+                .collect();
             if let Some(scores) = self.evaluate(state, &all, n, SplitName::Dev)? {
-                for (z, score) in dev_candidates.into_iter().zip(scores) {
-                    consider(state, z, &score);
-                }
-                dev_accuracy = state.best.as_ref().map(|b| b.dev_accuracy);
+                let checked: Vec<Checked> = dev_candidates
+                    .into_iter()
+                    .zip(scores)
+                    .map(|((kind, z), score)| Checked {
+                        kind,
+                        z,
+                        accuracy: score.accuracy,
+                        loss: score.loss,
+                    })
+                    .collect();
+                selection::update(&mut state.picks, &checked, state.train_calls);
+                self.progress.event(&Event::Dev {
+                    api_calls: state.train_calls,
+                    candidates: &checked,
+                });
+                dev_accuracy = state.best().map(|b| b.dev_accuracy);
             }
+        }
+        if milestone {
+            self.test_milestone(state)?;
         }
         state.curve.push(CurvePoint {
             api_calls: state.train_calls,
@@ -442,9 +465,29 @@ impl Tuner<'_> {
             best_train_loss: state.best_train_loss,
             sigma: report.sigma,
             dev_accuracy,
-            best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
+            best_dev_accuracy: state.best().map(|b| b.dev_accuracy),
             elapsed_seconds: state.wall_seconds + self.started.elapsed().as_secs_f64(),
         });
+        Ok(())
+    }
+
+    /// Scores the prompt chosen so far on the test split (a `test_at` milestone).
+    fn test_milestone(&mut self, state: &mut Checkpoint) -> anyhow::Result<()> {
+        let Some(z) = state.best().map(|b| b.z.clone()) else {
+            return Ok(());
+        };
+        if let Some(mut scores) = self.evaluate(state, &z, 1, SplitName::Test)? {
+            let score = scores.remove(0);
+            self.progress.event(&Event::Test {
+                api_calls: state.train_calls,
+                test_accuracy: score.accuracy,
+            });
+            state.test_curve.push(TestPoint {
+                api_calls: state.train_calls,
+                test_accuracy: score.accuracy,
+                test_f1: score.f1,
+            });
+        }
         Ok(())
     }
 
@@ -639,20 +682,4 @@ pub fn set_layers(
         }
     }
     Ok(())
-}
-
-/// Keeps `z` if it beats the best dev accuracy (ties: lower dev loss).
-fn consider(state: &mut Checkpoint, z: Vec<f32>, score: &CandidateResult) {
-    let better = state.best.as_ref().is_none_or(|b| {
-        score.accuracy > b.dev_accuracy
-            || (score.accuracy == b.dev_accuracy && score.loss < b.dev_loss)
-    });
-    if better {
-        state.best = Some(BestPrompt {
-            z,
-            dev_accuracy: score.accuracy,
-            dev_loss: score.loss,
-            api_calls: state.train_calls,
-        });
-    }
 }

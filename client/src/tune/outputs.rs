@@ -10,7 +10,7 @@ use bbt::protocol::{CandidateResult, CreateSessionRequest};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{Checkpoint, CurvePoint};
+use super::checkpoint::{Checkpoint, CurvePoint, TestPoint};
 use super::config::TuneConfig;
 use crate::summary::RunSummary;
 
@@ -24,6 +24,9 @@ pub struct TuneResult {
     pub zero_shot_test_accuracy: Option<f64>,
     pub best_train_loss: f64,
     pub curve: Vec<CurvePoint>,
+    /// The test accuracy at the config's `test_at` milestones (the final one is the summary's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_curve: Vec<TestPoint>,
     pub config: TuneConfig,
 }
 
@@ -42,7 +45,7 @@ impl TuneResult {
                 budget: state.config.budget,
                 api_calls: state.train_calls + state.other_calls,
                 train_api_calls: state.train_calls,
-                best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
+                best_dev_accuracy: state.best().map(|b| b.dev_accuracy),
                 test_accuracy: test.as_ref().map(|t| t.accuracy),
                 test_f1: test.and_then(|t| t.f1),
                 test_examples,
@@ -56,6 +59,7 @@ impl TuneResult {
             zero_shot_test_accuracy: state.zero_shot_test_accuracy,
             best_train_loss: state.best_train_loss,
             curve: state.curve.clone(),
+            test_curve: state.test_curve.clone(),
             config: state.config.clone(),
         }
     }

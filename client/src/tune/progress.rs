@@ -9,6 +9,8 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use super::selection::Checked;
+
 /// How a run reports.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProgressOptions {
@@ -43,7 +45,14 @@ pub enum Event<'a> {
         best_dev_accuracy: Option<f64>,
         elapsed_seconds: f64,
     },
+    /// A dev check: each checked prompt's kind, accuracy and loss.
+    Dev {
+        api_calls: u64,
+        candidates: &'a [Checked],
+    },
+    /// The chosen prompt scored on the test split, after `api_calls` training calls.
     Test {
+        api_calls: u64,
         test_accuracy: f64,
     },
 }

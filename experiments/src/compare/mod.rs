@@ -16,17 +16,20 @@ use bbt_client::http::{RetryPolicy, ServerClient};
 use bbt_client::tune::checkpoint::CHECKPOINT_FILE;
 use bbt_client::tune::outputs::{peak_rss_mb_of, write_json};
 use bbt_client::tune::progress::ProgressOptions;
+use bbt_client::tune::selection::Selection;
 use bbt_client::tune::{self, Start};
 use bbt_server::process::ServerProcess;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use plan::{Cell, MethodKind, Preset};
+use plan::{BlackBox, Cell, MethodKind, Preset};
 
 /// Options of `compare`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// `cpu` (2 CPU cores, about 3 hours) or `paper` (the papers' budgets, for a GPU server);
-    /// every setting of both is in `experiments/src/compare/plan.rs`.
+    /// `cpu` (2 CPU cores, about 3 hours), `budget` (the black-box methods at the papers'
+    /// 8,000 calls on the suffix placement's cheap calls, with test scores at 500 to 4,000
+    /// calls) or `paper` (the papers' settings, for a GPU server); every setting of each is in
+    /// `experiments/src/compare/plan.rs`.
     #[arg(long, default_value = "cpu")]
     preset: String,
     /// Tasks, comma-separated (default: the preset's).
@@ -68,6 +71,10 @@ pub struct Args {
 /// Settings of the BBT runs (`bbt` and `bbt-from-TASK`) on top of the preset's.
 #[derive(clap::Args, Debug, Clone, Default, PartialEq)]
 pub struct BlackBoxSettings {
+    /// API calls of every black-box run (BBT, BBTv2, BBT-RGB, transfer) instead of the
+    /// preset's; a local search keeps its share of the budget.
+    #[arg(long)]
+    pub calls: Option<u64>,
     /// Calls of each BBT run's budget given to COBYLA after CMA-ES, from its best z (BBT-RGB's
     /// two-stage search; `bbt tune --local-calls`).
     #[arg(long, default_value_t = 0)]
@@ -81,6 +88,10 @@ pub struct BlackBoxSettings {
     /// one word per class.
     #[arg(long)]
     pub several_label_words: bool,
+    /// The rule that chooses BBT's and BBTv2's final prompt among those checked on dev
+    /// (`bbt tune --select`; default: the highest dev accuracy, BBT's rule).
+    #[arg(long, value_parser = Selection::parse)]
+    pub select: Option<Selection>,
 }
 
 /// The grid a comparison covers.
@@ -406,7 +417,7 @@ fn run_api(
                 written.push(dir);
             }
         }
-        MethodKind::BlackBox { .. } | MethodKind::Transfer => {
+        MethodKind::BlackBox(_) | MethodKind::Transfer => {
             let dir = cell.dir(out);
             let start = if dir.join(CHECKPOINT_FILE).exists() {
                 Start::Resume
@@ -432,16 +443,28 @@ fn black_box_config(
     kind: MethodKind,
     out: &Path,
 ) -> anyhow::Result<bbt_client::tune::config::TuneConfig> {
-    let deep = kind == (MethodKind::BlackBox { deep: true });
-    let mut config = grid.preset.black_box(&cell.task, cell.seed, deep);
-    if !deep {
-        config.local_calls = grid.black_box.local_calls;
+    let method = match kind {
+        MethodKind::BlackBox(method) => method,
+        _ => BlackBox::Bbt,
+    };
+    let settings = &grid.black_box;
+    let mut config = grid
+        .preset
+        .black_box(&cell.task, cell.seed, method, settings.calls);
+    // The BBT-RGB preset has its own settings; the flags add BBT-RGB's techniques to BBT.
+    if method == BlackBox::Bbt && settings.local_calls > 0 {
+        config.local_calls = settings.local_calls;
     }
-    if kind == (MethodKind::BlackBox { deep: false }) {
-        config.p0_text = grid.black_box.p0_text.clone();
+    if kind == MethodKind::BlackBox(BlackBox::Bbt) {
+        config.p0_text = settings.p0_text.clone();
     }
-    if matches!(kind, MethodKind::BlackBox { .. }) && grid.black_box.several_label_words {
-        config.label_words = bbt::tasks::several_label_words(&cell.task);
+    if method != BlackBox::Rgb {
+        if settings.several_label_words {
+            config.label_words = bbt::tasks::several_label_words(&cell.task);
+        }
+        if let Some(rule) = settings.select {
+            config.select = rule;
+        }
     }
     if kind == MethodKind::Transfer {
         let source_task = cell
@@ -522,6 +545,8 @@ fn record_server_memory(dir: &Path, pid: u32) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bbt::protocol::Placement;
+    use bbt_client::tune::config::TuneConfig;
 
     #[test]
     fn the_report_grid_adds_every_finished_run_in_the_folder() {
@@ -556,9 +581,11 @@ mod tests {
             methods: vec!["bbt".into(), "bbtv2".into()],
             seeds: vec![42],
             black_box: BlackBoxSettings {
+                calls: None,
                 local_calls: 100,
                 p0_text: Some(" Review:".into()),
                 several_label_words: true,
+                select: Some(Selection::DevLoss),
             },
         };
         let config = |method: &str| {
@@ -583,5 +610,43 @@ mod tests {
         assert_eq!(deep.local_calls, 0);
         assert_eq!(deep.p0_text, None);
         assert!(deep.label_words.is_some());
+        assert_eq!(deep.select, Selection::DevLoss);
+        // The BBT-RGB preset keeps its own settings.
+        let rgb = config("bbt-rgb");
+        assert_eq!(rgb.p0_text, None);
+        assert_eq!(rgb.local_calls, TuneConfig::rgb("mr").local_calls);
+        assert_eq!(rgb.select, TuneConfig::rgb("mr").select);
+    }
+
+    #[test]
+    fn the_budget_preset_scales_every_black_box_run_and_scores_milestones() {
+        let preset = Preset::named("budget").unwrap();
+        for method in [BlackBox::Bbt, BlackBox::Bbtv2, BlackBox::Rgb] {
+            let paper = preset.black_box("agnews", 13, method, None);
+            assert_eq!(paper.budget, 8000, "{method:?}");
+            assert_eq!(paper.test_at, [500, 1000, 2000, 4000], "{method:?}");
+            assert_eq!(paper.placement, Placement::Suffix, "{method:?}");
+            assert!(
+                paper.validate().is_ok(),
+                "{method:?}: {:?}",
+                paper.validate()
+            );
+            let short = preset.black_box("agnews", 13, method, Some(2000));
+            assert_eq!(short.budget, 2000);
+            assert_eq!(short.test_at, [500, 1000]);
+            assert!(
+                short.validate().is_ok(),
+                "{method:?}: {:?}",
+                short.validate()
+            );
+        }
+        let rgb = preset.black_box("mr", 13, BlackBox::Rgb, Some(3000));
+        let quick_rgb = TuneConfig::rgb("mr");
+        // The local search keeps its share of the calls.
+        assert_eq!(
+            rgb.local_calls * quick_rgb.budget,
+            quick_rgb.local_calls * 3000
+        );
+        assert!(preset.black_box("mr", 13, BlackBox::Bbtv2, None).deep);
     }
 }

@@ -12,13 +12,35 @@ use clap::ValueEnum;
 pub enum MethodKind {
     /// A gradient-free baseline over the server API.
     Baseline(Baseline),
-    /// BBT (`deep: false`) or BBTv2 (`deep: true`) over the server API.
-    BlackBox { deep: bool },
+    /// BBT, BBTv2 or the BBT-RGB preset over the server API.
+    BlackBox(BlackBox),
     /// A gradient method of the PEFT trainer, run locally (`bbt-experiments train`).
     Gradient(Method),
     /// BBT started from the prompt BBT tuned on another task with the same seed (prompt
     /// transfer, `bbt-from-TASK`); runs after the grid's other methods, never on its source.
     Transfer,
+}
+
+/// The black-box tuners a comparison runs, each as `bbt tune` has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlackBox {
+    /// `bbt`: BBT (one prompt at the input, CMA-ES).
+    Bbt,
+    /// `bbtv2`: BBTv2 (a prompt at every layer, divide and conquer).
+    Bbtv2,
+    /// `bbt-rgb`: BBT with `bbt tune --preset rgb`'s techniques (BBT-RGB).
+    Rgb,
+}
+
+/// Which kind of method a row of a report is, in the order reports list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Family {
+    /// Nothing tuned, or a classifier fitted on the model's features.
+    Baseline,
+    /// Forward passes over the server API only.
+    BlackBox,
+    /// Gradients through the model.
+    Gradient,
 }
 
 /// The prefix of prompt-transfer methods: `bbt-from-sst2` starts from SST-2's BBT prompt.
@@ -31,8 +53,9 @@ impl MethodKind {
             return Ok(Self::Baseline(b));
         }
         match name {
-            "bbt" => Ok(Self::BlackBox { deep: false }),
-            "bbtv2" => Ok(Self::BlackBox { deep: true }),
+            "bbt" => Ok(Self::BlackBox(BlackBox::Bbt)),
+            "bbtv2" => Ok(Self::BlackBox(BlackBox::Bbtv2)),
+            "bbt-rgb" => Ok(Self::BlackBox(BlackBox::Rgb)),
             _ if name
                 .strip_prefix(TRANSFER_PREFIX)
                 .is_some_and(|t| !t.is_empty()) =>
@@ -49,6 +72,32 @@ impl MethodKind {
     pub fn uses_server(self) -> bool {
         !matches!(self, Self::Gradient(_))
     }
+
+    /// Its family.
+    pub fn family(self) -> Family {
+        match self {
+            Self::Baseline(_) => Family::Baseline,
+            Self::BlackBox(_) | Self::Transfer => Family::BlackBox,
+            Self::Gradient(_) => Family::Gradient,
+        }
+    }
+}
+
+/// The method called `name` in words, as a report's reader knows it (the name itself when
+/// it is not a method).
+pub fn title(name: &str) -> String {
+    match MethodKind::parse(name) {
+        Ok(MethodKind::Baseline(b)) => b.title().into(),
+        Ok(MethodKind::BlackBox(BlackBox::Bbt)) => "BBT".into(),
+        Ok(MethodKind::BlackBox(BlackBox::Bbtv2)) => "BBTv2".into(),
+        Ok(MethodKind::BlackBox(BlackBox::Rgb)) => "BBT-RGB preset".into(),
+        Ok(MethodKind::Transfer) => format!(
+            "BBT from the {} prompt",
+            name.strip_prefix(TRANSFER_PREFIX).unwrap_or_default()
+        ),
+        Ok(MethodKind::Gradient(m)) => m.title().into(),
+        Err(_) => name.into(),
+    }
 }
 
 fn known_methods() -> String {
@@ -58,7 +107,7 @@ fn known_methods() -> String {
         .filter_map(|m| m.to_possible_value().map(|v| v.get_name().to_string()))
         .collect();
     format!(
-        "known: {}, bbt, bbtv2, {TRANSFER_PREFIX}TASK, {}",
+        "known: {}, bbt, bbtv2, bbt-rgb, {TRANSFER_PREFIX}TASK, {}",
         baselines.join(", "),
         gradient.join(", ")
     )
@@ -76,16 +125,23 @@ pub struct Preset {
     pub test_limit: Option<usize>,
     /// In-context learning: tokens of demonstrations (as many as fit the model if absent).
     pub context_tokens: Option<usize>,
+    /// API calls of every black-box run, when the preset gives them all the same budget.
+    pub black_box_calls: Option<u64>,
     /// Why the budgets are what they are (printed in the report).
     pub rationale: &'static str,
 }
+
+/// The training calls after which a black-box run of the `budget` preset also scores its
+/// chosen prompt on test (those below its budget; the end is always scored), so the report
+/// shows what each budget buys.
+pub const TEST_MILESTONES: [u64; 5] = [500, 1000, 2000, 4000, 8000];
 
 fn strings(xs: &[&str]) -> Vec<String> {
     xs.iter().map(|s| s.to_string()).collect()
 }
 
 impl Preset {
-    /// The preset called `name`: `cpu` or `paper`.
+    /// The preset called `name`: `cpu`, `budget` or `paper`.
     pub fn named(name: &str) -> anyhow::Result<Self> {
         let methods = strings(&[
             "manual",
@@ -109,6 +165,7 @@ impl Preset {
                 methods,
                 test_limit: Some(200),
                 context_tokens: Some(512),
+                black_box_calls: None,
                 rationale: "Sized for 2 CPU cores and the default 135M-parameter model: about \
                     3 hours for the whole grid, most of it on AG's News (64 training examples \
                     of about 40 words). Every method scores the same 200 test examples of each \
@@ -125,6 +182,40 @@ impl Preset {
                     budgets (8,000 calls; 1,000 steps): read the tables as what each method \
                     reaches in a few minutes of a laptop, not as its ceiling.",
             }),
+            "budget" => Ok(Self {
+                name: "budget",
+                tasks: strings(&["mr", "sst2", "agnews"]),
+                seeds: vec![13, 42, 87],
+                methods: strings(&[
+                    "manual",
+                    "icl",
+                    "feature-probe",
+                    "bbt",
+                    "bbtv2",
+                    "bbt-rgb",
+                    "prompt-tuning",
+                    "lora",
+                    "adapter",
+                    "bitfit",
+                    "model-tuning",
+                ]),
+                test_limit: Some(1000),
+                context_tokens: Some(512),
+                black_box_calls: Some(8000),
+                rationale: "The black-box methods at the papers' budget of 8,000 API calls per \
+                    run (`--calls` sets another), against the gradient methods at their default \
+                    training (`bbt::peft::config`: 50 full-batch steps on the 32 training \
+                    examples, the BBT paper's few-shot setting). All black-box runs place their \
+                    prompt right before the template's tail, so the server's cached texts serve \
+                    every call: BBT with the quick preset's search (L = 5, d = 100, population \
+                    20), BBTv2 with a prompt of L = 5 at every layer (d = 100, population 20, \
+                    sigma = alpha = 0.2), the BBT-RGB preset as `bbt tune --preset rgb` with its \
+                    local search given the same third of the budget. Each black-box run also \
+                    scores its chosen prompt on test after 500, 1,000, 2,000 and 4,000 calls. \
+                    Every method scores the same 1,000 test examples of each task (fewer where \
+                    the test set is smaller), drawn once by a fixed shuffle: a standard error \
+                    of about 1.4 points per run at 70% accuracy.",
+            }),
             "paper" => Ok(Self {
                 name: "paper",
                 tasks: strings(&["sst2", "yelp", "agnews", "dbpedia", "mrpc", "snli", "rte"]),
@@ -132,26 +223,49 @@ impl Preset {
                 methods,
                 test_limit: None,
                 context_tokens: Some(512),
+                black_box_calls: Some(8000),
                 rationale: "The papers' settings: BBT and BBTv2 with 8,000 calls (BBT: L = 50 \
                     prefix, d = 500, population 20; BBTv2: a deep prompt, sigma = alpha = 0.2), \
                     the gradient methods with their defaults (`bbt::peft::config`), whole \
                     test sets; in-context learning fills 512 tokens with demonstrations, as the paper's \
                     RoBERTa-large context does. Meant for a GPU server.",
             }),
-            _ => anyhow::bail!("unknown preset `{name}`: cpu or paper"),
+            _ => anyhow::bail!("unknown preset `{name}`: cpu, budget or paper"),
         }
     }
 
-    /// BBT's or BBTv2's settings on `task` with `seed`.
-    pub fn black_box(&self, task: &str, seed: u64, deep: bool) -> TuneConfig {
-        let mut config = match (self.name, deep) {
-            ("cpu", false) => TuneConfig {
+    /// The settings of `method` on `task` with `seed`; `calls` replaces the preset's budget.
+    pub fn black_box(
+        &self,
+        task: &str,
+        seed: u64,
+        method: BlackBox,
+        calls: Option<u64>,
+    ) -> TuneConfig {
+        let mut config = match (self.name, method) {
+            ("budget", BlackBox::Bbt) => TuneConfig {
+                dev_every: 100,
+                zero_shot: false,
+                ..TuneConfig::quick(task)
+            },
+            ("budget", BlackBox::Bbtv2) => TuneConfig {
+                prompt_length: 5,
+                placement: Placement::Suffix,
+                intrinsic_dim: 100,
+                ..TuneConfig::bbtv2(task)
+            },
+            (_, BlackBox::Rgb) => TuneConfig {
+                dev_every: 100,
+                zero_shot: false,
+                ..TuneConfig::rgb(task)
+            },
+            ("cpu", BlackBox::Bbt) => TuneConfig {
                 budget: 300,
                 dev_every: 100,
                 zero_shot: false,
                 ..TuneConfig::quick(task)
             },
-            ("cpu", true) => TuneConfig {
+            ("cpu", BlackBox::Bbtv2) => TuneConfig {
                 budget: 150,
                 popsize: 5,
                 prompt_length: 5,
@@ -160,9 +274,20 @@ impl Preset {
                 dev_every: 100,
                 ..TuneConfig::bbtv2(task)
             },
-            (_, false) => TuneConfig::paper(task),
-            (_, true) => TuneConfig::bbtv2(task),
+            (_, BlackBox::Bbt) => TuneConfig::paper(task),
+            (_, BlackBox::Bbtv2) => TuneConfig::bbtv2(task),
         };
+        if let Some(budget) = calls.or(self.black_box_calls) {
+            // The local search keeps its share of the budget.
+            config.local_calls = config.local_calls * budget / config.budget;
+            config.budget = budget;
+        }
+        if self.name == "budget" {
+            config.test_at = TEST_MILESTONES
+                .into_iter()
+                .filter(|&m| m < config.budget)
+                .collect();
+        }
         config.seed = seed;
         config.test_limit = self.test_limit;
         config
@@ -271,8 +396,18 @@ mod tests {
         assert!(MethodKind::parse("nonsense").is_err());
         assert_eq!(
             MethodKind::parse("bbtv2").unwrap(),
-            MethodKind::BlackBox { deep: true }
+            MethodKind::BlackBox(BlackBox::Bbtv2)
         );
+        assert_eq!(
+            MethodKind::parse("bbt-rgb").unwrap().family(),
+            Family::BlackBox
+        );
+        assert_eq!(title("lora"), "LoRA");
+        assert_eq!(
+            title("icl-cc"),
+            "In-context learning + contextual calibration"
+        );
+        assert_eq!(title("bbt-from-sst2"), "BBT from the sst2 prompt");
         assert!(!MethodKind::parse("lora").unwrap().uses_server());
         // Transfer cells: after the seed's others, never on their source task.
         let methods = vec!["bbt-from-sst2".to_string(), "bbt".to_string()];

@@ -8,13 +8,16 @@ use std::path::{Path, PathBuf};
 use bbt_client::summary::RunSummary;
 use statrs::statistics::Statistics;
 
-use super::plan::Cell;
+use super::plan::{title, Cell, Family, MethodKind};
 use super::Grid;
 
-/// A finished cell's summary, and the local server's peak memory when it ended.
+/// A finished cell's summary, its test accuracy at earlier budgets, and the local server's
+/// peak memory when it ended.
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub summary: RunSummary,
+    /// `(training calls, test accuracy)` at a black-box run's `test_at` milestones.
+    pub test_curve: Vec<(u64, f64)>,
     pub server_peak_rss_mb: Option<f64>,
 }
 
@@ -39,6 +42,16 @@ fn load_cell(out: &Path, cell: &Cell) -> anyhow::Result<Option<Finished>> {
     let text = std::fs::read_to_string(&path)?;
     let mut summary: RunSummary = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: not a run result: {e}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)?;
+    let test_curve = value["test_curve"]
+        .as_array()
+        .map(|points| {
+            points
+                .iter()
+                .filter_map(|p| Some((p["api_calls"].as_u64()?, p["test_accuracy"].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
     // A prompt-transfer run is a BBT run; the grid knows it by its cell's name.
     summary.method.clone_from(&cell.method);
     let server_peak_rss_mb = std::fs::read_to_string(dir.join("server.json"))
@@ -47,6 +60,7 @@ fn load_cell(out: &Path, cell: &Cell) -> anyhow::Result<Option<Finished>> {
         .and_then(|v| v["server_peak_rss_mb"].as_f64());
     Ok(Some(Finished {
         summary,
+        test_curve,
         server_peak_rss_mb,
     }))
 }
@@ -64,13 +78,60 @@ pub fn mean_std(values: &[f64]) -> String {
     }
 }
 
-/// The accuracy table: one row per method, one column per task, then the average of the task
-/// means (over the tasks every method has). Tasks with an F1 metric show `accuracy / F1`.
+/// The grid's methods by family (baselines, black-box, gradient), in the grid's order within
+/// each.
+pub fn by_family(grid: &Grid) -> Vec<&String> {
+    let mut methods: Vec<&String> = grid.methods.iter().collect();
+    methods.sort_by_key(|m| MethodKind::parse(m).map(MethodKind::family).ok());
+    methods
+}
+
+/// What a method's runs were given: API calls for the black-box methods, optimizer steps for
+/// the gradient methods (each distinct value once).
+fn budget_of(results: &[Finished], method: &str) -> String {
+    let kind = MethodKind::parse(method).map(MethodKind::family);
+    let unit = match kind {
+        Ok(Family::BlackBox) => "calls",
+        Ok(Family::Gradient) => "steps",
+        _ => return "–".into(),
+    };
+    let budgets: std::collections::BTreeSet<u64> = results
+        .iter()
+        .filter(|r| r.summary.method == method)
+        .map(|r| r.summary.budget)
+        .collect();
+    if budgets.is_empty() {
+        return "–".into();
+    }
+    let listed: Vec<String> = budgets.iter().map(|b| thousands(*b)).collect();
+    format!("{} {unit}", listed.join(" / "))
+}
+
+/// `8000` as `8,000`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The accuracy table: one row per method (by family, named in words), its family and budget,
+/// one column per task, then the average of the task means (over the tasks every method has).
+/// Tasks with an F1 metric show `accuracy / F1`.
 pub fn accuracy_table(results: &[Finished], grid: &Grid) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "| method | {} | average |", grid.tasks.join(" | "));
-    let _ = writeln!(t, "|---|{}---|", "---|".repeat(grid.tasks.len()));
-    for method in &grid.methods {
+    let _ = writeln!(
+        t,
+        "| method | family | budget | {} | average |",
+        grid.tasks.join(" | ")
+    );
+    let _ = writeln!(t, "|---|---|---|{}---|", "---|".repeat(grid.tasks.len()));
+    for method in by_family(grid) {
         let mut cells = Vec::new();
         let mut task_means = Vec::new();
         for task in &grid.tasks {
@@ -100,9 +161,74 @@ pub fn accuracy_table(results: &[Finished], grid: &Grid) -> String {
         } else {
             "–".into()
         };
-        let _ = writeln!(t, "| {method} | {} | {average} |", cells.join(" | "));
+        let family = match MethodKind::parse(method).map(MethodKind::family) {
+            Ok(Family::Baseline) => "baseline",
+            Ok(Family::BlackBox) => "black-box",
+            Ok(Family::Gradient) => "gradient",
+            Err(_) => "–",
+        };
+        let _ = writeln!(
+            t,
+            "| {} (`{method}`) | {family} | {} | {} | {average} |",
+            title(method),
+            budget_of(results, method),
+            cells.join(" | ")
+        );
     }
     t
+}
+
+/// What a budget buys: each black-box method's test accuracy per task (mean ± std over seeds)
+/// at each budget its runs were scored at — the `test_at` milestones and the end; `None` when
+/// no run has milestones.
+pub fn budget_table(results: &[Finished], grid: &Grid) -> Option<String> {
+    let points = |r: &Finished| {
+        let mut points = r.test_curve.clone();
+        if let Some(a) = r.summary.test_accuracy {
+            points.push((r.summary.train_api_calls, a));
+        }
+        points
+    };
+    if results.iter().all(|r| r.test_curve.is_empty()) {
+        return None;
+    }
+    let budgets: std::collections::BTreeSet<u64> = results
+        .iter()
+        .filter(|r| !r.test_curve.is_empty())
+        .flat_map(|r| points(r).into_iter().map(|(calls, _)| calls))
+        .collect();
+    let mut t = String::new();
+    let header: Vec<String> = budgets
+        .iter()
+        .map(|b| format!("{} calls", thousands(*b)))
+        .collect();
+    let _ = writeln!(t, "| method | task | {} |", header.join(" | "));
+    let _ = writeln!(t, "|---|---|{}", "---|".repeat(budgets.len()));
+    for method in by_family(grid) {
+        for task in &grid.tasks {
+            let runs: Vec<&Finished> = results
+                .iter()
+                .filter(|r| &r.summary.method == method && &r.summary.task == task)
+                .filter(|r| !r.test_curve.is_empty())
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let cells: Vec<String> = budgets
+                .iter()
+                .map(|&b| {
+                    let at: Vec<f64> = runs
+                        .iter()
+                        .filter_map(|r| points(r).into_iter().find(|&(c, _)| c == b))
+                        .map(|(_, a)| a)
+                        .collect();
+                    mean_std(&at)
+                })
+                .collect();
+            let _ = writeln!(t, "| {} | {task} | {} |", title(method), cells.join(" | "));
+        }
+    }
+    Some(t)
 }
 
 /// The cost table: per method, the mean over its runs of wall time, API calls and traffic per
@@ -115,7 +241,7 @@ pub fn cost_table(results: &[Finished], grid: &Grid) -> String {
         "| method | runs | wall time (s) | API calls | up / call | down / call | peak memory: method (MB) | server (MB) | trainable numbers |"
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
-    for method in &grid.methods {
+    for method in by_family(grid) {
         let runs: Vec<&Finished> = results
             .iter()
             .filter(|r| &r.summary.method == method)
@@ -296,6 +422,14 @@ pub fn write(
          the run ended.\n\n{}",
         cost_table(&results, grid)
     );
+    if let Some(table) = budget_table(&results, grid) {
+        let _ = writeln!(
+            r,
+            "## What a budget buys\n\nTest accuracy (%) of the prompt each black-box run had \
+             chosen after so many training calls (mean ± std over seeds; the last column is \
+             the end of the run).\n\n{table}"
+        );
+    }
     if let Some(table) = transfer_table(&results, grid) {
         let _ = writeln!(
             r,
@@ -349,7 +483,7 @@ mod tests {
         let grid = Grid {
             preset: Preset::named("cpu").unwrap(),
             tasks: vec!["mr".into()],
-            methods: vec!["bbt".into(), "lora".into()],
+            methods: vec!["lora".into(), "bbt".into()],
             seeds: vec![13, 42],
             black_box: Default::default(),
         };
@@ -367,8 +501,12 @@ mod tests {
         assert_eq!(results.len(), 2);
         let table = accuracy_table(&results, &grid);
         // mean 85.0, sample std of (80, 90) = 7.07.
-        assert!(table.contains("| bbt | 85.0 ± 7.1 | 85.0 |"), "{table}");
-        assert!(table.contains("| lora | – | – |"), "{table}");
+        let bbt_row = "| BBT (`bbt`) | black-box | 10 calls | 85.0 ± 7.1 | 85.0 |";
+        let lora_row = "| LoRA (`lora`) | gradient | – | – | – |";
+        assert!(table.contains(bbt_row), "{table}");
+        assert!(table.contains(lora_row), "{table}");
+        // Rows by family: black-box before gradient, whatever the grid's order.
+        assert!(table.find(bbt_row) < table.find(lora_row), "{table}");
         let costs = cost_table(&results, &grid);
         // wall (130 + 420) / 2 = 275 s; 4 calls; 4000 B / 4 = 1.0 kB up; peak max(63, 92).
         assert!(
@@ -402,6 +540,49 @@ mod tests {
     }
 
     #[test]
+    fn the_budget_table_reads_each_runs_test_milestones() {
+        let grid = Grid {
+            preset: Preset::named("budget").unwrap(),
+            tasks: vec!["mr".into()],
+            methods: vec!["bbt".into(), "lora".into()],
+            seeds: vec![13, 42],
+            black_box: Default::default(),
+        };
+        let run = |seed, curve: Vec<(u64, f64)>, end| {
+            let mut summary = fake("bbt", "mr", seed, end);
+            summary.train_api_calls = 2000;
+            Finished {
+                summary,
+                test_curve: curve,
+                server_peak_rss_mb: None,
+            }
+        };
+        let mut lora = fake("lora", "mr", 13, 0.9);
+        lora.train_api_calls = 0;
+        let results = vec![
+            run(13, vec![(500, 0.60), (1000, 0.70)], 0.75),
+            run(42, vec![(500, 0.62), (1000, 0.72)], 0.79),
+            Finished {
+                summary: lora,
+                test_curve: Vec::new(),
+                server_peak_rss_mb: None,
+            },
+        ];
+        let table = budget_table(&results, &grid).unwrap();
+        assert!(
+            table.contains("| method | task | 500 calls | 1,000 calls | 2,000 calls |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| BBT | mr | 61.0 ± 1.4 | 71.0 ± 1.4 | 77.0 ± 2.8 |"),
+            "{table}"
+        );
+        assert!(!table.contains("LoRA"), "{table}");
+        // Runs without milestones give no table.
+        assert!(budget_table(&results[2..], &grid).is_none());
+    }
+
+    #[test]
     fn transfer_gains_pair_runs_by_seed() {
         let grid = Grid {
             preset: Preset::named("cpu").unwrap(),
@@ -412,6 +593,7 @@ mod tests {
         };
         let finished = |method: &str, seed, accuracy| Finished {
             summary: fake(method, "mr", seed, accuracy),
+            test_curve: Vec::new(),
             server_peak_rss_mb: None,
         };
         let results = vec![
