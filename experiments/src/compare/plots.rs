@@ -1,7 +1,7 @@
 //! The comparison's SVG plots, per task: test accuracy against wall time and against API calls
 //! (one point per method: the mean over seeds, with a bar from the lowest to the highest seed),
-//! and BBT's and BBTv2's training curves (mean over seeds, shaded between the lowest and the
-//! highest).
+//! and the training curves of BBT, BBTv2 and the BBT-RGB preset (mean over seeds, shaded
+//! between the lowest and the highest).
 
 use std::path::Path;
 
@@ -24,7 +24,7 @@ pub fn files(task: &str) -> Vec<(String, &'static str)> {
         ),
         (
             format!("{task}-black-box-curves.svg"),
-            "BBT and BBTv2 training loss against API calls",
+            "the black-box methods' training loss against API calls",
         ),
     ]
 }
@@ -63,7 +63,7 @@ pub fn write_all(out: &Path, grid: &Grid) -> anyhow::Result<()> {
             "API calls per run (log scale)",
         )?;
         let mut curves = Vec::new();
-        for method in ["bbt", "bbtv2"] {
+        for method in ["bbt", "bbtv2", "bbt-rgb"] {
             let runs: Vec<Vec<CurvePoint>> = grid
                 .seeds
                 .iter()
