@@ -1,5 +1,7 @@
 //! The HTTP protocol between `bbt` clients and `bbt-server`: one set of request and response
-//! types, serialised as JSON, used by both sides.
+//! types, serialised as JSON, used by both sides. Request types reject unknown fields (a
+//! misspelt option is refused with its name, never silently defaulted); response types accept
+//! them, so a client reads the answers of a newer server.
 
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +63,7 @@ pub enum Distribution {
 /// The random projection `A` (`L * hidden` x `d`), generated on the server from its seed so the
 /// client uploads only `z`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProjectionSpec {
     /// Intrinsic dimension `d`.
     pub intrinsic_dim: usize,
@@ -78,7 +81,7 @@ pub struct ProjectionSpec {
 
 /// The prompt offset `p0`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum PromptInit {
     /// `p0 = 0`.
     #[default]
@@ -103,7 +106,7 @@ pub enum PromptInit {
 
 /// The training loss the server reports per candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum Loss {
     /// Mean cross-entropy of the gold class over the verbalizer logits.
     #[default]
@@ -114,6 +117,7 @@ pub enum Loss {
 
 /// One labelled example sent by a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExampleIn {
     pub text: String,
     pub text_b: Option<String>,
@@ -122,7 +126,7 @@ pub struct ExampleIn {
 
 /// The task of a session: a known task (sampled on the server) or explicit examples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum TaskRequest {
     /// A task the server knows by name (`mr`, `sst2`, ...), with the few-shot protocol.
     Builtin {
@@ -172,6 +176,7 @@ fn default_metric() -> Metric {
 
 /// `POST /v1/sessions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSessionRequest {
     pub task: TaskRequest,
     /// Number of prompt vectors `L`.
@@ -198,6 +203,7 @@ pub struct CreateSessionRequest {
 
 /// Which training examples a session puts in context, in which order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DemonstrationSpec {
     /// At most this many; as many as fit the model's context (and the server's limit) if absent.
     #[serde(default)]
@@ -295,6 +301,7 @@ pub enum FloatType {
 
 /// `POST /v1/sessions/{id}/evaluate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EvaluateRequest {
     pub candidates: Candidates,
     #[serde(default = "default_split")]
@@ -311,6 +318,7 @@ pub struct EvaluateRequest {
 /// `PUT /v1/sessions/{id}/layers/{layer}`: a deep session's chosen `z` for one layer (BBTv2
 /// fixes each layer at its best while it tunes the others). Not an API call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SetLayerRequest {
     pub z: Vec<f32>,
 }
@@ -341,6 +349,7 @@ pub struct EvaluateResponse {
 /// `POST /v1/sessions/{id}/prompt`: the full prompt `A·z + p0` for one `z`, so a tuned prompt
 /// can be kept and used without the session (with `/v1/forward`). Not an API call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PromptRequest {
     pub z: Vec<f32>,
 }
@@ -355,6 +364,7 @@ pub struct PromptResponse {
 /// position the label word is read from, per example of a split, under the prompt `A·z + p0`
 /// (`z = 0` if absent). One API call. The feature-probe baseline trains a classifier on these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FeaturesRequest {
     #[serde(default = "default_split")]
     pub split: SplitName,
@@ -378,6 +388,7 @@ pub struct FeaturesResponse {
 /// split (e.g. a calibrated or a feature-probe prediction), against labels the server keeps.
 /// No forward pass, not an API call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
     pub split: SplitName,
     /// `[examples][classes]`: the predicted class is each row's largest entry.
@@ -394,6 +405,7 @@ pub struct ScoreResponse {
 
 /// `POST /v1/forward`: stateless scoring with a full prompt matrix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ForwardRequest {
     /// Template with `<S>` (or `<S1>`, `<S2>`).
     pub template: String,
@@ -409,6 +421,7 @@ pub struct ForwardRequest {
 
 /// One input of `/v1/forward`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ForwardInput {
     pub text: String,
     pub text_b: Option<String>,

@@ -209,7 +209,8 @@ fn unknown_task_and_missing_data_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("no data for `rte`: /nonexistent/RTE does not exist"),
+        e.contains("the data of `rte` is not here: /nonexistent/RTE/dev.tsv does not exist")
+            && e.contains("`bbt fetch rte` downloads it"),
         "{e}"
     );
     let Some(data) = data("unknown_task_and_missing_data_are_clear_errors") else {
@@ -258,4 +259,25 @@ fn package_tasks_have_their_documented_sizes_and_a_fixed_evaluation_set() {
             "{name}"
         );
     }
+}
+
+/// The example task README walks through loads as it says: 16 per class in train and dev, drawn
+/// from its pool, and its own 60-example test file.
+#[test]
+fn the_example_user_task_loads() {
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/support-tickets/task.toml");
+    let data = tasks::load_task(
+        spec.to_str().unwrap(),
+        &options(Path::new("/unused"), 16, 42, false),
+    )
+    .unwrap();
+    assert_eq!(data.spec.classes, ["billing", "bug"]);
+    assert_eq!(data.class_counts(), vec![(16, 16, 30), (16, 16, 30)]);
+    assert!(data.spec.template.two_inputs());
+    // Train, dev and test share no ticket.
+    let texts = |xs: &[tasks::Example]| -> std::collections::HashSet<String> {
+        xs.iter().map(|x| x.text_b.clone().unwrap()).collect()
+    };
+    assert!(texts(&data.train).is_disjoint(&texts(&data.dev)));
+    assert!(texts(&data.train).is_disjoint(&texts(&data.test)));
 }

@@ -92,6 +92,9 @@ pub struct ServerClient {
     pub bytes_up: u64,
     /// Response body bytes received so far.
     pub bytes_down: u64,
+    /// Whether the server has answered once: until then a connection error fails at once (no
+    /// server there), after it the request is retried (a server restarting or failing over).
+    answered: bool,
 }
 
 impl ServerClient {
@@ -125,6 +128,7 @@ impl ServerClient {
             finished: 0,
             bytes_up: 0,
             bytes_down: 0,
+            answered: false,
         })
     }
 
@@ -385,6 +389,7 @@ impl ServerClient {
             });
             let error = match outcome {
                 Ok((status, retry_after, body)) => {
+                    self.answered = true;
                     self.bytes_down += body.len() as u64;
                     if status.is_success() {
                         return Ok(body.to_vec());
@@ -403,6 +408,16 @@ impl ServerClient {
                         delay = delay.max(wait);
                     }
                     error
+                }
+                Err(e) if !self.answered => {
+                    return Err(CallError::Transport {
+                        url: url.to_string(),
+                        message: format!(
+                            "{}; is bbt-server running at {}?",
+                            error_chain(&e),
+                            self.base
+                        ),
+                    });
                 }
                 Err(e) => {
                     let error = CallError::Transport {
@@ -479,7 +494,7 @@ fn foreign_body_line(text: &str) -> String {
 }
 
 /// The root causes of a transport error, one line (reqwest's top level repeats the URL).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut causes = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {

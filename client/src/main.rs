@@ -21,11 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fetch assets (models) into the cache; with no NAME, list what can be fetched.
-    Fetch {
-        /// Asset names, e.g. smollm2-135m gemma3-270m.
-        names: Vec<String>,
-    },
+    /// Fetch models into the cache and the paper's datasets into the data directory; with no
+    /// NAME, list both.
+    Fetch(commands::fetch::Args),
     /// Inspect tasks and their few-shot splits.
     #[cfg(feature = "local")]
     #[command(subcommand)]
@@ -55,7 +53,7 @@ enum DataCommand {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Fetch { names } => fetch(&names),
+        Command::Fetch(args) => commands::fetch::run(&args),
         #[cfg(feature = "local")]
         Command::Demo(args) => demo::run(&args),
         #[cfg(feature = "local")]
@@ -78,40 +76,4 @@ fn main() {
 fn emit(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
-}
-
-fn fetch(names: &[String]) -> anyhow::Result<()> {
-    if names.is_empty() {
-        println!("cache: {}", bbt::assets::cache_dir().display());
-        for a in bbt::assets::KNOWN_ASSETS {
-            let state = if bbt::assets::cached_path(a).exists() {
-                "cached"
-            } else {
-                "not fetched"
-            };
-            println!(
-                "{:<14} {:>6.1} MB  {:<12} {}",
-                a.name,
-                a.size as f64 / 1e6,
-                state,
-                a.description
-            );
-        }
-        return Ok(());
-    }
-    // Check every name before fetching anything.
-    let specs = names
-        .iter()
-        .map(|n| {
-            bbt::assets::find_asset(n).ok_or_else(|| {
-                let known: Vec<_> = bbt::assets::KNOWN_ASSETS.iter().map(|a| a.name).collect();
-                anyhow::anyhow!("unknown asset `{n}`; known assets: {}", known.join(", "))
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    for spec in specs {
-        let path = bbt::assets::fetch(spec)?;
-        println!("{} -> {}", spec.name, path.display());
-    }
-    Ok(())
 }

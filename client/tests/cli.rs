@@ -75,7 +75,7 @@ fn bad_input_exits_non_zero_with_one_clear_line() {
         (vec!["data", "show", "sst3"], "unknown task `sst3`"),
         (
             vec!["data", "show", "rte", "--data-dir", "/nonexistent"],
-            "no data for `rte`",
+            "the data of `rte` is not here",
         ),
         (
             vec!["data", "show", "yelp", "--seed", "7"],
@@ -83,7 +83,7 @@ fn bad_input_exits_non_zero_with_one_clear_line() {
         ),
         (
             vec!["fetch", "no-such-model"],
-            "unknown asset `no-such-model`",
+            "`no-such-model` is neither a model nor one of the paper's tasks",
         ),
         (vec!["demo", "--device", "tpu"], "unknown device `tpu`"),
         (

@@ -219,6 +219,38 @@ fn bad_flags_and_files_fail_cleanly() {
         "0",
     ]);
     assert!(err.contains("budget"), "{err}");
+    // Nothing listening: one clear line at once (no minute of retries), no folder left behind.
+    let out = dir.path().join("never-started");
+    let err = fail(&[
+        "tune",
+        "--server",
+        "http://127.0.0.1:9",
+        "--task",
+        "mr",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("is bbt-server running at http://127.0.0.1:9?") && !err.contains("retrying"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a failed start leaves no folder");
+    // A local file is read before any network call: its error, not the server's.
+    let missing = dir.path().join("no-such-task.toml");
+    let err = fail(&[
+        "tune",
+        "--server",
+        "http://127.0.0.1:9",
+        "--task",
+        missing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("no-such-task.toml") && !err.contains("bbt-server running"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 /// `--p0-from`: a run starts from the prompt an earlier run saved (sent as p0 vectors), and a

@@ -625,6 +625,54 @@ async fn bad_input_gets_a_clear_4xx_and_never_breaks_the_session() {
         413,
         "examples no longer fit the model"
     );
+    // A misspelt field is refused by name, never silently defaulted: at the top, in a nested
+    // object, in a tagged one, and in every request type.
+    for (path, field, body) in [
+        ("/v1/sessions".to_string(), "placment", {
+            let mut b = session_body("prefix");
+            b["placment"] = json!("suffix");
+            b
+        }),
+        ("/v1/sessions".to_string(), "sed", {
+            let mut b = session_body("prefix");
+            b["projection"]["sed"] = json!(3);
+            b
+        }),
+        ("/v1/sessions".to_string(), "margn", {
+            let mut b = session_body("prefix");
+            b["loss"] = json!({"kind": "hinge", "margin": 1.0, "margn": 2.0});
+            b
+        }),
+        (
+            path.clone(),
+            "splt",
+            json!({"candidates": z(2, 1), "splt": "dev"}),
+        ),
+        (
+            format!("/v1/sessions/{id}/prompt"),
+            "zz",
+            json!({"z": vec![0.0; 6], "zz": 1}),
+        ),
+        (
+            format!("/v1/sessions/{id}/score"),
+            "scors",
+            json!({"split": "dev", "scores": [], "scors": []}),
+        ),
+        (
+            "/v1/forward".to_string(),
+            "placemnt",
+            json!({"template": " <S> t40", "verbalizer": [" t50", " t51"], "inputs": [{"text": " t1", "text_b": null, "extra": 1}], "placemnt": "suffix"}),
+        ),
+    ] {
+        let (status, answer) = s.post(&path, None, &body).await;
+        assert_eq!(status, 422, "{path} {field}: {answer}");
+        let detail = answer["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("unknown field")
+                && (detail.contains(field) || detail.contains("extra")),
+            "{path} {field}: {answer}"
+        );
+    }
     // The session still answers exactly as before.
     let (_, after) = s.post(&path, None, &json!({"candidates": z(2, 1)})).await;
     assert_eq!(losses(&after), losses(&before));
@@ -1402,7 +1450,7 @@ async fn sessions_are_sized_before_they_are_built_and_keys_evict_their_own_first
 }
 
 #[tokio::test]
-async fn task_loading_errors_are_the_callers_4xx_or_the_servers_500() {
+async fn task_loading_errors_are_the_callers_4xx_missing_data_a_404_broken_data_a_500() {
     let dir = std::env::temp_dir().join(format!("bbt-http-tasks-{}", std::process::id()));
     let sst2 = dir.join("SST-2");
     std::fs::create_dir_all(&sst2).unwrap();
@@ -1415,6 +1463,11 @@ async fn task_loading_errors_are_the_callers_4xx_or_the_servers_500() {
     };
     std::fs::write(sst2.join("train.tsv"), rows(6)).unwrap();
     std::fs::write(sst2.join("dev.tsv"), rows(4)).unwrap();
+    let rte = dir.join("RTE");
+    std::fs::create_dir_all(&rte).unwrap();
+    for file in ["train.tsv", "dev.tsv"] {
+        std::fs::write(rte.join(file), "no\tsuch\tcolumns\n1\t2\t3\n").unwrap();
+    }
     let s = start_with_data(Limits::default(), ApiKeys::open(), dir.clone()).await;
     let builtin = |task: Value| {
         let mut body = session_body("prefix");
@@ -1432,16 +1485,31 @@ async fn task_loading_errors_are_the_callers_4xx_or_the_servers_500() {
             422,
             "unknown task `nosuch`",
         ),
+        // Data the server lacks: the caller's 404, saying how the operator provides it.
         (
             json!({"kind": "builtin", "name": "agnews", "k": 2}),
+            404,
+            "bbt fetch agnews --data-dir",
+        ),
+        // Data that is there but broken: the server's own fault.
+        (
+            json!({"kind": "builtin", "name": "rte", "k": 1}),
             500,
-            "cannot load task `agnews`",
+            "cannot load task `rte`",
         ),
     ];
     for (task, want, detail) in cases {
         let (status, body) = s.post("/v1/sessions", None, &builtin(task)).await;
         assert_eq!(status, want, "{body}");
         assert!(body["detail"].as_str().unwrap().contains(detail), "{body}");
+        if want == 404 {
+            assert_eq!(body["error"], "task_data_missing", "{body}");
+            // The operator's paths stay on the server.
+            assert!(!body["detail"]
+                .as_str()
+                .unwrap()
+                .contains(dir.to_str().unwrap()));
+        }
     }
     let (status, body) = s
         .post(

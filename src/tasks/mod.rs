@@ -8,6 +8,7 @@ pub mod demonstrations;
 pub mod fewshot;
 pub mod formats;
 pub mod registry;
+pub mod sources;
 pub mod spec;
 pub mod user;
 pub mod verbalizer;
@@ -67,8 +68,9 @@ pub struct TaskData {
     pub test_stand_in: Option<String>,
 }
 
-/// Why a task could not be loaded: the request's fault, or the data's. A server answers the
-/// first two with a 4xx (the caller can fix them) and the last with a 5xx (its operator can).
+/// Why a task could not be loaded: the request's fault, the data's absence, or the data's
+/// state. A server answers the first three with a 4xx (the caller can fix them, or ask its
+/// operator to fetch the data) and the last with a 5xx.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     /// No task by that name.
@@ -78,7 +80,16 @@ pub enum TaskError {
     /// pool holds, a `k` or seed without a pre-sampled folder).
     #[error("{0}")]
     Request(String),
-    /// The task's data is missing or unreadable here (a file, a package fetch).
+    /// One of the paper's tasks whose files are not in the data directory.
+    #[error(
+        "the data of `{task}` is not here: {} does not exist. `bbt fetch {task}` downloads it \
+         (into {}), or point --data-dir or BBT_DATA_DIR at a copy laid out as README's \
+         \"Tasks and data\" shows",
+        path.display(),
+        sources::fetch_dir().display()
+    )]
+    Missing { task: String, path: PathBuf },
+    /// The task's data is unreadable here (a file, a package fetch).
     #[error(transparent)]
     Data(#[from] anyhow::Error),
 }
@@ -107,11 +118,15 @@ pub struct LoadOptions {
     pub resample: bool,
 }
 
-/// The data directory: `$BBT_DATA_DIR`, else `../shared/datasets` (this project's layout).
+/// The data directory: `$BBT_DATA_DIR`, else where `bbt fetch` puts the datasets (`datasets/`
+/// in bbt's cache) once it exists, else `../shared/datasets` (a copy beside the working
+/// directory).
 pub fn default_data_dir() -> PathBuf {
-    std::env::var_os("BBT_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../shared/datasets"))
+    let fetched = sources::fetch_dir();
+    if std::env::var_os("BBT_DATA_DIR").is_some_and(|s| !s.is_empty()) || fetched.is_dir() {
+        return fetched;
+    }
+    PathBuf::from("../shared/datasets")
 }
 
 /// The paper's datasets for a test or bench run from the repository root `workspace`:
@@ -175,12 +190,29 @@ pub fn load_builtin(name: &str, options: &LoadOptions) -> Result<TaskData, TaskE
         known: task_names().join(", "),
     })?;
     let task_dir = options.data_dir.join(layout.dir);
-    if !task_dir.is_dir() {
-        return Err(TaskError::Data(anyhow::anyhow!(
-            "no data for `{}`: {} does not exist (point --data-dir or BBT_DATA_DIR at a folder laid out like shared/datasets)",
-            spec.name,
-            task_dir.display()
-        )));
+    let presampled = if options.resample {
+        None
+    } else {
+        builtin::kshot_dir(&options.data_dir, &layout, options.k, options.seed)
+    };
+    // Every file this load reads must be there; a missing one is the data's absence, which
+    // `bbt fetch` cures, not a broken file.
+    let needs_pool = presampled.is_none() || layout.eval.is_none();
+    let needed = layout.eval.iter().map(|(file, _, _)| *file).chain(
+        layout
+            .pool
+            .iter()
+            .map(|(file, _)| *file)
+            .filter(|_| needs_pool),
+    );
+    for file in needed {
+        let path = task_dir.join(file);
+        if !path.is_file() {
+            return Err(TaskError::Missing {
+                task: spec.name.clone(),
+                path,
+            });
+        }
     }
     let read_pool = || -> Result<Vec<Example>, DataError> {
         let mut pool = Vec::new();
@@ -188,11 +220,6 @@ pub fn load_builtin(name: &str, options: &LoadOptions) -> Result<TaskData, TaskE
             pool.extend(format.read(&task_dir.join(file))?);
         }
         Ok(pool)
-    };
-    let presampled = if options.resample {
-        None
-    } else {
-        builtin::kshot_dir(&options.data_dir, &layout, options.k, options.seed)
     };
     let mut pool_used: Option<Vec<Example>> = None;
     let (train, dev, train_dev_source) = match presampled {

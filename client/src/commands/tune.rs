@@ -20,8 +20,9 @@ pub struct ServerArgs {
     /// API key (sent as a bearer token); also read from $BBT_API_KEY.
     #[arg(long, env = "BBT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Attempts per request on connection errors and 5xx (exponential backoff, at least the
-    /// server's Retry-After); a spent quota is never retried.
+    /// Attempts per request on 5xx and on connection errors once the server has answered
+    /// (exponential backoff, at least the server's Retry-After); nothing listening at --server
+    /// on the first request, a 4xx or a spent quota fails at once.
     #[arg(long, default_value_t = RetryPolicy::default().max_attempts)]
     pub attempts: u32,
 }

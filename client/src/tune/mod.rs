@@ -46,6 +46,9 @@ pub fn run(
     let started = Instant::now();
     // The client may have served other runs: only what this run sends and receives counts.
     let client_start = (client.bytes_up, client.bytes_down);
+    // A folder this run creates is removed again if the run fails before its first API call,
+    // so a failed start leaves nothing behind.
+    let mut created_here = false;
     let mut state = match start {
         Start::Resume => Checkpoint::load(out)?,
         Start::Fresh(config) => {
@@ -58,9 +61,14 @@ pub fn run(
                     out.display()
                 );
             }
+            created_here = !out.exists();
             std::fs::create_dir_all(out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
-            new_checkpoint(client, *config)?
+            let state = new_checkpoint(client, *config);
+            if state.is_err() && created_here {
+                let _ = std::fs::remove_dir_all(out);
+            }
+            state?
         }
     };
     let mut tuner = Tuner {
@@ -77,14 +85,20 @@ pub fn run(
         budget: state.config.budget,
         resumed_at: state.train_calls,
     });
-    tuner.run(&mut state)
+    let result = tuner.run(&mut state);
+    if result.is_err() && created_here && state.train_calls == 0 {
+        let _ = std::fs::remove_dir_all(out);
+    }
+    result
 }
 
 /// A fresh run's state: the session request and CMA-ES at z = 0.
 fn new_checkpoint(client: &mut ServerClient, config: TuneConfig) -> anyhow::Result<Checkpoint> {
+    // This machine's files first: a bad one fails before any network call.
+    let inputs = LocalInputs::read(&config)?;
     let models = client.models()?;
     let card = models.data.first().context("the server lists no model")?;
-    let session_request = session_request(&config, card)?;
+    let session_request = session_request(&config, inputs, card);
     // BBTv2 splits the budget evenly: rounds of one generation per layer.
     let searches = if config.deep { card.num_layers } else { 1 };
     let per_round = (config.popsize * searches) as u64;
@@ -140,8 +154,9 @@ fn new_checkpoint(client: &mut ServerClient, config: TuneConfig) -> anyhow::Resu
 /// here and its examples are sent.
 pub fn session_request(
     config: &TuneConfig,
+    inputs: LocalInputs,
     card: &ModelCard,
-) -> anyhow::Result<CreateSessionRequest> {
+) -> CreateSessionRequest {
     // BBT scales A by the word embeddings' spread; BBTv2's server scales each layer by the
     // spread of its hidden states, times alpha / sigma.
     let (scale, gain) = if config.deep {
@@ -153,14 +168,8 @@ pub fn session_request(
             None,
         )
     };
-    Ok(CreateSessionRequest {
-        task: task_request(
-            &config.task,
-            config.k,
-            config.seed,
-            config.test_limit,
-            config.label_words.as_deref(),
-        )?,
+    CreateSessionRequest {
+        task: inputs.task,
         prompt_length: config.prompt_length,
         placement: config.placement,
         projection: ProjectionSpec {
@@ -170,7 +179,33 @@ pub fn session_request(
             scale,
             gain,
         },
-        p0: match (&config.p0_from, &config.p0_text) {
+        p0: inputs.p0,
+        loss: config.loss,
+        deep: config.deep,
+        demonstrations: None,
+    }
+}
+
+/// What a run reads from this machine's files (a task spec and its data, a prompt to start
+/// from), read before any network call so that a bad file fails at once.
+pub struct LocalInputs {
+    /// The task as the server takes it.
+    pub task: TaskRequest,
+    /// The prompt's starting point.
+    pub p0: PromptInit,
+}
+
+impl LocalInputs {
+    /// Reads the files `config` names.
+    pub fn read(config: &TuneConfig) -> anyhow::Result<Self> {
+        let task = task_request(
+            &config.task,
+            config.k,
+            config.seed,
+            config.test_limit,
+            config.label_words.as_deref(),
+        )?;
+        let p0 = match (&config.p0_from, &config.p0_text) {
             (Some(path), _) => PromptInit::Vectors {
                 rows: outputs::read_prompt(path, config.prompt_length)?,
             },
@@ -179,11 +214,9 @@ pub fn session_request(
                 PromptInit::Demonstrations { seed: config.seed }
             }
             (None, None) => PromptInit::Zeros,
-        },
-        loss: config.loss,
-        deep: config.deep,
-        demonstrations: None,
-    })
+        };
+        Ok(Self { task, p0 })
+    }
 }
 
 /// The task as the server takes it (scored on its first `test_limit` test examples, if set),

@@ -5,6 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
+use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -67,11 +68,33 @@ pub enum Stage {
     Cobyla,
 }
 
+/// What the first generation says of the rest: `calls` took `seconds`, `remaining` are left.
+fn estimate(calls: u64, seconds: f64, remaining: u64) -> String {
+    let per_call = seconds / calls.max(1) as f64;
+    let left = (per_call * remaining as f64).round() as u64;
+    let (h, m, sec) = (left / 3600, left / 60 % 60, left % 60);
+    let left = match (h, m) {
+        (0, 0) => format!("{sec} s"),
+        (0, _) => format!("{m} min {sec} s"),
+        _ => format!("{h} h {m} min"),
+    };
+    format!(
+        "first generation: {calls} calls in {seconds:.1} s; the remaining {remaining} calls will take \
+         about {left} at this speed"
+    )
+}
+
 /// The reporter of one run.
 pub struct Progress {
     bar: Option<ProgressBar>,
     json_lines: bool,
     log: File,
+    /// The run's budget, the calls done when this process took it up and when that was; the
+    /// first generation after it gives the time the rest will take.
+    budget: u64,
+    done_at_start: u64,
+    started: Instant,
+    estimated: bool,
 }
 
 impl Progress {
@@ -102,6 +125,10 @@ impl Progress {
             bar,
             json_lines: options.json_lines,
             log,
+            budget,
+            done_at_start: done,
+            started: Instant::now(),
+            estimated: false,
         })
     }
 
@@ -126,6 +153,17 @@ impl Progress {
             let dev = best_dev_accuracy.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a));
             bar.set_message(format!("loss {best_train_loss:.4}  dev {dev}"));
         }
+        if let Event::Generation { api_calls, .. } = event {
+            if !self.estimated {
+                self.estimated = true;
+                let note = estimate(
+                    *api_calls - self.done_at_start.min(*api_calls),
+                    self.started.elapsed().as_secs_f64(),
+                    self.budget.saturating_sub(*api_calls),
+                );
+                self.note(&note);
+            }
+        }
     }
 
     /// A note for a person (hidden when quiet).
@@ -140,5 +178,21 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::estimate;
+
+    #[test]
+    fn the_estimate_scales_the_first_generation_to_the_rest_of_the_budget() {
+        // 20 calls in 10 s: 7,980 calls at 0.5 s each are 3,990 s.
+        assert_eq!(
+            estimate(20, 10.0, 7980),
+            "first generation: 20 calls in 10.0 s; the remaining 7980 calls will take about 1 h 6 min at this speed"
+        );
+        assert!(estimate(20, 2.0, 100).ends_with("about 10 s at this speed"));
+        assert!(estimate(20, 10.0, 200).ends_with("about 1 min 40 s at this speed"));
     }
 }

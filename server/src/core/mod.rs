@@ -18,6 +18,8 @@ pub enum CoreError {
     BadRequest(String),
     /// 404: no such session (or not yours).
     NotFound(String),
+    /// 404: one of the paper's tasks whose data this server lacks (its operator can fetch it).
+    TaskDataMissing(String),
     /// 410: the session's caches were evicted or it expired.
     Gone(String),
     /// 409: the session id is taken (by another key, or for a different creation request).
@@ -49,6 +51,7 @@ impl CoreError {
         match self {
             Self::BadRequest(d) => ("bad_request", d),
             Self::NotFound(d) => ("not_found", d),
+            Self::TaskDataMissing(d) => ("task_data_missing", d),
             Self::Gone(d) => ("session_gone", d),
             Self::Conflict(d) => ("conflict", d),
             Self::TooLarge(d) => ("too_large", d),

@@ -104,6 +104,12 @@ fn builtin(
     };
     let data = tasks::load_task(name, &options).map_err(|e| match e {
         TaskError::Unknown { .. } | TaskError::Request(_) => CoreError::Invalid(e.to_string()),
+        // The operator's data directory is theirs to know; the caller learns what to ask for.
+        TaskError::Missing { task, .. } => CoreError::TaskDataMissing(format!(
+            "this server has no data for task `{task}`; its operator can download it with \
+             `bbt fetch {task} --data-dir DIR`, DIR being the server's --data-dir (or \
+             BBT_DATA_DIR), with no restart needed"
+        )),
         TaskError::Data(e) => CoreError::Internal(format!(
             "this server cannot load task `{name}` (tell its operator): {e:#}"
         )),

@@ -38,7 +38,7 @@ impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         let status = match &e {
             CoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            CoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            CoreError::NotFound(_) | CoreError::TaskDataMissing(_) => StatusCode::NOT_FOUND,
             CoreError::Gone(_) => StatusCode::GONE,
             CoreError::Conflict(_) => StatusCode::CONFLICT,
             CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
