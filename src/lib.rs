@@ -6,6 +6,7 @@
 //! - [`metrics`]: loss, accuracy, F1 and contextual calibration from class scores.
 //! - [`assets`]: real models and data packages fetched from registry packages into a verified
 //!   cache.
+//! - [`help`]: the check that every binary's flags document themselves.
 //!
 //! With the `engine` feature (default), the model stack:
 //! - [`tokenizer`]: tokenizers built from a model file's own metadata.
@@ -20,6 +21,7 @@
 //! - [`device`], [`cli`]: `--device` parsing and the `--model/--device` flags of every binary.
 
 pub mod assets;
+pub mod help;
 pub mod metrics;
 pub mod protocol;
 pub mod tasks;

@@ -18,7 +18,7 @@ pub struct ShowArgs {
     /// Examples per class in train and in dev.
     #[arg(long, default_value_t = 16)]
     k: usize,
-    /// Data directory laid out like shared/datasets (default: $BBT_DATA_DIR or ../shared/datasets).
+    /// Data directory laid out like shared/datasets [default: $BBT_DATA_DIR, else datasets/ in bbt's cache once `bbt fetch` made it, else ../shared/datasets].
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Sample from the training pool even when a pre-sampled folder exists.
@@ -55,7 +55,9 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<String> {
     } else {
         MultiTokenWords::Reject
     };
-    let (ids, cut) = spec.verbalizer_ids(&tokenizer, multi)?;
+    let (ids, cut) = spec
+        .verbalizer_ids(&tokenizer, multi)
+        .map_err(|e| anyhow::anyhow!("{e}, or pass --first-token to score its first token"))?;
     let mut out = String::new();
     for word in cut {
         writeln!(

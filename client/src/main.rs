@@ -77,3 +77,13 @@ fn emit(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_flag_says_what_it_does() {
+        use clap::CommandFactory as _;
+        let missing = bbt::help::undocumented(&super::Cli::command());
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+}

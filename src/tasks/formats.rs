@@ -125,19 +125,34 @@ pub fn parse_delimited(
     bytes: &[u8],
     layout: &Delimited,
 ) -> Result<Vec<Example>, DataError> {
+    let bytes = strip_bom(bytes);
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DataError::new(
+            path,
+            None,
+            "the file is empty: it needs a header line and at least one example",
+        ));
+    }
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(layout.delimiter)
         .quoting(layout.quoting)
         .has_headers(layout.has_header)
         .flexible(true)
-        .from_reader(strip_bom(bytes));
+        .from_reader(bytes);
     let header: Vec<String> = if layout.has_header {
         let h = reader
             .byte_headers()
             .map_err(|e| DataError::new(path, Some(1), format!("unreadable header: {e}")))?;
         h.iter()
-            .map(|f| String::from_utf8_lossy(f).trim().to_string())
-            .collect()
+            .map(|f| std::str::from_utf8(f).map(|f| f.trim().to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                DataError::new(
+                    path,
+                    Some(1),
+                    "the header is not UTF-8 text: is this a CSV/TSV file (saved as UTF-8)?",
+                )
+            })?
     } else {
         Vec::new()
     };
@@ -412,6 +427,24 @@ mod tests {
             e.contains("cols.tsv:1: missing column `sentence` (header has: text, label)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_empty_or_binary_file_says_so_without_echoing_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        for bytes in [&b""[..], b"\n  \n", b"\xEF\xBB\xBF"] {
+            let p = file(&dir, "empty.tsv", bytes);
+            let e = err_of(&p, &sentence_label());
+            assert!(e.contains("empty.tsv: the file is empty"), "{e}");
+        }
+        let binary: Vec<u8> = (0..=255u8).cycle().skip(128).take(300).collect();
+        let p = file(&dir, "photo.tsv", &binary);
+        let e = err_of(&p, &sentence_label());
+        assert!(
+            e.contains("photo.tsv:1: the header is not UTF-8 text: is this a CSV/TSV file"),
+            "{e}"
+        );
+        assert!(e.is_ascii(), "no raw bytes in the message: {e}");
     }
 
     #[test]

@@ -133,6 +133,19 @@ impl TaskSpec {
         if self.classes.len() < 2 {
             return Err(format!("task {}: needs at least two classes", self.name));
         }
+        if let Some((i, class)) = self
+            .classes
+            .iter()
+            .enumerate()
+            .find(|(i, c)| self.classes[..*i].contains(c))
+        {
+            return Err(format!(
+                "task {}: class {class:?} is listed twice in `classes` (as class {} and {i}); \
+                 every class needs its own name",
+                self.name,
+                self.classes.iter().position(|c| c == class).unwrap_or(0)
+            ));
+        }
         if self.verbalizer.len() != self.classes.len() {
             return Err(format!(
                 "task {}: {} label words for {} classes",
@@ -179,8 +192,8 @@ impl TaskSpec {
                         *first
                     }
                     (many, MultiTokenWords::Reject) => anyhow::bail!(
-                        "label word {word:?} is {} tokens for this model ({}); choose a single-token word or \
-                         allow scoring its first token",
+                        "label word {word:?} is {} tokens for this model ({}); choose a word that is a \
+                         single token (`bbt data show TASK` checks a task's words)",
                         many.len(),
                         many.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
                     ),
@@ -242,5 +255,21 @@ mod tests {
             .render("a", None)
             .unwrap_err()
             .contains("needs two texts"));
+    }
+
+    #[test]
+    fn a_class_named_twice_is_refused_by_name() {
+        let spec = TaskSpec {
+            name: "t".into(),
+            classes: vec!["a".into(), "b".into(), "a".into()],
+            template: Template::new(" <S> is").unwrap(),
+            verbalizer: vec![" x".into(), " y".into(), " z".into()],
+            metric: Metric::Accuracy,
+        };
+        let e = spec.validate().unwrap_err();
+        assert!(
+            e.contains("class \"a\" is listed twice in `classes` (as class 0 and 2)"),
+            "{e}"
+        );
     }
 }

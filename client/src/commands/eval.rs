@@ -19,12 +19,13 @@ pub struct Args {
     /// Task to score on (default: the prompt's own); a name or a local spec file.
     #[arg(long)]
     task: Option<String>,
-    /// Few-shot examples per class (for the train/dev sample of a named task).
-    #[arg(long, default_value_t = 16)]
-    k: usize,
-    /// Seed of the few-shot sample.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    /// Few-shot examples per class of --task's train/dev sample [default: 16]; the prompt's
+    /// own task keeps its saved sample.
+    #[arg(long, requires = "task")]
+    k: Option<usize>,
+    /// Seed of --task's few-shot sample [default: 42].
+    #[arg(long, requires = "task")]
+    seed: Option<u64>,
     /// Split: test, dev or train.
     #[arg(long, default_value = "test", value_parser = ["test", "dev", "train"])]
     split: String,
@@ -46,7 +47,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(!saved.z.is_empty(), "{} holds no z", args.prompt.display());
     let mut session = saved.session.clone();
     if let Some(task) = &args.task {
-        session.task = task_request(task, args.k, args.seed, None, None)?;
+        session.task = task_request(
+            task,
+            args.k.unwrap_or(16),
+            args.seed.unwrap_or(42),
+            None,
+            None,
+        )?;
     }
     let split: SplitName = serde_json::from_value(serde_json::json!(args.split))?;
     let mut client = args.server.connect()?;

@@ -263,6 +263,8 @@ impl OutputArgs {
 
 /// Options of `bbt tune`.
 #[derive(clap::Args, Debug)]
+// `--sigma -1` is a bad value to refuse with its reason, not an unknown flag.
+#[command(allow_negative_numbers = true)]
 pub struct Args {
     #[command(flatten)]
     server: ServerArgs,

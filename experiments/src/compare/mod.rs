@@ -189,8 +189,16 @@ fn subfolders(dir: &Path) -> anyhow::Result<Vec<String>> {
 /// Runs `compare`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let grid = Grid::from_args(args)?;
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", args.out.display()))?;
+    if args.report_only {
+        anyhow::ensure!(
+            args.out.is_dir(),
+            "{} is not a folder: --report-only writes the report of a grid's finished runs",
+            args.out.display()
+        );
+    } else {
+        std::fs::create_dir_all(&args.out)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", args.out.display()))?;
+    }
     let command = std::env::args()
         .map(|a| shell_word(&a))
         .collect::<Vec<_>>()
@@ -202,6 +210,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let commands = std::fs::read_to_string(args.out.join(COMMANDS_FILE)).unwrap_or(command);
     // The report covers every result in the folder, from this grid or earlier ones.
     let shown = grid.with_results_in(&args.out)?;
+    let finished = plan::cells(&shown.tasks, &shown.methods, &shown.seeds)
+        .iter()
+        .filter(|c| c.done(&args.out))
+        .count();
+    anyhow::ensure!(
+        finished > 0,
+        "{} holds no finished run (no TASK/METHOD/seedN/result.json): nothing to report; run \
+         the grid without --report-only first",
+        args.out.display()
+    );
     plots::write_all(&args.out, &shown)?;
     let pending = plan::pending(
         &plan::cells(&grid.tasks, &grid.methods, &grid.seeds),

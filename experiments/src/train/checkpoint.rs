@@ -74,7 +74,12 @@ impl TrainState {
     pub fn load(dir: &Path) -> anyhow::Result<(Self, HashMap<String, Tensor>)> {
         let path = dir.join(CHECKPOINT_FILE);
         let bytes = std::fs::read(&path).map_err(|e| {
-            anyhow::anyhow!("cannot resume: no checkpoint at {}: {e}", path.display())
+            anyhow::anyhow!(
+                "{} holds no training run: {} cannot be read ({e}); give the --out folder of a \
+                 `bbt-experiments train` run",
+                dir.display(),
+                path.display()
+            )
         })?;
         let state: Self = serde_json::from_slice(&bytes).map_err(|e| {
             anyhow::anyhow!("{} is not a bbt training checkpoint: {e}", path.display())

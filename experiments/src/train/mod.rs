@@ -60,7 +60,7 @@ pub struct Args {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Data directory laid out like shared/datasets (default: $BBT_DATA_DIR or ../shared/datasets).
+    /// Data directory laid out like shared/datasets [default: $BBT_DATA_DIR, else datasets/ in bbt's cache once `bbt fetch` made it, else ../shared/datasets].
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Score only a fixed subset of N test examples, the same for every seed and method (all by
@@ -85,57 +85,75 @@ pub struct Args {
     settings: SettingFlags,
 }
 
-/// Flags overriding a method's defaults (documented in `bbt::peft::config`).
+/// Flags overriding a method's defaults (each documented in `bbt::peft::config`, where the
+/// per-method values are chosen).
 #[derive(clap::Args)]
 struct SettingFlags {
+    /// Peak learning rate of AdamW [default: the method's: 3e-5 model and Child-Tuning, 3e-3
+    /// prompt tuning, 1e-4 prefix tuning, 5e-3 P-tuning v2, 1e-3 the others].
     #[arg(long)]
     learning_rate: Option<f64>,
+    /// AdamW's decoupled weight decay [default: 0].
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Fraction of the steps the learning rate warms up over, before it decays linearly to 0
+    /// [default: 0.06].
     #[arg(long)]
     warmup_ratio: Option<f64>,
+    /// Largest global L2 norm of the gradients; larger ones are rescaled [default: 1.0].
     #[arg(long)]
     max_grad_norm: Option<f64>,
-    /// Optimizer steps.
+    /// Optimizer steps [default: 50].
     #[arg(long)]
     steps: Option<usize>,
-    /// Examples per step (default: the whole training split).
+    /// Examples per step [default: the whole training split].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Evaluate on dev every N steps.
+    /// Evaluate on dev every N steps, keeping the best-dev parameters [default: 10].
     #[arg(long)]
     eval_every: Option<usize>,
-    /// Stop after N evaluations without a better dev accuracy (0: never).
+    /// Stop after N evaluations without a better dev accuracy; 0 never stops early [default: 0].
     #[arg(long)]
     patience: Option<usize>,
-    /// Training loss: ce or hinge.
+    /// Training loss over the verbalizer logits: ce (cross-entropy) or hinge [default: ce].
     #[arg(long, value_parser = ["ce", "hinge"])]
     loss: Option<String>,
-    /// Hinge margin.
+    /// Margin of the hinge loss.
     #[arg(long, default_value_t = 1.0)]
     margin: f64,
+    /// Prompt tuning: prompt vectors L [default: 50].
     #[arg(long)]
     prompt_length: Option<usize>,
-    /// Prompt tuning: prefix or suffix.
+    /// Prompt tuning: prefix or suffix placement, as in `bbt tune` [default: prefix].
     #[arg(long, value_parser = ["prefix", "suffix"])]
     placement: Option<String>,
+    /// Prefix tuning, P-tuning v2, MAM: key/value positions per layer [default: 30 MAM, 10
+    /// the others].
     #[arg(long)]
     prefix_length: Option<usize>,
+    /// Prefix tuning: width of the reparameterisation MLP [default: 512].
     #[arg(long)]
     prefix_hidden: Option<usize>,
+    /// LoRA: rank r [default: 8].
     #[arg(long)]
     lora_rank: Option<usize>,
+    /// LoRA: alpha; the update is scaled by alpha / r [default: 16].
     #[arg(long)]
     lora_alpha: Option<f64>,
+    /// LoRA: dropout on the update's input, in [0, 1) [default: 0].
     #[arg(long)]
     lora_dropout: Option<f32>,
-    /// Comma-separated projections: q,k,v,o,gate,up,down.
+    /// LoRA: comma-separated projections, of q,k,v,o,gate,up,down [default: q,v].
     #[arg(long, value_delimiter = ',')]
     lora_targets: Option<Vec<String>>,
+    /// Adapters: bottleneck width [default: 128 MAM, 64 the others].
     #[arg(long)]
     adapter_bottleneck: Option<usize>,
+    /// Parallel and MAM adapters: output scale s [default: 4; 1 for the sequential adapter].
     #[arg(long)]
     adapter_scale: Option<f64>,
+    /// Child-Tuning: keep probability p_F of the gradient mask (F), or the fraction p_D of
+    /// weights in the child network (D), in (0, 1] [default: 0.3].
     #[arg(long)]
     child_p: Option<f64>,
 }
@@ -492,7 +510,9 @@ pub fn prepare(config: &TrainConfig, device: &str) -> anyhow::Result<Prepared> {
     } else {
         MultiTokenWords::Reject
     };
-    let (verbalizer, _) = spec.verbalizer_ids(engine.tokenizer(), multi)?;
+    let (verbalizer, _) = spec
+        .verbalizer_ids(engine.tokenizer(), multi)
+        .map_err(|e| anyhow::anyhow!("{e}, or pass --first-token to score its first token"))?;
     let train = EncodedSplit::new(&engine, &spec, &data.train)?;
     let dev = EncodedSplit::new(&engine, &spec, &data.dev)?;
     let test_examples = tasks::test_subset(data.test.clone(), config.test_limit);

@@ -24,7 +24,25 @@ fn rows_from_le(
         FloatType::F16 => 2,
     };
     let per_candidate = d.saturating_mul(width).max(1);
-    let count = count.unwrap_or(bytes.len() / per_candidate);
+    let Some(count) = count else {
+        // A raw body states no count: it must be whole candidates.
+        if bytes.is_empty() || bytes.len() % per_candidate != 0 {
+            return Err(CoreError::Invalid(format!(
+                "a raw body holds whole candidates of d = {d} {dtype:?} numbers, {per_candidate} \
+                 bytes each; {} bytes are {}",
+                bytes.len(),
+                if bytes.is_empty() {
+                    "no candidate".to_string()
+                } else {
+                    format!(
+                        "{:.2} candidates",
+                        bytes.len() as f64 / per_candidate as f64
+                    )
+                }
+            )));
+        }
+        return rows_from_le(bytes, dtype, Some(bytes.len() / per_candidate), d);
+    };
     // `count` may come from the client: checked, so a huge one is a 422, never an overflow.
     let needed = count.checked_mul(per_candidate);
     if needed != Some(bytes.len()) {
@@ -91,4 +109,27 @@ pub fn decode_candidates(
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raw_body_of_part_of_a_candidate_says_so() {
+        let raw = |n: usize| CandidatesIn::Raw {
+            dtype: FloatType::F32,
+            bytes: vec![0; n],
+        };
+        let e = decode_candidates(&raw(7), 6, 8).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "whole candidates of d = 6 F32 numbers, 24 bytes each; 7 bytes are 0.29 candidates"
+            ),
+            "{e}"
+        );
+        let e = decode_candidates(&raw(0), 6, 8).unwrap_err().to_string();
+        assert!(e.contains("0 bytes are no candidate"), "{e}");
+        assert_eq!(decode_candidates(&raw(48), 6, 8).unwrap().len(), 2);
+    }
 }
