@@ -7,16 +7,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::tasks::{LabelWords, Metric};
 
-/// `GET /v1/models`.
+/// `GET /v1/models`, in OpenAI's list shape.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelsResponse {
+    /// Always `"list"`.
+    #[serde(default)]
+    pub object: String,
     pub data: Vec<ModelCard>,
 }
 
 /// What a client needs to know about the served model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelCard {
+    /// Always `"model"`.
+    #[serde(default)]
+    pub object: String,
+    /// The model's name, as the operator passed it to `--model` (`smollm2-135m`).
     pub id: String,
+    /// The file the weights were read from.
+    #[serde(default)]
+    pub file: String,
     pub architecture: String,
     pub hidden_size: usize,
     pub num_layers: usize,
@@ -259,6 +269,31 @@ pub struct SessionInfo {
     pub demonstrations: usize,
     #[serde(default)]
     pub context_tokens: usize,
+}
+
+/// `GET /v1/sessions`: the caller's own live sessions, most recently used first, so a client
+/// that lost track of them can delete what holds memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionList {
+    /// Always `"list"`.
+    pub object: String,
+    pub data: Vec<SessionSummary>,
+}
+
+/// One session of [`SessionList`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub id: String,
+    pub task: String,
+    pub prompt_length: usize,
+    pub placement: Placement,
+    pub deep: bool,
+    /// Candidates evaluated so far (each is one API call).
+    pub api_calls: u64,
+    /// Memory it holds on the server: its projection, demonstrations and caches.
+    pub bytes: u64,
+    /// Seconds since its last use; the server drops it after its idle limit.
+    pub idle_seconds: f64,
 }
 
 impl SessionInfo {

@@ -22,7 +22,9 @@ fn sessions_created(server: &ServerProcess) -> u64 {
         .unwrap();
     text.lines()
         .filter(|l| {
-            l.starts_with("bbt_http_requests_total{route=\"/v1/sessions/{id}\",status=\"201\"}")
+            l.starts_with(
+                "bbt_http_requests_total{method=\"PUT\",route=\"/v1/sessions/{id}\",status=\"201\"}",
+            )
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()

@@ -120,21 +120,41 @@ pub fn run(cli: ServeArgs) -> anyhow::Result<()> {
             url if url.starts_with("redis://") => Arc::new(RedisStore::connect(url).await?),
             other => anyhow::bail!("--usage-store {other}: expected `memory` or a redis:// URL"),
         };
-        let service = Arc::new(Service::with_usage_store(
-            engine,
-            limits,
-            keys.quotas(),
-            data_dir,
-            store,
-        ));
+        let service = Arc::new(
+            Service::with_usage_store(engine, limits, keys.quotas(), data_dir, store)
+                .with_model_id(&cli.model.model),
+        );
         let listener = tokio::net::TcpListener::bind(cli.bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.bind))?;
         eprintln!("bbt-server: listening on http://{}", listener.local_addr()?);
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        crate::serve(listener, service, keys, shutdown).await?;
+        crate::serve(listener, service, keys, stop_signal()).await?;
+        eprintln!("bbt-server: stopped");
         Ok(())
     })
+}
+
+/// Resolves on Ctrl-C or on SIGTERM (what Docker, Kubernetes and systemd send to stop a
+/// service): the server then accepts no new connection and finishes the requests in flight.
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    eprintln!("bbt-server: stopping: no new connections; finishing the requests in flight");
 }

@@ -153,3 +153,49 @@ async fn a_bf16_server_process_scores_like_the_f32_one() {
         );
     }
 }
+
+/// SIGTERM, as Docker and Kubernetes stop a container, drains like Ctrl-C: a request in flight
+/// is answered, no new connection is accepted, and the process exits 0.
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
+    let mut server = start_server(&[]);
+    let url = server.url().to_string();
+    let client = reqwest::Client::new();
+    // A forward long enough (hundreds of inputs on the CPU) to be in flight when the signal comes.
+    let inputs: Vec<Value> = (0..384)
+        .map(|i| json!({"text": format!("review number {i}: a film I watched on a long evening, and liked")}))
+        .collect();
+    let request = client
+        .post(format!("{url}/v1/forward"))
+        .json(
+            &json!({"template": " <S> It was", "verbalizer": [" bad", " great"], "inputs": inputs}),
+        )
+        .send();
+    let in_flight = tokio::spawn(request);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["logits"].as_array().unwrap().len(), 384);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.wait().unwrap();
+        (status, server)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        client.get(format!("{url}/health")).send().await.is_err(),
+        "nothing listens after the drain"
+    );
+}

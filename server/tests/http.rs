@@ -139,6 +139,10 @@ async fn health_models_openapi_and_metrics() {
     assert_eq!(status, 200);
     assert_eq!(models["data"][0]["hidden_size"], 32);
     assert!(models["data"][0]["embedding_std"].as_f64().unwrap() > 0.5);
+    // OpenAI's list shape.
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["object"], "model");
+    assert!(models["data"][0]["id"].is_string());
     let (status, doc) = s.get("/openapi.json", None).await;
     assert_eq!(status, 200);
     assert!(doc["paths"]["/v1/sessions/{id}/evaluate"]["post"].is_object());
@@ -151,10 +155,58 @@ async fn health_models_openapi_and_metrics() {
     let (_, metrics) = s.get("/metrics", None).await;
     let metrics = metrics.as_str().unwrap().to_string();
     assert!(
-        metrics.contains("bbt_http_requests_total{route=\"/v1/models\",status=\"200\"} 1"),
+        metrics.contains(
+            "bbt_http_requests_total{method=\"GET\",route=\"/v1/models\",status=\"200\"} 1"
+        ),
         "{metrics}"
     );
     assert!(metrics.contains("bbt_queue_depth 0"));
+    // Prometheus' conventions: counters are `_total` counters, units in the names, the
+    // version as an info series, the process's own memory.
+    for line in [
+        "# TYPE bbt_merged_evaluations_total counter",
+        "# TYPE bbt_api_calls_total counter",
+        "# TYPE bbt_quota_refusals_total counter",
+        "# TYPE bbt_queue_wait_seconds histogram",
+        "# TYPE bbt_batch_duration_seconds histogram",
+        "# TYPE bbt_session_memory_bytes gauge",
+        &format!(
+            "bbt_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "# TYPE process_resident_memory_bytes gauge",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from {metrics}");
+    }
+    // The Grafana dashboard in deploy/ reads only series this server exports.
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../deploy/grafana-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let mut used = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            used.extend(
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("bbt_") || w.starts_with("process_"))
+                    .map(|w| w.trim_end_matches("_bucket").to_string()),
+            );
+        }
+    }
+    assert!(used.len() >= 10, "{used:?}");
+    for name in used {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "the dashboard reads {name}, which /metrics lacks"
+        );
+    }
+    // Every `_total` series is a counter.
+    for line in metrics.lines().filter(|l| l.starts_with("# TYPE")) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields[2].ends_with("_total") {
+            assert_eq!(fields[3], "counter", "{line}");
+        }
+    }
 }
 
 /// The same tiny model served in f32 and in bf16 (the GPUs' default dtype, here on the CPU):
@@ -494,6 +546,40 @@ async fn api_keys_ownership_and_quota() {
     let (status, body) = s.get(&format!("/v1/sessions/{id}"), Some("bob")).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     let bobs = create(&s, Some("bob"), "prefix").await;
+    // Each key lists its own sessions only, the most recently used first; a created session's
+    // Location is where it lives.
+    let second = create(&s, Some("alice"), "suffix").await;
+    let (status, listed) = s.get("/v1/sessions", Some("alice")).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["object"], "list");
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second.as_str(), id.as_str()]);
+    assert!(listed["data"][0]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(listed["data"][0]["placement"], "suffix");
+    let (_, listed) = s.get("/v1/sessions", Some("bob")).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["data"][0]["id"], bobs.as_str());
+    let resp = s
+        .client
+        .post(format!("{}/v1/sessions", s.base))
+        .bearer_auth("alice")
+        .json(&session_body("prefix"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let made: Value = resp.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/v1/sessions/{}", made["id"].as_str().unwrap())
+    );
+    assert_eq!(s.get(&location, Some("alice")).await.0, 200);
     let path = format!("/v1/sessions/{bobs}/evaluate");
     assert_eq!(
         s.post(&path, Some("bob"), &json!({"candidates": z(1, 2)}))
@@ -521,6 +607,15 @@ async fn api_keys_ownership_and_quota() {
         .unwrap();
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().get("retry-after").is_none());
+    // The metrics count the calls charged (bob's 2, one per candidate, and none of the
+    // refused requests) and the two refusals.
+    let (_, metrics) = s.get("/metrics", None).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains("\nbbt_api_calls_total 2\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nbbt_quota_refusals_total 2\n"),
+        "{metrics}"
+    );
     let (_, usage) = s.get("/v1/usage", Some("bob")).await;
     assert_eq!(
         (

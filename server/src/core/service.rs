@@ -10,7 +10,7 @@ use std::time::Instant;
 use bbt::protocol::{
     CreateSessionRequest, EvaluateResponse, FeaturesRequest, FeaturesResponse, ForwardRequest,
     ForwardResponse, ModelCard, ModelsResponse, PromptResponse, ScoreRequest, ScoreResponse,
-    SessionInfo, SplitName,
+    SessionInfo, SessionList, SplitName,
 };
 use bbt::scoring;
 use bbt::tasks::{Example, TaskSpec, Template};
@@ -23,7 +23,7 @@ use super::metrics::{Metrics, ModelLabels};
 use super::session_builder::{self, build_session, encode_split, verbalizer_ids};
 use super::sessions::{Session, SessionIdentity, SessionProjection, SessionStore};
 use super::task_request;
-use super::usage::{Account, MemoryStore, UsageBook, UsageStore};
+use super::usage::{Account, MemoryStore, Reservation, UsageBook, UsageStore};
 use super::worker::{BatchPolicy, Worker};
 use super::{CoreError, Limits};
 
@@ -36,6 +36,8 @@ pub struct Service {
     pub metrics: Metrics,
     pub limits: Limits,
     data_dir: PathBuf,
+    /// The model's name in `/v1/models`: what the operator passed to `--model`.
+    model_id: String,
 }
 
 fn internal(e: impl std::fmt::Display) -> CoreError {
@@ -68,6 +70,7 @@ impl Service {
         store: Arc<dyn UsageStore>,
     ) -> Self {
         let engine = Arc::new(engine);
+        let engine_name = engine.info().name.clone();
         let metrics = Metrics::new(ModelLabels {
             model: &engine.info().name,
             device: &bbt::device::device_name(engine.device()),
@@ -82,14 +85,23 @@ impl Service {
                     max_batch_tokens: limits.max_batch_tokens,
                     max_wait: limits.max_batch_wait,
                 },
+                metrics.worker.clone(),
             ),
             engine,
-            sessions: SessionStore::new(limits.clone()),
+            sessions: SessionStore::new(limits.clone(), metrics.sessions_dropped.clone()),
             usage: UsageBook::new(store, quotas),
             metrics,
             limits,
             data_dir,
+            model_id: engine_name,
         }
+    }
+
+    /// The same service, listing its model as `id` (the `--model` it was started with)
+    /// instead of the model file's name.
+    pub fn with_model_id(mut self, id: &str) -> Self {
+        self.model_id = id.to_string();
+        self
     }
 
     /// `GET /v1/models`.
@@ -97,8 +109,11 @@ impl Service {
         let info = self.engine.info();
         let c = &info.config;
         ModelsResponse {
+            object: "list".into(),
             data: vec![ModelCard {
-                id: info.name.clone(),
+                object: "model".into(),
+                id: self.model_id.clone(),
+                file: info.name.clone(),
                 architecture: format!("{:?}", c.architecture).to_lowercase(),
                 hidden_size: c.hidden_size,
                 num_layers: c.num_layers,
@@ -117,9 +132,29 @@ impl Service {
     pub fn refresh_gauges(&self) {
         self.metrics.queue_depth.set(self.worker.depth() as i64);
         self.metrics.sessions.set(self.sessions.len() as i64);
-        self.metrics
-            .merged_evaluations
-            .set(self.worker.merged() as i64);
+        self.metrics.session_bytes.set(self.sessions.bytes() as i64);
+    }
+
+    /// Reserves `calls` API calls of `account`'s quota, counting a refusal.
+    async fn reserve(&self, account: Account<'_>, calls: u64) -> Result<Reservation, CoreError> {
+        let reserved = self.usage.reserve_calls(account, calls).await;
+        if let Err(CoreError::Quota(_)) = &reserved {
+            self.metrics.quota_refusals.inc();
+        }
+        reserved
+    }
+
+    /// Charges a reservation of `calls` API calls and the request's `tokens`.
+    async fn charge(
+        &self,
+        reservation: Reservation,
+        calls: u64,
+        tokens: u64,
+    ) -> Result<(), CoreError> {
+        if reservation.commit(tokens).await? {
+            self.metrics.api_calls.inc_by(calls);
+        }
+        Ok(())
     }
 
     /// `POST /v1/sessions` (`id` = `None`: the server names the session) and
@@ -189,6 +224,14 @@ impl Service {
         Ok(self.sessions.get(id, key)?.info())
     }
 
+    /// `GET /v1/sessions`: the caller's own sessions.
+    pub fn list_sessions(&self, key: Option<&str>) -> SessionList {
+        SessionList {
+            object: "list".into(),
+            data: self.sessions.list(key),
+        }
+    }
+
     /// `DELETE /v1/sessions/{id}`.
     pub fn delete_session(&self, key: Option<&str>, id: &str) -> Result<(), CoreError> {
         self.sessions.remove(id, key)?;
@@ -231,7 +274,7 @@ impl Service {
         let split = session.split(split_name)?;
         let tokens =
             (split.tokens() + split.len() * session.prompt_positions()) as u64 * count as u64;
-        let reservation = self.usage.reserve_calls(account, count as u64).await?;
+        let reservation = self.reserve(account, count as u64).await?;
         let flat: Vec<f32> = z.concat();
         let started = Instant::now();
         let result = self
@@ -253,7 +296,7 @@ impl Service {
         self.metrics
             .batch_rows
             .observe((count * split.len()) as f64);
-        reservation.commit(tokens).await?;
+        self.charge(reservation, count as u64, tokens).await?;
         let calls = session.api_calls.fetch_add(count as u64, Ordering::Relaxed) + count as u64;
         Ok(EvaluateResponse {
             results,
@@ -348,7 +391,7 @@ impl Service {
         let labels =
             matches!(req.split, SplitName::Train | SplitName::Dev).then(|| split.labels.clone());
         let tokens = (split.tokens() + split.len() * session.prompt_positions()) as u64;
-        let reservation = self.usage.reserve_calls(account, 1).await?;
+        let reservation = self.reserve(account, 1).await?;
         let worker_session = session.clone();
         let split_name = req.split;
         let result = self
@@ -370,7 +413,7 @@ impl Service {
             .await;
         let features = result?;
         self.metrics.tokens.inc_by(tokens);
-        reservation.commit(tokens).await?;
+        self.charge(reservation, 1, tokens).await?;
         let calls = session.api_calls.fetch_add(1, Ordering::Relaxed) + 1;
         Ok(FeaturesResponse {
             features,
@@ -484,7 +527,7 @@ impl Service {
             })
             .collect();
         let split = encode_split(&self.engine, &self.limits, &spec, &examples)?;
-        let reservation = self.usage.reserve_calls(account, 1).await?;
+        let reservation = self.reserve(account, 1).await?;
         let rows = req.prompt.len();
         let flat: Vec<f32> = req.prompt.concat();
         let placement = req.placement;
@@ -517,7 +560,7 @@ impl Service {
         let logits = result?;
         self.metrics.tokens.inc_by(tokens);
         self.metrics.batch_rows.observe(n as f64);
-        reservation.commit(tokens).await?;
+        self.charge(reservation, 1, tokens).await?;
         Ok(ForwardResponse { logits })
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bbt::model::decoder::KvCache;
 use bbt::projection::{DeepProjection, Projection};
-use bbt::protocol::{Loss, Placement, SessionInfo, SplitName};
+use bbt::protocol::{Loss, Placement, SessionInfo, SessionSummary, SplitName};
 use bbt::scoring::EncodedSplit;
 use bbt::tasks::{TaskSpec, Verbalizer};
 use bbt::Prompt;
@@ -253,15 +253,18 @@ pub struct SessionStore {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     evicted: Mutex<Evictions>,
     limits: Limits,
+    /// Counts the sessions dropped, by reason (`expired`, `evicted`).
+    dropped: prometheus::IntCounterVec,
 }
 
 impl SessionStore {
-    /// An empty store under `limits`.
-    pub fn new(limits: Limits) -> Self {
+    /// An empty store under `limits`, counting the sessions it drops in `dropped`.
+    pub fn new(limits: Limits, dropped: prometheus::IntCounterVec) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
             evicted: Mutex::new(Evictions::default()),
             limits,
+            dropped,
         }
     }
 
@@ -319,6 +322,32 @@ impl SessionStore {
         }
     }
 
+    /// The live sessions `key` owns, most recently used first (listing is not a use).
+    pub fn list(&self, key: Option<&str>) -> Vec<SessionSummary> {
+        self.enforce_limits(None);
+        let mut owned: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .values()
+            .filter(|s| s.owner.as_deref() == key)
+            .cloned()
+            .collect();
+        owned.sort_by_key(|s| std::cmp::Reverse(s.idle_since()));
+        owned
+            .iter()
+            .map(|s| SessionSummary {
+                id: s.id.clone(),
+                task: s.spec.name.clone(),
+                prompt_length: s.prompt_length,
+                placement: s.placement,
+                deep: matches!(s.projection, SessionProjection::Deep { .. }),
+                api_calls: s.api_calls.load(std::sync::atomic::Ordering::Relaxed),
+                bytes: s.bytes() as u64,
+                idle_seconds: s.idle_since().elapsed().as_secs_f64(),
+            })
+            .collect()
+    }
+
     /// The live session `id`, whoever owns it (not counted as a use).
     pub fn peek(&self, id: &str) -> Option<Arc<Session>> {
         self.sessions.lock().get(id).cloned()
@@ -360,6 +389,7 @@ impl SessionStore {
             }
             !drop
         });
+        let expired = dropped.len();
         // (last used, id, owner, bytes) of every session that may be evicted, oldest first.
         let mut candidates: Vec<(Instant, String, Option<String>, usize)> = sessions
             .values()
@@ -405,6 +435,12 @@ impl SessionStore {
             evict(index, &mut per_key, &mut candidates);
         }
         drop(sessions);
+        self.dropped
+            .with_label_values(&["expired"])
+            .inc_by(expired as u64);
+        self.dropped
+            .with_label_values(&["evicted"])
+            .inc_by((dropped.len() - expired) as u64);
         if !dropped.is_empty() {
             let mut evicted = self.evicted.lock();
             for id in dropped {

@@ -13,6 +13,7 @@ use bbt::protocol::{CandidateResult, Placement};
 use bbt::Engine;
 
 use super::batching::{self, EvaluateJob};
+use super::metrics::WorkerMetrics;
 use super::CoreError;
 
 /// How the worker gathers queued requests into one pass.
@@ -38,12 +39,14 @@ impl Job {
     }
 }
 
+/// A job and when it joined the queue.
+type Queued = (Instant, Job);
+
 /// Handle to the model worker thread.
 #[derive(Clone)]
 pub struct Worker {
-    tx: SyncSender<Job>,
+    tx: SyncSender<Queued>,
     depth: Arc<AtomicUsize>,
-    merged: Arc<AtomicUsize>,
 }
 
 fn catch<T>(f: impl FnOnce() -> Result<T, CoreError>) -> Result<T, CoreError> {
@@ -55,22 +58,22 @@ fn catch<T>(f: impl FnOnce() -> Result<T, CoreError>) -> Result<T, CoreError> {
 }
 
 impl Worker {
-    /// Starts the worker thread; at most `max_queue` jobs wait at once.
-    pub fn start(engine: Arc<Engine>, max_queue: usize, policy: BatchPolicy) -> Self {
-        let (tx, rx) = sync_channel::<Job>(max_queue);
+    /// Starts the worker thread; at most `max_queue` jobs wait at once. It records its queue
+    /// waits, batch times and merged evaluations in `metrics`.
+    pub fn start(
+        engine: Arc<Engine>,
+        max_queue: usize,
+        policy: BatchPolicy,
+        metrics: WorkerMetrics,
+    ) -> Self {
+        let (tx, rx) = sync_channel::<Queued>(max_queue);
         let depth = Arc::new(AtomicUsize::new(0));
-        let merged = Arc::new(AtomicUsize::new(0));
-        let (thread_depth, thread_merged) = (depth.clone(), merged.clone());
+        let thread_depth = depth.clone();
         std::thread::Builder::new()
             .name("bbt-model-worker".into())
-            .spawn(move || worker_loop(&engine, &rx, &thread_depth, &thread_merged, policy))
+            .spawn(move || worker_loop(&engine, &rx, &thread_depth, &metrics, policy))
             .expect("spawn the model worker");
-        Self { tx, depth, merged }
-    }
-
-    /// Evaluate requests so far that shared an engine pass with others.
-    pub fn merged(&self) -> usize {
-        self.merged.load(Ordering::Relaxed)
+        Self { tx, depth }
     }
 
     /// Jobs waiting or running.
@@ -80,7 +83,7 @@ impl Worker {
 
     fn submit(&self, job: Job) -> Result<(), CoreError> {
         self.depth.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(job) {
+        match self.tx.try_send((Instant::now(), job)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
@@ -129,14 +132,14 @@ impl Worker {
 
 fn worker_loop(
     engine: &Engine,
-    rx: &Receiver<Job>,
+    rx: &Receiver<Queued>,
     depth: &AtomicUsize,
-    merged: &AtomicUsize,
+    metrics: &WorkerMetrics,
     policy: BatchPolicy,
 ) {
     while let Ok(first) = rx.recv() {
         depth.fetch_sub(1, Ordering::Relaxed);
-        let mut tokens = first.tokens();
+        let mut tokens = first.1.tokens();
         let mut jobs = vec![first];
         let deadline = Instant::now() + policy.max_wait;
         while tokens < policy.max_batch_tokens {
@@ -147,20 +150,33 @@ fn worker_loop(
             match next {
                 Ok(job) => {
                     depth.fetch_sub(1, Ordering::Relaxed);
-                    tokens += job.tokens();
+                    tokens += job.1.tokens();
                     jobs.push(job);
                 }
                 Err(_) => break,
             }
         }
-        execute(engine, jobs, merged);
+        let started = Instant::now();
+        let jobs = jobs
+            .into_iter()
+            .map(|(queued, job)| {
+                metrics
+                    .queue_wait
+                    .observe(started.duration_since(queued).as_secs_f64());
+                job
+            })
+            .collect();
+        execute(engine, jobs, metrics);
+        metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 
 /// Runs a gathered batch in arrival order, except that the prefix evaluations run together in
 /// one merged pass, at the place of the earliest of them. Evaluations whose requester has gone
 /// (the client disconnected while they waited) are skipped.
-fn execute(engine: &Engine, jobs: Vec<Job>, merged_count: &AtomicUsize) {
+fn execute(engine: &Engine, jobs: Vec<Job>, metrics: &WorkerMetrics) {
     let mut prefix = Vec::new();
     let mut order = Vec::new();
     for job in jobs {
@@ -181,7 +197,7 @@ fn execute(engine: &Engine, jobs: Vec<Job>, merged_count: &AtomicUsize) {
                 let _ = reply.send(catch(|| batching::evaluate_one(engine, &job)));
             }
             Step::Alone(Job::Run(f)) => f(engine),
-            Step::Prefix => run_prefix(engine, std::mem::take(&mut prefix), merged_count),
+            Step::Prefix => run_prefix(engine, std::mem::take(&mut prefix), metrics),
         }
     }
 }
@@ -197,7 +213,7 @@ enum Step {
 fn run_prefix(
     engine: &Engine,
     mut jobs: Vec<(EvaluateJob, Reply<Vec<CandidateResult>>)>,
-    merged_count: &AtomicUsize,
+    metrics: &WorkerMetrics,
 ) {
     match jobs.len() {
         0 => {}
@@ -209,7 +225,7 @@ fn run_prefix(
             let refs: Vec<&EvaluateJob> = jobs.iter().map(|(j, _)| j).collect();
             match catch(|| batching::evaluate_prefix_merged(engine, &refs)) {
                 Ok(results) => {
-                    merged_count.fetch_add(results.len(), Ordering::Relaxed);
+                    metrics.merged_evaluations.inc_by(results.len() as u64);
                     for ((_, reply), r) in jobs.into_iter().zip(results) {
                         let _ = reply.send(Ok(r));
                     }
@@ -241,7 +257,13 @@ mod tests {
             max_batch_tokens: 1,
             max_wait: Duration::ZERO,
         };
-        let worker = Worker::start(engine, 1, policy);
+        let metrics = crate::core::metrics::Metrics::new(crate::core::metrics::ModelLabels {
+            model: "tiny",
+            device: "cpu",
+            dtype: "f32",
+            kernels: "none",
+        });
+        let worker = Worker::start(engine, 1, policy, metrics.worker.clone());
         // Hold the worker until released.
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();

@@ -35,7 +35,10 @@ pub fn router(service: Arc<Service>, keys: ApiKeys) -> Router {
     };
     let v1 = Router::new()
         .route("/v1/models", get(routes::models))
-        .route("/v1/sessions", post(routes::create_session))
+        .route(
+            "/v1/sessions",
+            post(routes::create_session).get(routes::list_sessions),
+        )
         .route(
             "/v1/sessions/{id}",
             get(routes::get_session)
@@ -126,6 +129,7 @@ async fn observe(State(gate): State<Gate>, req: Request, next: Next) -> Response
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
     let bytes_in = content_length(req.headers());
     let key = req
         .headers()
@@ -136,9 +140,11 @@ async fn observe(State(gate): State<Gate>, req: Request, next: Next) -> Response
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     let m = &gate.service.metrics;
-    m.requests.with_label_values(&[&route, &status]).inc();
+    m.requests
+        .with_label_values(&[&route, &method, &status])
+        .inc();
     m.latency
-        .with_label_values(&[&route, &status])
+        .with_label_values(&[&route, &method, &status])
         .observe(started.elapsed().as_secs_f64());
     if route.starts_with("/v1") {
         let bytes_out = response

@@ -64,7 +64,20 @@ pub async fn create_session(
     let (info, _) = service
         .create_session(caller.0.as_deref(), req, None)
         .await?;
-    Ok((StatusCode::CREATED, Json(info)))
+    Ok((StatusCode::CREATED, location(&info.id), Json(info)))
+}
+
+/// The `Location` header of a created session.
+fn location(id: &str) -> [(header::HeaderName, String); 1] {
+    [(header::LOCATION, format!("/v1/sessions/{id}"))]
+}
+
+/// `GET /v1/sessions`: the caller's own sessions, most recently used first.
+pub async fn list_sessions(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+) -> impl IntoResponse {
+    Json(service.list_sessions(caller.0.as_deref()))
 }
 
 /// `PUT /v1/sessions/{id}`: creates the session under the client's id (201), or finds it
@@ -84,7 +97,7 @@ pub async fn put_session(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(info)))
+    Ok((status, location(&info.id), Json(info)))
 }
 
 /// `GET /v1/sessions/{id}`.

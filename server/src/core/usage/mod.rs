@@ -148,14 +148,15 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Charges the calls and the request's `tokens` (nothing if a request with the same
-    /// idempotency key already was).
-    pub async fn commit(mut self, tokens: u64) -> Result<(), CoreError> {
+    /// Charges the calls and the request's `tokens`, and says whether it did (not when a
+    /// request with the same idempotency key already was charged).
+    pub async fn commit(mut self, tokens: u64) -> Result<bool, CoreError> {
         if !self.held {
-            return Ok(());
+            return Ok(false);
         }
         self.held = false;
-        self.store.settle(&self.claim, Some(tokens)).await
+        self.store.settle(&self.claim, Some(tokens)).await?;
+        Ok(true)
     }
 }
 
