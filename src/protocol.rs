@@ -9,6 +9,7 @@ use crate::tasks::{LabelWords, Metric};
 
 /// `GET /v1/models`, in OpenAI's list shape.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelsResponse {
     /// Always `"list"`.
     #[serde(default)]
@@ -18,6 +19,7 @@ pub struct ModelsResponse {
 
 /// What a client needs to know about the served model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelCard {
     /// Always `"model"`.
     #[serde(default)]
@@ -52,6 +54,7 @@ pub struct ModelCard {
 
 /// Where the continuous prompt goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Placement {
     /// `[bos][prompt][text][template]`: the prompt's keys/values are shared by all examples.
@@ -63,6 +66,7 @@ pub enum Placement {
 
 /// Distribution of the random projection's entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Distribution {
     #[default]
@@ -73,6 +77,7 @@ pub enum Distribution {
 /// The random projection `A` (`L * hidden` x `d`), generated on the server from its seed so the
 /// client uploads only `z`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProjectionSpec {
     /// Intrinsic dimension `d`.
@@ -91,6 +96,7 @@ pub struct ProjectionSpec {
 
 /// The prompt offset `p0`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum PromptInit {
     /// `p0 = 0`.
@@ -116,6 +122,7 @@ pub enum PromptInit {
 
 /// The training loss the server reports per candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum Loss {
     /// Mean cross-entropy of the gold class over the verbalizer logits.
@@ -127,6 +134,7 @@ pub enum Loss {
 
 /// One labelled example sent by a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExampleIn {
     pub text: String,
@@ -136,6 +144,7 @@ pub struct ExampleIn {
 
 /// The task of a session: a known task (sampled on the server) or explicit examples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum TaskRequest {
     /// A task the server knows by name (`mr`, `sst2`, ...), with the few-shot protocol.
@@ -186,6 +195,7 @@ fn default_metric() -> Metric {
 
 /// `POST /v1/sessions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSessionRequest {
     pub task: TaskRequest,
@@ -213,6 +223,7 @@ pub struct CreateSessionRequest {
 
 /// Which training examples a session puts in context, in which order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DemonstrationSpec {
     /// At most this many; as many as fit the model's context (and the server's limit) if absent.
@@ -229,6 +240,7 @@ pub struct DemonstrationSpec {
 
 /// A split of a session's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SplitName {
     Train,
@@ -241,6 +253,7 @@ pub enum SplitName {
 
 /// A session as the server describes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
     pub id: String,
     pub task: String,
@@ -274,6 +287,7 @@ pub struct SessionInfo {
 /// `GET /v1/sessions`: the caller's own live sessions, most recently used first, so a client
 /// that lost track of them can delete what holds memory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionList {
     /// Always `"list"`.
     pub object: String,
@@ -282,6 +296,7 @@ pub struct SessionList {
 
 /// One session of [`SessionList`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionSummary {
     pub id: String,
     pub task: String,
@@ -314,6 +329,7 @@ pub const CONTENT_FREE_TEXTS: [&str; 3] = ["N/A", "", "[MASK]"];
 
 /// Candidates `z`, as JSON numbers or base64 little-endian floats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum Candidates {
     /// One array of `d` numbers per candidate.
@@ -328,6 +344,7 @@ pub enum Candidates {
 
 /// Wire float types for packed candidates and prompts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum FloatType {
     F32,
@@ -336,6 +353,7 @@ pub enum FloatType {
 
 /// `POST /v1/sessions/{id}/evaluate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateRequest {
     pub candidates: Candidates,
@@ -353,6 +371,7 @@ pub struct EvaluateRequest {
 /// `PUT /v1/sessions/{id}/layers/{layer}`: a deep session's chosen `z` for one layer (BBTv2
 /// fixes each layer at its best while it tunes the others). Not an API call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetLayerRequest {
     pub z: Vec<f32>,
@@ -364,6 +383,7 @@ fn default_split() -> SplitName {
 
 /// The score of one candidate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CandidateResult {
     pub loss: f64,
     pub accuracy: f64,
@@ -375,6 +395,7 @@ pub struct CandidateResult {
 
 /// Answer to `evaluate`: one result per candidate, in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EvaluateResponse {
     pub results: Vec<CandidateResult>,
     /// The session's API calls after this request.
@@ -384,6 +405,7 @@ pub struct EvaluateResponse {
 /// `POST /v1/sessions/{id}/prompt`: the full prompt `A·z + p0` for one `z`, so a tuned prompt
 /// can be kept and used without the session (with `/v1/forward`). Not an API call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PromptRequest {
     pub z: Vec<f32>,
@@ -391,6 +413,7 @@ pub struct PromptRequest {
 
 /// Answer to `prompt`: `L` rows of `hidden` numbers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PromptResponse {
     pub prompt: Vec<Vec<f32>>,
 }
@@ -399,6 +422,7 @@ pub struct PromptResponse {
 /// position the label word is read from, per example of a split, under the prompt `A·z + p0`
 /// (`z = 0` if absent). One API call. The feature-probe baseline trains a classifier on these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FeaturesRequest {
     #[serde(default = "default_split")]
@@ -409,6 +433,7 @@ pub struct FeaturesRequest {
 
 /// Answer to `features`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FeaturesResponse {
     /// `[examples][hidden]`.
     pub features: Vec<Vec<f32>>,
@@ -423,6 +448,7 @@ pub struct FeaturesResponse {
 /// split (e.g. a calibrated or a feature-probe prediction), against labels the server keeps.
 /// No forward pass, not an API call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
     pub split: SplitName,
@@ -432,6 +458,7 @@ pub struct ScoreRequest {
 
 /// Answer to `score`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScoreResponse {
     pub accuracy: f64,
     /// F1 of class 1, for tasks whose metric includes it.
@@ -440,6 +467,7 @@ pub struct ScoreResponse {
 
 /// `POST /v1/forward`: stateless scoring with a full prompt matrix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ForwardRequest {
     /// Template with `<S>` (or `<S1>`, `<S2>`).
@@ -456,6 +484,7 @@ pub struct ForwardRequest {
 
 /// One input of `/v1/forward`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ForwardInput {
     pub text: String,
@@ -464,6 +493,7 @@ pub struct ForwardInput {
 
 /// Answer to `/v1/forward`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ForwardResponse {
     /// `[inputs][label words]`.
     pub logits: Vec<Vec<f32>>,
@@ -471,6 +501,7 @@ pub struct ForwardResponse {
 
 /// `GET /v1/usage`: what one API key has used.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     pub api_calls: u64,
     pub tokens: u64,
@@ -482,6 +513,7 @@ pub struct Usage {
 
 /// Every error body: a short machine-readable kind and a human explanation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: String,
     pub detail: String,

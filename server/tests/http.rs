@@ -150,13 +150,104 @@ async fn health_models_openapi_and_metrics() {
     assert!(doc["paths"]["/v1/sessions/{id}/layers/{layer}"]["put"].is_object());
     assert!(doc["paths"]["/v1/sessions/{id}/features"]["post"].is_object());
     assert!(doc["paths"]["/v1/sessions/{id}/score"]["post"].is_object());
+    // Generated from the handlers: every route the server has, with its methods...
+    let mut routes: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            routes.push((method.clone(), path.clone()));
+        }
+    }
+    routes.sort();
+    let expected = [
+        ("delete", "/v1/sessions/{id}"),
+        ("get", "/health"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+        ("get", "/v1/models"),
+        ("get", "/v1/sessions"),
+        ("get", "/v1/sessions/{id}"),
+        ("get", "/v1/usage"),
+        ("post", "/v1/forward"),
+        ("post", "/v1/sessions"),
+        ("post", "/v1/sessions/{id}/evaluate"),
+        ("post", "/v1/sessions/{id}/features"),
+        ("post", "/v1/sessions/{id}/prompt"),
+        ("post", "/v1/sessions/{id}/score"),
+        ("put", "/v1/sessions/{id}"),
+        ("put", "/v1/sessions/{id}/layers/{layer}"),
+    ];
+    assert_eq!(
+        routes,
+        expected
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .to_vec()
+    );
+    // ... each of which the server answers (never 405, never the fallback's 404 for an unknown
+    // path) ...
+    for (method, path) in &routes {
+        let url = format!(
+            "{}{}",
+            s.base,
+            path.replace("{id}", "ses_none").replace("{layer}", "0")
+        );
+        let method: reqwest::Method = method.to_uppercase().parse().unwrap();
+        let resp = s.client.request(method, &url).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_ne!(status, 405, "{path}");
+        assert!(
+            !body["detail"].as_str().unwrap_or("").contains("no route"),
+            "{path}: {body}"
+        );
+    }
+    // ... every request and response type, and for the /v1 routes their error answers.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "CreateSessionRequest",
+        "SessionInfo",
+        "SessionList",
+        "SessionSummary",
+        "EvaluateRequest",
+        "EvaluateResponse",
+        "Candidates",
+        "ForwardRequest",
+        "ForwardResponse",
+        "PromptRequest",
+        "PromptResponse",
+        "FeaturesRequest",
+        "FeaturesResponse",
+        "ScoreRequest",
+        "ScoreResponse",
+        "SetLayerRequest",
+        "ModelsResponse",
+        "ModelCard",
+        "Usage",
+        "ErrorBody",
+        "TaskRequest",
+        "ProjectionSpec",
+        "PromptInit",
+        "Loss",
+        "LabelWords",
+    ] {
+        assert!(
+            schemas.contains_key(name),
+            "{name} is not in the OpenAPI document"
+        );
+    }
+    let create = &doc["paths"]["/v1/sessions"]["post"]["responses"];
+    for code in ["201", "401", "404", "413", "422"] {
+        assert!(create[code].is_object(), "POST /v1/sessions lacks {code}");
+    }
+    assert!(create["201"]["headers"]["Location"].is_object());
+    assert!(doc["paths"]["/v1/sessions/{id}/evaluate"]["post"]["responses"]["429"].is_object());
     let (status, _) = s.get("/nope", None).await;
     assert_eq!(status, 404);
     let (_, metrics) = s.get("/metrics", None).await;
     let metrics = metrics.as_str().unwrap().to_string();
     assert!(
         metrics.contains(
-            "bbt_http_requests_total{method=\"GET\",route=\"/v1/models\",status=\"200\"} 1"
+            // Once above, once in the walk over the document.
+            "bbt_http_requests_total{method=\"GET\",route=\"/v1/models\",status=\"200\"} 2"
         ),
         "{metrics}"
     );

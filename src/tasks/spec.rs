@@ -12,6 +12,7 @@ use super::verbalizer::Verbalizer;
 use crate::tokenizer::Tokenizer;
 
 /// How predictions are scored.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// One class's label words in a task spec: one word (`" great"`) or several
 /// (`[" great", " good"]`), each a single token of the model (with its leading space).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum LabelWords {

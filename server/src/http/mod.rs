@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod errors;
+pub mod openapi;
 pub mod routes;
 
 use std::sync::Arc;
@@ -13,8 +14,10 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::Router;
+use axum::{Extension, Router};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::core::service::Service;
 use auth::ApiKeys;
@@ -33,31 +36,29 @@ pub fn router(service: Arc<Service>, keys: ApiKeys) -> Router {
         service: service.clone(),
         keys: Arc::new(keys),
     };
-    let v1 = Router::new()
-        .route("/v1/models", get(routes::models))
-        .route(
-            "/v1/sessions",
-            post(routes::create_session).get(routes::list_sessions),
-        )
-        .route(
-            "/v1/sessions/{id}",
-            get(routes::get_session)
-                .put(routes::put_session)
-                .delete(routes::delete_session),
-        )
-        .route("/v1/sessions/{id}/evaluate", post(routes::evaluate))
-        .route("/v1/sessions/{id}/prompt", post(routes::prompt))
-        .route("/v1/sessions/{id}/features", post(routes::features))
-        .route("/v1/sessions/{id}/score", post(routes::score))
-        .route("/v1/sessions/{id}/layers/{layer}", put(routes::set_layer))
-        .route("/v1/forward", post(routes::forward))
-        .route("/v1/usage", get(routes::usage))
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(routes::models))
+        .routes(routes!(routes::create_session, routes::list_sessions))
+        .routes(routes!(
+            routes::get_session,
+            routes::put_session,
+            routes::delete_session
+        ))
+        .routes(routes!(routes::evaluate))
+        .routes(routes!(routes::prompt))
+        .routes(routes!(routes::features))
+        .routes(routes!(routes::score))
+        .routes(routes!(routes::set_layer))
+        .routes(routes!(routes::forward))
+        .routes(routes!(routes::usage))
         .route_layer(middleware::from_fn_with_state(gate.clone(), authenticate));
-    Router::new()
-        .route("/health", get(routes::health))
-        .route("/metrics", get(routes::metrics))
-        .route("/openapi.json", get(routes::openapi))
+    let (app, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::health))
+        .routes(routes!(routes::metrics))
+        .routes(routes!(routes::openapi))
         .merge(v1)
+        .split_for_parts();
+    app.layer(Extension(openapi::Document::new(&doc)))
         .fallback(routes::not_found)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(gate, observe))

@@ -9,12 +9,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use bbt::protocol::{
-    CreateSessionRequest, EvaluateRequest, FeaturesRequest, FloatType, ForwardRequest,
-    PromptRequest, ScoreRequest, SetLayerRequest, SplitName,
+    CreateSessionRequest, ErrorBody, EvaluateRequest, EvaluateResponse, FeaturesRequest,
+    FeaturesResponse, FloatType, ForwardRequest, ForwardResponse, ModelsResponse, PromptRequest,
+    PromptResponse, ScoreRequest, ScoreResponse, SessionInfo, SessionList, SetLayerRequest,
+    SplitName, Usage,
 };
 
 use super::auth::Caller;
 use super::errors::ApiError;
+use super::openapi::Document;
 use crate::core::candidates::CandidatesIn;
 use crate::core::service::Service;
 use crate::core::usage::{Account, MAX_IDEMPOTENCY_KEY};
@@ -44,17 +47,32 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
 }
 
 /// `GET /health`.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, description = "alive: `{\"status\": \"ok\", \"sessions\": N}`")))]
 pub async fn health(State(service): State<Arc<Service>>) -> impl IntoResponse {
     service.refresh_gauges();
     Json(serde_json::json!({"status": "ok", "sessions": service.sessions.len()}))
 }
 
 /// `GET /v1/models`.
+#[utoipa::path(get, path = "/v1/models", tag = "models", security(("bearer" = [])),
+    responses((status = 200, body = ModelsResponse),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody)))]
 pub async fn models(State(service): State<Arc<Service>>) -> impl IntoResponse {
     Json(service.models())
 }
 
 /// `POST /v1/sessions`.
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", security(("bearer" = [])),
+    request_body = CreateSessionRequest,
+    responses((status = 201, body = SessionInfo, headers(("Location" = String, description = "/v1/sessions/{id}"))),
+        (status = 400, description = "malformed JSON, invalid UTF-8, bad base64, a bad Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody),
+        (status = 404, description = "task_data_missing: one of the paper's tasks whose data this server lacks", body = ErrorBody),
+        (status = 413, description = "over a size limit (body, candidates, examples, tokens)", body = ErrorBody),
+        (status = 422, description = "well-formed but invalid: an unknown field, a wrong-length or non-finite z, ...", body = ErrorBody),
+        (status = 500, description = "the server's own fault", body = ErrorBody),
+        (status = 503, description = "the model queue is full (Retry-After), or the usage store is unreachable", body = ErrorBody)))]
 pub async fn create_session(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -73,6 +91,9 @@ fn location(id: &str) -> [(header::HeaderName, String); 1] {
 }
 
 /// `GET /v1/sessions`: the caller's own sessions, most recently used first.
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", security(("bearer" = [])),
+    responses((status = 200, body = SessionList),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody)))]
 pub async fn list_sessions(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -82,6 +103,19 @@ pub async fn list_sessions(
 
 /// `PUT /v1/sessions/{id}`: creates the session under the client's id (201), or finds it
 /// already there from the same request (200).
+#[utoipa::path(put, path = "/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session id")),
+    request_body = CreateSessionRequest,
+    responses((status = 201, description = "created", body = SessionInfo, headers(("Location" = String))),
+        (status = 200, description = "already there, from the same request", body = SessionInfo),
+        (status = 400, description = "malformed JSON, invalid UTF-8, bad base64, a bad Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody),
+        (status = 404, description = "task_data_missing: one of the paper's tasks whose data this server lacks", body = ErrorBody),
+        (status = 409, description = "the session id is taken by another request or key", body = ErrorBody),
+        (status = 413, description = "over a size limit (body, candidates, examples, tokens)", body = ErrorBody),
+        (status = 422, description = "well-formed but invalid: an unknown field, a wrong-length or non-finite z, ...", body = ErrorBody),
+        (status = 500, description = "the server's own fault", body = ErrorBody),
+        (status = 503, description = "the model queue is full (Retry-After), or the usage store is unreachable", body = ErrorBody)))]
 pub async fn put_session(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -101,6 +135,12 @@ pub async fn put_session(
 }
 
 /// `GET /v1/sessions/{id}`.
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session id")),
+    responses((status = 200, body = SessionInfo),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody),
+        (status = 404, description = "no such session (or another key's)", body = ErrorBody),
+        (status = 410, description = "the session expired or was evicted; create a new one", body = ErrorBody)))]
 pub async fn get_session(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -110,6 +150,12 @@ pub async fn get_session(
 }
 
 /// `DELETE /v1/sessions/{id}`.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session id")),
+    responses((status = 204, description = "deleted"),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody),
+        (status = 404, description = "no such session (or another key's)", body = ErrorBody),
+        (status = 410, description = "the session expired or was evicted; create a new one", body = ErrorBody)))]
 pub async fn delete_session(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -137,6 +183,24 @@ fn train() -> SplitName {
 /// `POST /v1/sessions/{id}/evaluate`: a JSON [`EvaluateRequest`], or with
 /// `Content-Type: application/octet-stream` the candidates as raw little-endian floats and the
 /// rest in the query string.
+#[utoipa::path(post, path = "/v1/sessions/{id}/evaluate", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session id"), ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key is answered again but charged once"),
+        ("split" = Option<SplitName>, Query, description = "raw bodies: the split (default train)"),
+        ("dtype" = Option<FloatType>, Query, description = "raw bodies: f32 or f16"),
+        ("return_logits" = Option<bool>, Query, description = "raw bodies: also return the logits"),
+        ("layer" = Option<usize>, Query, description = "raw bodies of deep sessions: the layer")),
+    request_body(description = "JSON, or the candidates as little-endian floats of `dtype` (application/octet-stream) with the rest in the query",
+        content((EvaluateRequest = "application/json"), ("application/octet-stream"))),
+    responses((status = 200, body = EvaluateResponse),
+        (status = 400, description = "malformed JSON, invalid UTF-8, bad base64, a bad Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody),
+        (status = 404, description = "no such session (or another key's)", body = ErrorBody),
+        (status = 410, description = "the session expired or was evicted; create a new one", body = ErrorBody),
+        (status = 413, description = "over a size limit (body, candidates, examples, tokens)", body = ErrorBody),
+        (status = 422, description = "well-formed but invalid: an unknown field, a wrong-length or non-finite z, ...", body = ErrorBody),
+        (status = 429, description = "the key's quota of API calls is spent", body = ErrorBody),
+        (status = 500, description = "the server's own fault", body = ErrorBody),
+        (status = 503, description = "the model queue is full (Retry-After), or the usage store is unreachable", body = ErrorBody)))]
 pub async fn evaluate(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -188,6 +252,15 @@ pub async fn evaluate(
 }
 
 /// `PUT /v1/sessions/{id}/layers/{layer}`.
+#[utoipa::path(put, path = "/v1/sessions/{id}/layers/{layer}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session id"), ("layer" = usize, Path, description = "The layer")),
+    request_body = SetLayerRequest,
+    responses((status = 200, body = SessionInfo),
+        (status = 400, description = "malformed JSON, invalid UTF-8, bad base64, a bad Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody),
+        (status = 404, description = "no such session (or another key's)", body = ErrorBody),
+        (status = 410, description = "the session expired or was evicted; create a new one", body = ErrorBody),
+        (status = 422, description = "well-formed but invalid: an unknown field, a wrong-length or non-finite z, ...", body = ErrorBody)))]
 pub async fn set_layer(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -210,6 +283,15 @@ pub async fn set_layer(
 }
 
 /// `POST /v1/sessions/{id}/prompt`.
+#[utoipa::path(post, path = "/v1/sessions/{id}/prompt", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session id")),
+    request_body = PromptRequest,
+    responses((status = 200, body = PromptResponse),
+        (status = 400, description = "malformed JSON, invalid UTF-8, bad base64, a bad Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody),
+        (status = 404, description = "no such session (or another key's)", body = ErrorBody),
+        (status = 410, description = "the session expired or was evicted; create a new one", body = ErrorBody),
+        (status = 422, description = "well-formed but invalid: an unknown field, a wrong-length or non-finite z, ...", body = ErrorBody)))]
 pub async fn prompt(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -221,6 +303,18 @@ pub async fn prompt(
 }
 
 /// `POST /v1/sessions/{id}/features`.
+#[utoipa::path(post, path = "/v1/sessions/{id}/features", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session id"), ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key is answered again but charged once")),
+    request_body = FeaturesRequest,
+    responses((status = 200, body = FeaturesResponse),
+        (status = 400, description = "malformed JSON, invalid UTF-8, bad base64, a bad Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody),
+        (status = 404, description = "no such session (or another key's)", body = ErrorBody),
+        (status = 410, description = "the session expired or was evicted; create a new one", body = ErrorBody),
+        (status = 422, description = "well-formed but invalid: an unknown field, a wrong-length or non-finite z, ...", body = ErrorBody),
+        (status = 429, description = "the key's quota of API calls is spent", body = ErrorBody),
+        (status = 500, description = "the server's own fault", body = ErrorBody),
+        (status = 503, description = "the model queue is full (Retry-After), or the usage store is unreachable", body = ErrorBody)))]
 pub async fn features(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -238,6 +332,15 @@ pub async fn features(
 }
 
 /// `POST /v1/sessions/{id}/score`.
+#[utoipa::path(post, path = "/v1/sessions/{id}/score", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session id")),
+    request_body = ScoreRequest,
+    responses((status = 200, body = ScoreResponse),
+        (status = 400, description = "malformed JSON, invalid UTF-8, bad base64, a bad Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody),
+        (status = 404, description = "no such session (or another key's)", body = ErrorBody),
+        (status = 410, description = "the session expired or was evicted; create a new one", body = ErrorBody),
+        (status = 422, description = "well-formed but invalid: an unknown field, a wrong-length or non-finite z, ...", body = ErrorBody)))]
 pub async fn score(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -249,6 +352,17 @@ pub async fn score(
 }
 
 /// `POST /v1/forward`.
+#[utoipa::path(post, path = "/v1/forward", tag = "models", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key is answered again but charged once")),
+    request_body = ForwardRequest,
+    responses((status = 200, body = ForwardResponse),
+        (status = 400, description = "malformed JSON, invalid UTF-8, bad base64, a bad Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody),
+        (status = 413, description = "over a size limit (body, candidates, examples, tokens)", body = ErrorBody),
+        (status = 422, description = "well-formed but invalid: an unknown field, a wrong-length or non-finite z, ...", body = ErrorBody),
+        (status = 429, description = "the key's quota of API calls is spent", body = ErrorBody),
+        (status = 500, description = "the server's own fault", body = ErrorBody),
+        (status = 503, description = "the model queue is full (Retry-After), or the usage store is unreachable", body = ErrorBody)))]
 pub async fn forward(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -265,6 +379,10 @@ pub async fn forward(
 }
 
 /// `GET /v1/usage`: the caller's own usage.
+#[utoipa::path(get, path = "/v1/usage", tag = "service", security(("bearer" = [])),
+    responses((status = 200, body = Usage),
+        (status = 401, description = "no or an unknown API key", body = ErrorBody),
+        (status = 503, description = "the model queue is full (Retry-After), or the usage store is unreachable", body = ErrorBody)))]
 pub async fn usage(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
@@ -274,6 +392,8 @@ pub async fn usage(
 }
 
 /// `GET /metrics` (Prometheus text).
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus' text exposition", content_type = "text/plain")))]
 pub async fn metrics(State(service): State<Arc<Service>>) -> impl IntoResponse {
     service.refresh_gauges();
     (
@@ -283,10 +403,12 @@ pub async fn metrics(State(service): State<Arc<Service>>) -> impl IntoResponse {
 }
 
 /// `GET /openapi.json`.
-pub async fn openapi() -> impl IntoResponse {
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    responses((status = 200, description = "this document")))]
+pub async fn openapi(Extension(doc): Extension<Document>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
+        doc.0.as_str().to_string(),
     )
 }
 
