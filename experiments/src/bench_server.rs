@@ -5,14 +5,14 @@
 //! `--soak MINUTES`, sustained mixed load instead ([`crate::soak`]).
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
 use bbt_server::process::ServerProcess;
 use bbt_server::services::Daemon;
-use bbt_server::{ApiKeys, Limits, Service};
 use serde_json::{json, Value};
+
+use crate::loopback_server::{serve_on_loopback, BENCH_SESSION_MB};
 
 /// Options of `bench-server`.
 #[derive(clap::Args)]
@@ -72,36 +72,6 @@ fn candidates(seed: usize, population: usize, dim: usize) -> Vec<Vec<f32>> {
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-/// Session memory the benchmark's servers allow, MiB: 16 clients' suffix sessions (d = 500,
-/// L = 10: a 11.5 MB projection and a 59 MB text cache each) under the one anonymous key
-/// exceed the default per-key cap.
-const BENCH_SESSION_MB: usize = 4096;
-
-/// Serves `engine` (default limits but [`BENCH_SESSION_MB`] of sessions, no keys) on an
-/// ephemeral loopback port, on the current tokio runtime; its base URL.
-pub async fn serve_on_loopback(engine: bbt::Engine) -> anyhow::Result<String> {
-    let limits = Limits {
-        max_session_bytes: BENCH_SESSION_MB << 20,
-        max_session_bytes_per_key: BENCH_SESSION_MB << 20,
-        ..Limits::default()
-    };
-    let service = Arc::new(Service::new(
-        engine,
-        limits,
-        Default::default(),
-        bbt::tasks::default_data_dir(),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(bbt_server::serve(
-        listener,
-        service,
-        ApiKeys::open(),
-        std::future::pending(),
-    ));
-    Ok(base)
 }
 
 /// Runs the measurements.

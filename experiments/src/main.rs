@@ -6,6 +6,7 @@ mod bench_server;
 mod bench_train;
 mod cma_bench;
 mod compare;
+mod loopback_server;
 mod peers;
 mod soak;
 mod train;

@@ -57,7 +57,7 @@ pub fn run(engine: bbt::Engine, soak: &Soak) -> anyhow::Result<()> {
     let layers = engine.config().num_layers;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let base = crate::bench_server::serve_on_loopback(engine).await?;
+        let base = crate::loopback_server::serve_on_loopback(engine).await?;
         let http = Client::new();
         // Warm-up: every client's first session, evaluated once (the task loaded, text caches
         // built), before the memory baseline.

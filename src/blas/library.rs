@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::dynlib::symbol;
 use super::onednn;
 use crate::assets::{self, PackageSpec, MKL_WHEEL, ONEDNN_WHEEL, OPENBLAS_WHEEL};
 
@@ -143,17 +144,6 @@ impl std::fmt::Debug for Blas {
             .field("path", &self.path)
             .finish()
     }
-}
-
-/// Resolves `name` in `lib` as a `T` (a function pointer type).
-///
-/// # Safety
-/// `T` must be the symbol's true signature.
-pub(super) unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &str) -> anyhow::Result<T> {
-    let sym: libloading::Symbol<T> = lib
-        .get(name.as_bytes())
-        .map_err(|e| anyhow::anyhow!("symbol {name}: {e}"))?;
-    Ok(*sym)
 }
 
 impl Blas {

@@ -20,8 +20,11 @@
 //! `BBT_ONEDNN_LIB` name a library file (or its folder) to use instead of the cached wheel.
 //!
 //! `isa.rs` detects the CPU; `library.rs` finds and opens the libraries; `onednn.rs` holds
-//! oneDNN's primitives; `packed.rs` packs weights and multiplies.
+//! oneDNN's primitives; `packed.rs` packs weights and multiplies; `aligned.rs` and `dynlib.rs`
+//! hold the aligned buffers and the symbol lookup that both libraries use.
 
+mod aligned;
+mod dynlib;
 mod isa;
 mod library;
 mod onednn;

@@ -11,7 +11,8 @@ use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
 
-use super::library::symbol;
+use super::aligned::AlignedBuf;
+use super::dynlib::symbol;
 
 type Status = i32;
 type Handle = *mut c_void;
@@ -306,7 +307,7 @@ impl Drop for Md<'_> {
 pub(super) struct Matmul {
     pd: Handle,
     primitive: Handle,
-    weights: super::packed::AlignedBuf,
+    weights: AlignedBuf,
     scratch_bytes: usize,
     k: usize,
     n: usize,
@@ -370,7 +371,7 @@ impl Matmul {
             let mut this = Self {
                 pd,
                 primitive: ptr::null_mut(),
-                weights: super::packed::AlignedBuf::new(0),
+                weights: AlignedBuf::new(0),
                 scratch_bytes: 0,
                 k,
                 n,
@@ -382,7 +383,7 @@ impl Matmul {
             check((api.primitive_create)(&mut this.primitive, pd), "matmul")?;
             let wmd = (api.pd_query_md)(pd, QUERY_WEIGHTS_MD, 0);
             this.scratch_bytes = (api.md_size)((api.pd_query_md)(pd, QUERY_SCRATCHPAD_MD, 0));
-            this.weights = super::packed::AlignedBuf::new((api.md_size)(wmd));
+            this.weights = AlignedBuf::new((api.md_size)(wmd));
             // The weight as given: `[k, n]` with element (i, j) at `j * k + i`.
             let plain = api.md([ki, ni], [1, ki], dtype)?;
             let mut rpd = ptr::null_mut();

@@ -11,6 +11,7 @@
 mod pack;
 mod placements;
 mod rows;
+mod spread;
 
 use rows::row_positions;
 pub use rows::{ForwardOutput, Prompt, Readout, Row, Segment};
@@ -359,7 +360,7 @@ impl Engine {
             .iter()
             .map(|x| {
                 let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                Ok(crate::projection::clipped_std(&values, clip_rounds))
+                Ok(spread::clipped_std(&values, clip_rounds))
             })
             .collect()
     }

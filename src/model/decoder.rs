@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{Architecture, ModelConfig};
-use super::kernels::{masked_softmax, GateActivation};
+use super::fused::{masked_softmax, GateActivation};
 use super::layers::{gated_mlp, rms_norm, MaskSpec, Rotary};
 use super::linear::matmul_t;
 use super::weights::DecoderWeights;

@@ -3,8 +3,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::RopeStyle;
-use super::grad_kernels::{RmsNorm, Rope};
-use super::kernels::{gated_activation, GateActivation};
+use super::fused::{gated_activation, GateActivation, RmsNorm, Rope};
 use super::linear::Linear;
 
 /// Precomputed rotary cos/sin tables `[max_position, head_dim / 2]` for one rotary base.

@@ -3,11 +3,9 @@
 
 pub mod config;
 pub mod decoder;
-pub mod grad_kernels;
-pub mod kernels;
+pub mod fused;
 pub mod layers;
 pub mod linear;
 pub mod packed_linear;
 pub mod random;
-mod vector_math;
 pub mod weights;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::TuneConfig;
 use super::local::LocalSearch;
-use super::selection::Picks;
+use super::selection::{BestPrompt, Picks};
 use crate::cmaes::Ipop;
 
 /// File name of the checkpoint in the output folder.
@@ -32,17 +32,6 @@ pub struct TestPoint {
     pub api_calls: u64,
     pub test_accuracy: f64,
     pub test_f1: Option<f64>,
-}
-
-/// A prompt checked on dev and kept by a selection rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BestPrompt {
-    /// `d` numbers; BBTv2: `layers * d`, layer by layer.
-    pub z: Vec<f32>,
-    pub dev_accuracy: f64,
-    pub dev_loss: f64,
-    /// Training calls when it was found.
-    pub api_calls: u64,
 }
 
 /// Everything needed to continue a run.

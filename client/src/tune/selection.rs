@@ -9,8 +9,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::BestPrompt;
-
 /// The rule that chooses the final prompt among those checked on dev.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -97,6 +95,17 @@ pub struct Checked {
     pub z: Vec<f32>,
     pub accuracy: f64,
     pub loss: f64,
+}
+
+/// A prompt checked on dev and kept by a selection rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestPrompt {
+    /// `d` numbers; BBTv2: `layers * d`, layer by layer.
+    pub z: Vec<f32>,
+    pub dev_accuracy: f64,
+    pub dev_loss: f64,
+    /// Training calls when it was found.
+    pub api_calls: u64,
 }
 
 /// Each rule's pick so far.

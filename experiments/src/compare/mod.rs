@@ -6,6 +6,7 @@
 pub mod plan;
 mod plots;
 pub mod report;
+mod results;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -220,7 +221,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
          the grid without --report-only first",
         args.out.display()
     );
-    plots::write_all(&args.out, &shown)?;
+    let results = results::load(&args.out, &shown)?;
+    plots::write_all(&args.out, &shown, &results)?;
     let pending = plan::pending(
         &plan::cells(&grid.tasks, &grid.methods, &grid.seeds),
         &args.out,
@@ -229,6 +231,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let path = report::write(
         &args.out,
         &shown,
+        &results,
         pending,
         &args.model.model,
         commands.trim(),

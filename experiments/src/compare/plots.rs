@@ -8,7 +8,7 @@ use std::path::Path;
 use bbt_client::tune::checkpoint::CurvePoint;
 use plotters::prelude::*;
 
-use super::report::{self, Finished};
+use super::results::Finished;
 use super::Grid;
 
 /// The plot files of `task` and what each shows.
@@ -29,9 +29,8 @@ pub fn files(task: &str) -> Vec<(String, &'static str)> {
     ]
 }
 
-/// Writes every plot that has data.
-pub fn write_all(out: &Path, grid: &Grid) -> anyhow::Result<()> {
-    let results = report::load(out, grid)?;
+/// Writes every plot that has data among `results`.
+pub fn write_all(out: &Path, grid: &Grid, results: &[Finished]) -> anyhow::Result<()> {
     for task in &grid.tasks {
         let names = files(task);
         let of_task: Vec<&Finished> = results.iter().filter(|r| &r.summary.task == task).collect();
@@ -64,17 +63,10 @@ pub fn write_all(out: &Path, grid: &Grid) -> anyhow::Result<()> {
         )?;
         let mut curves = Vec::new();
         for method in ["bbt", "bbtv2", "bbt-rgb"] {
-            let runs: Vec<Vec<CurvePoint>> = grid
-                .seeds
+            let runs: Vec<Vec<CurvePoint>> = of_task
                 .iter()
-                .filter_map(|&seed| {
-                    let cell = super::plan::Cell {
-                        task: task.clone(),
-                        method: method.into(),
-                        seed,
-                    };
-                    read_curve(&cell.dir(out).join("result.json"))
-                })
+                .filter(|r| r.summary.method == method && !r.curve.is_empty())
+                .map(|r| r.curve.clone())
                 .collect();
             if !runs.is_empty() {
                 curves.push((method, runs));
@@ -87,12 +79,6 @@ pub fn write_all(out: &Path, grid: &Grid) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
-}
-
-fn read_curve(path: &Path) -> Option<Vec<CurvePoint>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    serde_json::from_value(value.get("curve")?.clone()).ok()
 }
 
 /// One method on a scatter plot.

@@ -8,62 +8,9 @@ use std::path::{Path, PathBuf};
 use bbt_client::summary::RunSummary;
 use statrs::statistics::Statistics;
 
-use super::plan::{title, Cell, Family, MethodKind};
+use super::plan::{title, Family, MethodKind};
+use super::results::Finished;
 use super::Grid;
-
-/// A finished cell's summary, its test accuracy at earlier budgets, and the local server's
-/// peak memory when it ended.
-#[derive(Debug, Clone)]
-pub struct Finished {
-    pub summary: RunSummary,
-    /// `(training calls, test accuracy)` at a black-box run's `test_at` milestones.
-    pub test_curve: Vec<(u64, f64)>,
-    pub server_peak_rss_mb: Option<f64>,
-}
-
-/// Every finished cell of `grid` under `out`; a result that does not parse is an error naming
-/// its file.
-pub fn load(out: &Path, grid: &Grid) -> anyhow::Result<Vec<Finished>> {
-    let mut found = Vec::new();
-    for cell in super::plan::cells(&grid.tasks, &grid.methods, &grid.seeds) {
-        if let Some(f) = load_cell(out, &cell)? {
-            found.push(f);
-        }
-    }
-    Ok(found)
-}
-
-fn load_cell(out: &Path, cell: &Cell) -> anyhow::Result<Option<Finished>> {
-    let dir = cell.dir(out);
-    let path = dir.join("result.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path)?;
-    let mut summary: RunSummary = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not a run result: {e}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)?;
-    let test_curve = value["test_curve"]
-        .as_array()
-        .map(|points| {
-            points
-                .iter()
-                .filter_map(|p| Some((p["api_calls"].as_u64()?, p["test_accuracy"].as_f64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    // A prompt-transfer run is a BBT run; the grid knows it by its cell's name.
-    summary.method.clone_from(&cell.method);
-    let server_peak_rss_mb = std::fs::read_to_string(dir.join("server.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["server_peak_rss_mb"].as_f64());
-    Ok(Some(Finished {
-        summary,
-        test_curve,
-        server_peak_rss_mb,
-    }))
-}
 
 /// `mean ± std` (sample std over seeds) of percentages, or the value alone for one seed.
 pub fn mean_std(values: &[f64]) -> String {
@@ -380,16 +327,16 @@ pub fn machine() -> String {
     format!("{model}, {cores} cores")
 }
 
-/// Writes `REPORT.md` under `out` for the runs of `grid` found there, `pending` runs of the
-/// requested grid still to do, and the `commands` that ran them; returns its path.
+/// Writes `REPORT.md` under `out` for the `results` of `grid` found there, `pending` runs of
+/// the requested grid still to do, and the `commands` that ran them; returns its path.
 pub fn write(
     out: &Path,
     grid: &Grid,
+    results: &[Finished],
     pending: usize,
     model: &str,
     commands: &str,
 ) -> anyhow::Result<PathBuf> {
-    let results = load(out, grid)?;
     let total = results.len() + pending;
     let mut r = String::new();
     let _ = writeln!(r, "# Comparison: {} preset\n", grid.preset.name);
@@ -411,7 +358,7 @@ pub fn write(
     let _ = writeln!(
         r,
         "## Test accuracy (%), mean ± std over seeds\n\n{}",
-        accuracy_table(&results, grid)
+        accuracy_table(results, grid)
     );
     let _ = writeln!(
         r,
@@ -420,9 +367,9 @@ pub fn write(
          Memory is the peak resident set of the process that ran the method (the client for \
          API methods, the trainer for gradient methods) and of the shared local server when \
          the run ended.\n\n{}",
-        cost_table(&results, grid)
+        cost_table(results, grid)
     );
-    if let Some(table) = budget_table(&results, grid) {
+    if let Some(table) = budget_table(results, grid) {
         let _ = writeln!(
             r,
             "## What a budget buys\n\nTest accuracy (%) of the prompt each black-box run had \
@@ -430,7 +377,7 @@ pub fn write(
              the end of the run).\n\n{table}"
         );
     }
-    if let Some(table) = transfer_table(&results, grid) {
+    if let Some(table) = transfer_table(results, grid) {
         let _ = writeln!(
             r,
             "## Prompt transfer\n\nBBT started from the prompt BBT tuned on the source task \
@@ -453,7 +400,8 @@ pub fn write(
 
 #[cfg(test)]
 mod tests {
-    use super::super::plan::Preset;
+    use super::super::plan::{Cell, Preset};
+    use super::super::results::load;
     use super::*;
 
     fn fake(method: &str, task: &str, seed: u64, accuracy: f64) -> RunSummary {
@@ -516,6 +464,7 @@ mod tests {
         let path = write(
             out.path(),
             &grid,
+            &results,
             2,
             "smollm2-135m",
             "bbt-experiments compare",
@@ -554,6 +503,7 @@ mod tests {
             Finished {
                 summary,
                 test_curve: curve,
+                curve: Vec::new(),
                 server_peak_rss_mb: None,
             }
         };
@@ -565,6 +515,7 @@ mod tests {
             Finished {
                 summary: lora,
                 test_curve: Vec::new(),
+                curve: Vec::new(),
                 server_peak_rss_mb: None,
             },
         ];
@@ -594,6 +545,7 @@ mod tests {
         let finished = |method: &str, seed, accuracy| Finished {
             summary: fake(method, "mr", seed, accuracy),
             test_curve: Vec::new(),
+            curve: Vec::new(),
             server_peak_rss_mb: None,
         };
         let results = vec![
