@@ -515,6 +515,165 @@ pub struct Usage {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
-    pub error: String,
+    pub error: ErrorKind,
     pub detail: String,
+}
+
+/// What went wrong, machine-readable: the `error` field of every error body. Each kind is
+/// answered with one HTTP status ([`ErrorKind::status`]); clients decide on retries by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// 400: the request cannot be understood (malformed JSON, bad base64, a bad header).
+    BadRequest,
+    /// 401: no API key, or an unknown one.
+    Unauthorized,
+    /// 404: no such route, or no such session (or another key's).
+    NotFound,
+    /// 404: one of the paper's tasks whose data the server lacks (its operator can fetch it).
+    TaskDataMissing,
+    /// 405: the route exists but not with this method.
+    MethodNotAllowed,
+    /// 409: the session id is taken (by another key, or for a different creation request).
+    Conflict,
+    /// 410: the session's caches were evicted or it expired; create a new one.
+    SessionGone,
+    /// 413: over a size limit (body, candidates, examples, tokens).
+    TooLarge,
+    /// 415: the body is not `application/json`.
+    UnsupportedMediaType,
+    /// 422: well-formed but invalid (an unknown field, a wrong-length or non-finite `z`, ...).
+    Invalid,
+    /// 429: the key's quota of API calls is spent; retrying will not help.
+    QuotaExceeded,
+    /// 429 from something in front of the server (a proxy's rate limit): retry after the time
+    /// its `Retry-After` gives.
+    RateLimited,
+    /// 503 with `Retry-After`: the model queue is full; the same request may succeed shortly.
+    Busy,
+    /// 503: the model worker or the usage store is unavailable.
+    Unavailable,
+    /// 500: the server's own fault.
+    Internal,
+    /// A kind this client does not know (from a newer server, or a proxy's error page).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorKind {
+    /// The HTTP status the server answers this kind with.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::BadRequest => 400,
+            Self::Unauthorized => 401,
+            Self::NotFound | Self::TaskDataMissing => 404,
+            Self::MethodNotAllowed => 405,
+            Self::Conflict => 409,
+            Self::SessionGone => 410,
+            Self::TooLarge => 413,
+            Self::UnsupportedMediaType => 415,
+            Self::Invalid => 422,
+            Self::QuotaExceeded | Self::RateLimited => 429,
+            Self::Busy | Self::Unavailable => 503,
+            Self::Internal | Self::Unknown => 500,
+        }
+    }
+
+    /// The kind of an error known only by its status (a framework's rejection, a proxy's page).
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            401 => Self::Unauthorized,
+            404 => Self::NotFound,
+            405 => Self::MethodNotAllowed,
+            409 => Self::Conflict,
+            410 => Self::SessionGone,
+            413 => Self::TooLarge,
+            415 => Self::UnsupportedMediaType,
+            422 => Self::Invalid,
+            429 => Self::RateLimited,
+            503 => Self::Unavailable,
+            500..=599 => Self::Internal,
+            _ => Self::BadRequest,
+        }
+    }
+
+    /// The kind as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::TaskDataMissing => "task_data_missing",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict => "conflict",
+            Self::SessionGone => "session_gone",
+            Self::TooLarge => "too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Invalid => "invalid",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::RateLimited => "rate_limited",
+            Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KINDS: [ErrorKind; 16] = [
+        ErrorKind::BadRequest,
+        ErrorKind::Unauthorized,
+        ErrorKind::NotFound,
+        ErrorKind::TaskDataMissing,
+        ErrorKind::MethodNotAllowed,
+        ErrorKind::Conflict,
+        ErrorKind::SessionGone,
+        ErrorKind::TooLarge,
+        ErrorKind::UnsupportedMediaType,
+        ErrorKind::Invalid,
+        ErrorKind::QuotaExceeded,
+        ErrorKind::RateLimited,
+        ErrorKind::Busy,
+        ErrorKind::Unavailable,
+        ErrorKind::Internal,
+        ErrorKind::Unknown,
+    ];
+
+    #[test]
+    fn error_kinds_read_back_as_written_and_unknown_ones_are_kept_apart() {
+        for kind in KINDS {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{kind}\""));
+            assert_eq!(serde_json::from_str::<ErrorKind>(&json).unwrap(), kind);
+        }
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error": "teapot", "detail": "short and stout"}"#).unwrap();
+        assert_eq!(body.error, ErrorKind::Unknown);
+    }
+
+    #[test]
+    fn a_status_alone_names_the_kind_the_server_would_send() {
+        for kind in KINDS {
+            let back = ErrorKind::from_status(kind.status());
+            assert_eq!(back.status(), kind.status(), "{kind}");
+        }
+        for kind in [ErrorKind::SessionGone, ErrorKind::Invalid] {
+            assert_eq!(ErrorKind::from_status(kind.status()), kind);
+        }
+        // A bare 429 is a proxy's rate limit, which a client may retry; a spent quota says so.
+        assert_eq!(ErrorKind::from_status(429), ErrorKind::RateLimited);
+        assert_eq!(ErrorKind::from_status(418), ErrorKind::BadRequest);
+        assert_eq!(ErrorKind::from_status(502), ErrorKind::Internal);
+    }
 }

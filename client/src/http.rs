@@ -13,9 +13,9 @@
 use std::time::Duration;
 
 use bbt::protocol::{
-    CreateSessionRequest, ErrorBody, EvaluateResponse, FeaturesRequest, FeaturesResponse,
-    ModelsResponse, PromptRequest, PromptResponse, ScoreRequest, ScoreResponse, SessionInfo,
-    SetLayerRequest, SplitName,
+    CreateSessionRequest, ErrorBody, ErrorKind, EvaluateResponse, FeaturesRequest,
+    FeaturesResponse, ModelsResponse, PromptRequest, PromptResponse, ScoreRequest, ScoreResponse,
+    SessionInfo, SetLayerRequest, SplitName,
 };
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::StatusCode;
@@ -49,7 +49,7 @@ pub enum CallError {
     #[error("server answered {status}: {kind}: {detail}")]
     Status {
         status: u16,
-        kind: String,
+        kind: ErrorKind,
         detail: String,
     },
     /// The server could not be reached, or the answer was cut off (after any retries).
@@ -63,7 +63,13 @@ pub enum CallError {
 impl CallError {
     /// Whether the key's quota of API calls is spent (retrying cannot help).
     pub fn quota_spent(&self) -> bool {
-        matches!(self, Self::Status { status: 429, kind, .. } if kind == "quota_exceeded")
+        matches!(
+            self,
+            Self::Status {
+                kind: ErrorKind::QuotaExceeded,
+                ..
+            }
+        )
     }
 
     /// Whether the session is unknown to the server (it restarted, or the session expired).
@@ -71,7 +77,7 @@ impl CallError {
         matches!(
             self,
             Self::Status {
-                status: 404 | 410,
+                kind: ErrorKind::NotFound | ErrorKind::SessionGone,
                 ..
             }
         )
@@ -467,7 +473,7 @@ fn status_error(status: StatusCode, body: &[u8]) -> CallError {
         Ok(e) => (e.error, e.detail),
         // Not the server's own error (e.g. a proxy's HTML page): one short line of it.
         Err(_) => (
-            status.canonical_reason().unwrap_or("error").to_string(),
+            ErrorKind::from_status(status.as_u16()),
             foreign_body_line(&String::from_utf8_lossy(body)),
         ),
     };

@@ -223,6 +223,7 @@ async fn health_models_openapi_and_metrics() {
         "ModelCard",
         "Usage",
         "ErrorBody",
+        "ErrorKind",
         "TaskRequest",
         "ProjectionSpec",
         "PromptInit",

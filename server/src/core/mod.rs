@@ -11,6 +11,8 @@ pub mod task_request;
 pub mod usage;
 pub mod worker;
 
+use bbt::protocol::ErrorKind;
+
 /// An error the HTTP layer turns into a status code and a JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreError {
@@ -47,19 +49,19 @@ impl std::fmt::Display for CoreError {
 
 impl CoreError {
     /// `(machine-readable kind, human detail)`.
-    pub fn parts(&self) -> (&'static str, &str) {
+    pub fn parts(&self) -> (ErrorKind, &str) {
         match self {
-            Self::BadRequest(d) => ("bad_request", d),
-            Self::NotFound(d) => ("not_found", d),
-            Self::TaskDataMissing(d) => ("task_data_missing", d),
-            Self::Gone(d) => ("session_gone", d),
-            Self::Conflict(d) => ("conflict", d),
-            Self::TooLarge(d) => ("too_large", d),
-            Self::Invalid(d) => ("invalid", d),
-            Self::Quota(d) => ("quota_exceeded", d),
-            Self::Busy(d) => ("busy", d),
-            Self::Unavailable(d) => ("unavailable", d),
-            Self::Internal(d) => ("internal", d),
+            Self::BadRequest(d) => (ErrorKind::BadRequest, d),
+            Self::NotFound(d) => (ErrorKind::NotFound, d),
+            Self::TaskDataMissing(d) => (ErrorKind::TaskDataMissing, d),
+            Self::Gone(d) => (ErrorKind::SessionGone, d),
+            Self::Conflict(d) => (ErrorKind::Conflict, d),
+            Self::TooLarge(d) => (ErrorKind::TooLarge, d),
+            Self::Invalid(d) => (ErrorKind::Invalid, d),
+            Self::Quota(d) => (ErrorKind::QuotaExceeded, d),
+            Self::Busy(d) => (ErrorKind::Busy, d),
+            Self::Unavailable(d) => (ErrorKind::Unavailable, d),
+            Self::Internal(d) => (ErrorKind::Internal, d),
         }
     }
 }

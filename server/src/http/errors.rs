@@ -4,7 +4,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bbt::protocol::ErrorBody;
+use bbt::protocol::{ErrorBody, ErrorKind};
 
 use crate::core::CoreError;
 
@@ -21,12 +21,17 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with an explicit status.
-    pub fn new(status: StatusCode, error: &str, detail: impl Into<String>) -> Self {
+    /// An error of `kind`, answered with the kind's status.
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Self::with_status(status_of(kind), kind, detail)
+    }
+
+    /// An error whose status was decided elsewhere (a framework's rejection).
+    pub fn with_status(status: StatusCode, kind: ErrorKind, detail: impl Into<String>) -> Self {
         Self {
             status,
             body: ErrorBody {
-                error: error.into(),
+                error: kind,
                 detail: detail.into(),
             },
             retry_after: None,
@@ -34,22 +39,16 @@ impl ApiError {
     }
 }
 
+/// The status that the protocol assigns to `kind`.
+fn status_of(kind: ErrorKind) -> StatusCode {
+    StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
-        let status = match &e {
-            CoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            CoreError::NotFound(_) | CoreError::TaskDataMissing(_) => StatusCode::NOT_FOUND,
-            CoreError::Gone(_) => StatusCode::GONE,
-            CoreError::Conflict(_) => StatusCode::CONFLICT,
-            CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            CoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            CoreError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
-            CoreError::Busy(_) | CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
         let (kind, detail) = e.parts();
-        let mut error = Self::new(status, kind, detail);
-        if matches!(e, CoreError::Busy(_)) {
+        let mut error = Self::new(kind, detail);
+        if kind == ErrorKind::Busy {
             error.retry_after = Some(BUSY_RETRY_AFTER_SECS);
         }
         error
@@ -59,13 +58,11 @@ impl From<CoreError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let status = r.status();
-        let kind = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-            StatusCode::UNPROCESSABLE_ENTITY => "invalid",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            _ => "bad_request",
-        };
-        Self::new(status, kind, r.body_text())
+        Self::with_status(
+            status,
+            ErrorKind::from_status(status.as_u16()),
+            r.body_text(),
+        )
     }
 }
 

@@ -11,10 +11,11 @@ use std::time::Instant;
 
 use axum::body::HttpBody;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
+use bbt::protocol::ErrorKind;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -90,15 +91,8 @@ async fn json_errors(req: Request, next: Next) -> Response {
     } else {
         text
     };
-    let kind = match status {
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        s if s.is_server_error() => "internal",
-        _ => "bad_request",
-    };
-    let mut rewritten = ApiError::new(status, kind, detail).into_response();
+    let kind = ErrorKind::from_status(status.as_u16());
+    let mut rewritten = ApiError::with_status(status, kind, detail).into_response();
     for name in [header::ALLOW, header::RETRY_AFTER] {
         if let Some(v) = parts.headers.get(&name) {
             rewritten.headers_mut().insert(name, v.clone());
@@ -118,7 +112,7 @@ async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next) ->
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
-        Err(why) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why).into_response(),
+        Err(why) => ApiError::new(ErrorKind::Unauthorized, why).into_response(),
     }
 }
 

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use bbt::protocol::{
-    CreateSessionRequest, ErrorBody, EvaluateRequest, EvaluateResponse, FeaturesRequest,
+    CreateSessionRequest, ErrorBody, ErrorKind, EvaluateRequest, EvaluateResponse, FeaturesRequest,
     FeaturesResponse, FloatType, ForwardRequest, ForwardResponse, ModelsResponse, PromptRequest,
     PromptResponse, ScoreRequest, ScoreResponse, SessionInfo, SessionList, SetLayerRequest,
     SplitName, Usage,
@@ -39,8 +39,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
             Ok(Some(v.to_string()))
         }
         _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            ErrorKind::BadRequest,
             format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
         )),
     }
@@ -214,10 +213,10 @@ pub async fn evaluate(
         .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"));
     let (candidates, split, return_logits, layer) = if raw {
         let Query(q) = Query::<RawEvaluateQuery>::try_from_uri(request.uri())
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+            .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.body_text()))?;
         let bytes = Bytes::from_request(request, &())
             .await
-            .map_err(|e| ApiError::new(e.status(), "too_large", e.body_text()))?;
+            .map_err(|e| ApiError::with_status(e.status(), ErrorKind::TooLarge, e.body_text()))?;
         let input = CandidatesIn::Raw {
             dtype: q.dtype,
             bytes: bytes.to_vec(),
@@ -269,8 +268,7 @@ pub async fn set_layer(
 ) -> Result<impl IntoResponse> {
     let layer: usize = layer.parse().map_err(|_| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            ErrorKind::BadRequest,
             format!("`{layer}` is not a layer number"),
         )
     })?;
@@ -414,9 +412,5 @@ pub async fn openapi(Extension(doc): Extension<Document>) -> impl IntoResponse {
 
 /// Any other path.
 pub async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such route; see /openapi.json",
-    )
+    ApiError::new(ErrorKind::NotFound, "no such route; see /openapi.json")
 }
