@@ -1,9 +1,12 @@
 //! Command-line pieces shared by the binaries (`bbt`, `bbt-server`, `bbt-experiments`).
 
+#[cfg(feature = "engine")]
 use candle_core::{DType, Device};
 
 use crate::assets::DEFAULT_MODEL;
+#[cfg(feature = "engine")]
 use crate::engine::{default_dtype, Engine};
+use crate::protocol::Loss;
 
 /// The compute dtype a model is loaded in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,21 +36,6 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Opens the device named by `--device`.
-    pub fn open_device(&self) -> anyhow::Result<Device> {
-        crate::device::parse_device(&self.device)
-    }
-
-    /// The compute dtype `--dtype` names on `device`.
-    pub fn dtype_on(&self, device: &Device) -> DType {
-        match self.dtype {
-            DTypeArg::Auto => default_dtype(device),
-            DTypeArg::F32 => DType::F32,
-            DTypeArg::Bf16 => DType::BF16,
-            DTypeArg::F16 => DType::F16,
-        }
-    }
-
     /// The flags that make a child process (`bbt serve`, `train`) load the same model the same
     /// way.
     pub fn to_flags(&self) -> Vec<String> {
@@ -64,11 +52,71 @@ impl ModelArgs {
             dtype,
         ]
     }
+}
+
+#[cfg(feature = "engine")]
+impl ModelArgs {
+    /// Opens the device named by `--device`.
+    pub fn open_device(&self) -> anyhow::Result<Device> {
+        crate::device::parse_device(&self.device)
+    }
+
+    /// The compute dtype `--dtype` names on `device`.
+    pub fn dtype_on(&self, device: &Device) -> DType {
+        match self.dtype {
+            DTypeArg::Auto => default_dtype(device),
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::Bf16 => DType::BF16,
+            DTypeArg::F16 => DType::F16,
+        }
+    }
 
     /// Opens the device and loads the model in the chosen dtype.
     pub fn load(&self) -> anyhow::Result<Engine> {
         let device = self.open_device()?;
         let path = crate::assets::resolve_model(&self.model)?;
         Engine::load_path(&path, &device, self.dtype_on(&device))
+    }
+}
+
+/// A training loss by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LossName {
+    /// Cross-entropy over the classes' scores.
+    Ce,
+    /// Multi-class hinge with `--margin`.
+    Hinge,
+}
+
+/// `--loss` and `--margin`: the training loss over the verbalizer logits, for every command
+/// that trains or tunes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LossArgs {
+    /// Training loss over the verbalizer logits [default: ce].
+    #[arg(long, value_enum)]
+    pub loss: Option<LossName>,
+    /// Margin of the hinge loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub margin: f64,
+}
+
+impl Default for LossArgs {
+    fn default() -> Self {
+        Self {
+            loss: None,
+            margin: 1.0,
+        }
+    }
+}
+
+impl LossArgs {
+    /// The loss `--loss` chooses, if it was given.
+    pub fn chosen(&self) -> Option<Loss> {
+        self.loss.map(|name| match name {
+            LossName::Ce => Loss::CrossEntropy,
+            LossName::Hinge => Loss::Hinge {
+                margin: self.margin,
+            },
+        })
     }
 }

@@ -7,6 +7,7 @@
 //! - [`assets`]: real models and data packages fetched from registry packages into a verified
 //!   cache.
 //! - [`help`]: the check that every binary's flags document themselves.
+//! - [`cli`]: the flags every binary shares (`--model/--device/--dtype`, `--loss/--margin`).
 //!
 //! With the `engine` feature (default), the model stack:
 //! - [`tokenizer`]: tokenizers built from a model file's own metadata.
@@ -18,9 +19,10 @@
 //! - [`peft`]: the gradient-based methods the experiments compare BBT with, on the same forward.
 //! - [`blas`]: the CPU's matmul kernels (oneMKL, oneDNN or OpenBLAS loaded at run time,
 //!   candle's gemm as fallback).
-//! - [`device`], [`cli`]: `--device` parsing and the `--model/--device` flags of every binary.
+//! - [`device`]: `--device` parsing.
 
 pub mod assets;
+pub mod cli;
 pub mod help;
 pub mod metrics;
 pub mod protocol;
@@ -28,8 +30,6 @@ pub mod tasks;
 
 #[cfg(feature = "engine")]
 pub mod blas;
-#[cfg(feature = "engine")]
-pub mod cli;
 #[cfg(feature = "engine")]
 pub mod device;
 #[cfg(feature = "engine")]

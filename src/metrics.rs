@@ -1,4 +1,4 @@
-//! Scores from class scores, no model needed: loss, accuracy and F1 of per-example verbalizer
+//! Measures of class scores, no model needed: loss, accuracy and F1 of per-example verbalizer
 //! logits, and contextual calibration. Shared by the server (every evaluate), the client
 //! (calibrated baselines) and the trainer, so all report the same numbers.
 
@@ -6,7 +6,12 @@ use crate::protocol::{CandidateResult, Loss};
 use crate::tasks::Metric;
 
 /// Loss, accuracy and (for [`Metric::AccuracyAndF1`]) the F1 of class 1 from per-example logits.
-pub fn score(logits: &[Vec<f32>], labels: &[usize], loss: Loss, metric: Metric) -> CandidateResult {
+pub fn measure(
+    logits: &[Vec<f32>],
+    labels: &[usize],
+    loss: Loss,
+    metric: Metric,
+) -> CandidateResult {
     let n = labels.len().max(1) as f64;
     let mut total_loss = 0f64;
     let mut correct = 0usize;
@@ -112,8 +117,8 @@ mod tests {
         assert!((p[1] - 0.608_696).abs() < 1e-5, "{p:?}");
         // The prediction flips from class 0 to class 1.
         let labels = [1];
-        let before = score(&example, &labels, Loss::CrossEntropy, Metric::Accuracy);
-        let after = score(&out, &labels, Loss::CrossEntropy, Metric::Accuracy);
+        let before = measure(&example, &labels, Loss::CrossEntropy, Metric::Accuracy);
+        let after = measure(&out, &labels, Loss::CrossEntropy, Metric::Accuracy);
         assert_eq!((before.accuracy, after.accuracy), (0.0, 1.0));
         // A shift of every logit by a constant changes nothing.
         let shifted = vec![vec![(0.6f32).ln() + 5.0, (0.4f32).ln() + 5.0]];
@@ -132,14 +137,14 @@ mod tests {
             vec![1.0, 0.0],
         ];
         let labels = [0, 1, 0, 1];
-        let r = score(&logits, &labels, Loss::CrossEntropy, Metric::AccuracyAndF1);
+        let r = measure(&logits, &labels, Loss::CrossEntropy, Metric::AccuracyAndF1);
         assert_eq!(r.accuracy, 0.5);
         // tp = 1, fp = 1, fn = 1 -> F1 = 2 / 4
         assert_eq!(r.f1, Some(0.5));
         let ce = |gold: f64, other: f64| (gold.exp() + other.exp()).ln() - gold;
         let want = (ce(2.0, 0.0) + ce(1.0, 0.0) + ce(0.0, 3.0) + ce(0.0, 1.0)) / 4.0;
         assert!((r.loss - want).abs() < 1e-9);
-        let h = score(
+        let h = measure(
             &logits,
             &labels,
             Loss::Hinge { margin: 1.0 },

@@ -2,6 +2,8 @@
 //! placement, and turn verbalizer logits into loss, accuracy and F1. Used by the server's
 //! sessions and by anything else that evaluates prompts (zero-shot baselines, experiments).
 
+use std::collections::BTreeMap;
+
 use candle_core::Tensor;
 
 use crate::engine::{Engine, Prompt, Readout, Row, Segment};
@@ -69,6 +71,43 @@ impl EncodedSplit {
         self.heads.iter().chain(&self.tails).map(Vec::len).sum()
     }
 
+    /// Positions the model runs to read the split once under a prompt of `prompt_positions`
+    /// (what an API call is charged in tokens).
+    pub fn positions_under_prompt(&self, prompt_positions: usize) -> usize {
+        self.tokens() + self.len() * prompt_positions
+    }
+
+    /// Each example's whole text, `[head][tail]` (what follows the prompt in the prefix
+    /// placement).
+    pub fn whole_texts(&self) -> Vec<Vec<u32>> {
+        self.heads
+            .iter()
+            .zip(&self.tails)
+            .map(|(h, t)| h.iter().chain(t).copied().collect())
+            .collect()
+    }
+
+    /// Each example as a row with one prompt (`Segment::Prompt(0)`) in `placement`:
+    /// `[bos][prompt][head][tail]` or `[bos][head][prompt][tail]`.
+    pub fn rows_with_prompt(&self, engine: &Engine, placement: Placement) -> Vec<Row> {
+        let bos = engine.bos_segment();
+        self.heads
+            .iter()
+            .zip(&self.tails)
+            .map(|(h, t)| {
+                let (before, after) = match placement {
+                    Placement::Prefix => (bos.clone(), h.iter().chain(t).copied().collect()),
+                    Placement::Suffix => (bos.iter().chain(h).copied().collect(), t.clone()),
+                };
+                Row::new(vec![
+                    Segment::Tokens(before),
+                    Segment::Prompt(0),
+                    Segment::Tokens(after),
+                ])
+            })
+            .collect()
+    }
+
     /// Keys/values of `[bos][head]` per example, for the suffix placement.
     pub fn cache_heads(&self, engine: &Engine) -> anyhow::Result<KvCache> {
         engine.cache_texts(&self.heads)
@@ -91,21 +130,13 @@ pub fn candidate_logits(
 ) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
     let readout = Readout::Tokens(verbalizer.ids().to_vec());
     let flat: Vec<Vec<f32>> = match placement {
-        Placement::Prefix => {
-            let rows: Vec<Vec<u32>> = split
-                .heads
-                .iter()
-                .zip(&split.tails)
-                .map(|(h, t)| h.iter().chain(t).copied().collect())
-                .collect();
-            engine
-                .score_prefix(prompts, &rows, &readout)?
-                .logits
-                .to_vec2()?
-        }
+        Placement::Prefix => engine
+            .run_prefix(prompts, &split.whole_texts(), &readout)?
+            .logits
+            .to_vec2()?,
         Placement::Suffix => match cache {
-            Some(cache) => engine.score_suffix(cache, prompts, &split.tails, &readout)?,
-            None => engine.score_inline(prompts, &split.heads, &split.tails, &readout)?,
+            Some(cache) => engine.run_suffix(cache, prompts, &split.tails, &readout)?,
+            None => engine.run_inline(prompts, &split.heads, &split.tails, &readout)?,
         }
         .logits
         .to_vec2()?,
@@ -121,6 +152,66 @@ pub fn candidate_logits(
         .collect())
 }
 
+/// One request's share of a merged prefix-placement pass: its candidates' prompts, reading
+/// its split, scored with its verbalizer.
+pub struct PrefixPart<'a> {
+    pub split: &'a EncodedSplit,
+    pub prompts: Vec<Prompt>,
+    pub verbalizer: &'a Verbalizer,
+}
+
+/// [`candidate_logits`] in the prefix placement for several requests (of any sessions) in one
+/// engine pass: every prompt's `[bos][prompt]` is prefilled together, each continued by its
+/// part's texts, and the logits are read over the union of the parts' label words. Rows are
+/// independent, so each part's class scores equal those of a pass of its own. One
+/// `[candidates][examples][classes]` per part, in order.
+pub fn merged_prefix_logits(
+    engine: &Engine,
+    parts: &[PrefixPart<'_>],
+) -> anyhow::Result<Vec<Vec<Vec<Vec<f32>>>>> {
+    let texts: Vec<Vec<Vec<u32>>> = parts.iter().map(|p| p.split.whole_texts()).collect();
+    let prompts: Vec<Prompt> = parts.iter().flat_map(|p| p.prompts.clone()).collect();
+    let groups: Vec<&[Vec<u32>]> = parts
+        .iter()
+        .zip(&texts)
+        .flat_map(|(part, t)| std::iter::repeat_n(t.as_slice(), part.prompts.len()))
+        .collect();
+    // The union of label words; each part reads its own columns.
+    let mut columns: BTreeMap<u32, usize> = BTreeMap::new();
+    for part in parts {
+        for &id in part.verbalizer.ids() {
+            let next = columns.len();
+            columns.entry(id).or_insert(next);
+        }
+    }
+    let mut union = vec![0u32; columns.len()];
+    for (&id, &col) in &columns {
+        union[col] = id;
+    }
+    let logits: Vec<Vec<f32>> = engine
+        .run_prefix_groups(&prompts, &groups, &Readout::Tokens(union))?
+        .logits
+        .to_vec2()?;
+    let mut rows = logits.iter();
+    Ok(parts
+        .iter()
+        .map(|part| {
+            let cols: Vec<usize> = part.verbalizer.ids().iter().map(|id| columns[id]).collect();
+            (0..part.prompts.len())
+                .map(|_| {
+                    (&mut rows)
+                        .take(part.split.len())
+                        .map(|row| {
+                            let words: Vec<f32> = cols.iter().map(|&c| row[c]).collect();
+                            part.verbalizer.class_scores(&words)
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// The final hidden state (after the last norm) at each example's last position, where the label
 /// word is read, under one `prompt` in `placement`: `[examples][hidden]`, f32. The features a
 /// probe classifier is trained on.
@@ -131,23 +222,7 @@ pub fn split_features(
     placement: Placement,
     verbalizer: &Verbalizer,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
-    let bos = engine.bos_segment();
-    let rows: Vec<Row> = split
-        .heads
-        .iter()
-        .zip(&split.tails)
-        .map(|(h, t)| {
-            let (before, after) = match placement {
-                Placement::Prefix => (bos.clone(), h.iter().chain(t).copied().collect()),
-                Placement::Suffix => (bos.iter().chain(h).copied().collect(), t.clone()),
-            };
-            Row::new(vec![
-                Segment::Tokens(before),
-                Segment::Prompt(0),
-                Segment::Tokens(after),
-            ])
-        })
-        .collect();
+    let rows = split.rows_with_prompt(engine, placement);
     let out = engine.forward(
         &rows,
         &[prompt],
@@ -202,7 +277,7 @@ pub fn loss_tensor(logits: &Tensor, labels: &[usize], loss: Loss) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::score;
+    use crate::metrics::measure;
     use crate::tasks::Metric;
 
     #[test]
@@ -215,7 +290,7 @@ mod tests {
         let labels = [0, 1, 2];
         let t = Tensor::new(logits.clone(), &candle_core::Device::Cpu).unwrap();
         for loss in [Loss::CrossEntropy, Loss::Hinge { margin: 1.0 }] {
-            let host = score(&logits, &labels, loss, Metric::Accuracy).loss;
+            let host = measure(&logits, &labels, loss, Metric::Accuracy).loss;
             let graph: f32 = loss_tensor(&t, &labels, loss).unwrap().to_scalar().unwrap();
             assert!(
                 (host - graph as f64).abs() < 1e-5,

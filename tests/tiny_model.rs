@@ -87,7 +87,7 @@ fn empty_text_works_in_both_placements() {
     let template = ids(9, 2);
     // Prefix placement with an empty text: only the template follows the prompt.
     let prefix = engine
-        .score_prefix(
+        .run_prefix(
             &prompts,
             std::slice::from_ref(&template),
             &Readout::FullVocabulary,
@@ -107,7 +107,7 @@ fn empty_text_works_in_both_placements() {
     let cache = engine.cache_texts(&[vec![], ids(1, 5)]).unwrap();
     assert_eq!(cache.lengths, vec![1, 6]);
     let suffix = engine
-        .score_suffix(
+        .run_suffix(
             &cache,
             &prompts,
             &[template.clone(), template.clone()],
@@ -116,7 +116,7 @@ fn empty_text_works_in_both_placements() {
         .unwrap();
     assert_close(&suffix.logits.to_vec2().unwrap()[..1], &alone, 1e-4);
     // Nothing after the prompt to predict from is an error, not a panic.
-    let err = engine.score_prefix(&prompts, &[vec![]], &Readout::FullVocabulary);
+    let err = engine.run_prefix(&prompts, &[vec![]], &Readout::FullVocabulary);
     assert!(err
         .unwrap_err()
         .to_string()
@@ -136,7 +136,7 @@ fn zero_length_prompt_equals_no_prompt() {
         &[],
     );
     let prefix = engine
-        .score_prefix(
+        .run_prefix(
             &empty,
             std::slice::from_ref(&tail),
             &Readout::FullVocabulary,
@@ -145,7 +145,7 @@ fn zero_length_prompt_equals_no_prompt() {
     assert_close(&prefix.logits.to_vec2().unwrap(), &plain, 1e-4);
     let cache = engine.cache_texts(&[tail[..3].to_vec()]).unwrap();
     let suffix = engine
-        .score_suffix(
+        .run_suffix(
             &cache,
             &empty,
             &[tail[3..].to_vec()],
@@ -172,7 +172,7 @@ fn maximum_length_is_accepted_and_one_more_is_a_clear_error() {
     // Past plus new positions count together.
     let cache = engine.cache_texts(&[ids(3, max - 2)]).unwrap();
     let err = engine
-        .score_suffix(
+        .run_suffix(
             &cache,
             &[prompt(2, 32)],
             &[vec![5]],
@@ -248,7 +248,7 @@ fn deep_prompts_after_cached_texts_equal_one_at_a_time() {
         let tails = vec![ids(4, 2), ids(5, 2), ids(6, 3)];
         let cache = engine.cache_texts(&texts).unwrap();
         let cached = engine
-            .score_suffix(&cache, &prompts, &tails, &Readout::FullVocabulary)
+            .run_suffix(&cache, &prompts, &tails, &Readout::FullVocabulary)
             .unwrap()
             .logits
             .to_vec2()
@@ -271,7 +271,7 @@ fn deep_prompts_after_cached_texts_equal_one_at_a_time() {
             .map(|p| Prompt::new(p.embeddings.clone()))
             .collect();
         let without: Vec<Vec<f32>> = engine
-            .score_suffix(&cache, &shallow, &tails, &Readout::FullVocabulary)
+            .run_suffix(&cache, &shallow, &tails, &Readout::FullVocabulary)
             .unwrap()
             .logits
             .to_vec2()
@@ -450,7 +450,7 @@ fn batches_larger_than_one_chunk_equal_one_at_a_time() {
     let prompts = vec![prompt(4, 32)];
     let tails: Vec<Vec<u32>> = (0..120).map(|i| ids(i, 26)).collect();
     let all = engine
-        .score_prefix(&prompts, &tails, &Readout::FullVocabulary)
+        .run_prefix(&prompts, &tails, &Readout::FullVocabulary)
         .unwrap()
         .logits
         .to_vec2::<f32>()
@@ -458,7 +458,7 @@ fn batches_larger_than_one_chunk_equal_one_at_a_time() {
     assert_eq!(all.len(), 120);
     for i in [0usize, 67, 68, 119] {
         let alone = engine
-            .score_prefix(&prompts, &tails[i..i + 1], &Readout::FullVocabulary)
+            .run_prefix(&prompts, &tails[i..i + 1], &Readout::FullVocabulary)
             .unwrap()
             .logits
             .to_vec2::<f32>()
@@ -478,7 +478,7 @@ fn a_prompt_of_token_embeddings_reads_like_the_tokens() {
         let readout = Readout::Tokens(vec![4, 7]);
         let prompt = Prompt::new(engine.embed_tokens(&context).unwrap());
         let via_prompt = engine
-            .score_prefix(&[prompt], std::slice::from_ref(&tail), &readout)
+            .run_prefix(&[prompt], std::slice::from_ref(&tail), &readout)
             .unwrap()
             .logits
             .to_vec2()

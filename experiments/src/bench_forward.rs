@@ -270,7 +270,7 @@ fn measure_engine(engine: &Engine, is_auto: bool, reps: usize) -> anyhow::Result
         .collect();
     let prompt = random_prompt(engine, PROMPT_LEN)?;
     let prefix_call_seconds = median_seconds(reps, || {
-        engine.score_prefix(std::slice::from_ref(&prompt), &tails, &verbalizer)?;
+        engine.run_prefix(std::slice::from_ref(&prompt), &tails, &verbalizer)?;
         sync(engine)
     })?;
     let call_tokens = (bos.len() + PROMPT_LEN + EXAMPLES * TEXT_TOKENS) as f64;
@@ -289,7 +289,7 @@ fn measure_engine(engine: &Engine, is_auto: bool, reps: usize) -> anyhow::Result
     for prompt_len in [10, 50] {
         let prompt = random_prompt(engine, prompt_len)?;
         let s = median_seconds(reps, || {
-            engine.score_suffix(
+            engine.run_suffix(
                 &cache,
                 std::slice::from_ref(&prompt),
                 &template_tails,

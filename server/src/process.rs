@@ -62,6 +62,16 @@ impl ServerProcess {
         }
     }
 
+    /// Starts the running binary's own `serve` command (`bbt serve`, `bbt-experiments serve`)
+    /// on a free loopback port, loading the model as `model`'s flags say.
+    pub fn serve_this_binary(model: &bbt::cli::ModelArgs, echo: bool) -> anyhow::Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(model.to_flags());
+        Self::spawn(command, echo)
+    }
+
     /// Its base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> &str {
         &self.url

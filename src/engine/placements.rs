@@ -9,20 +9,20 @@ impl Engine {
     /// BBT prefix placement, `[bos][prompt_c][tail_e]` for every candidate c and example e
     /// (row `c * E + e` of the result). Each candidate's prompt keys/values are computed once and
     /// shared by all examples.
-    pub fn score_prefix(
+    pub fn run_prefix(
         &self,
         prompts: &[Prompt],
         tails: &[Vec<u32>],
         readout: &Readout,
     ) -> anyhow::Result<ForwardOutput> {
-        self.score_prefix_groups(prompts, &vec![tails; prompts.len()], readout)
+        self.run_prefix_groups(prompts, &vec![tails; prompts.len()], readout)
     }
 
     /// The prefix placement with each prompt reading its own texts: `[bos][prompt_c][text]` for
     /// every text of `texts[c]`, rows prompt by prompt in the order of their texts. The prompts
     /// may differ in length (requests of different sessions share one pass this way); each
     /// `[bos][prompt]` is prefilled once and continued by its texts.
-    pub fn score_prefix_groups(
+    pub fn run_prefix_groups(
         &self,
         prompts: &[Prompt],
         texts: &[&[Vec<u32>]],
@@ -82,7 +82,7 @@ impl Engine {
 
     /// BBT suffix placement, `[bos][text_e][prompt_c][tail_e]` (row `c * E + e`), continuing the
     /// cached texts from [`Engine::cache_texts`].
-    pub fn score_suffix(
+    pub fn run_suffix(
         &self,
         texts: &KvCache,
         prompts: &[Prompt],
@@ -108,7 +108,7 @@ impl Engine {
 
     /// The suffix placement in one pass with no cache, `[bos][text_e][prompt_c][tail_e]`: for
     /// a split scored once (a test set), where building and keeping a cache would not pay off.
-    pub fn score_inline(
+    pub fn run_inline(
         &self,
         prompts: &[Prompt],
         texts: &[Vec<u32>],

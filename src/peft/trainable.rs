@@ -464,7 +464,7 @@ impl Trainable {
                 .iter()
                 .map(|&i| self.example_tokens(split, i).map(|(h, t)| [h, t].concat()))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let words = engine.score_prefix(&prompts, &texts, &readout)?.logits;
+            let words = engine.run_prefix(&prompts, &texts, &readout)?.logits;
             return Ok(self.verbalizer.class_scores_tensor(&words)?);
         }
         let past = self.prefix_cache(train)?;
@@ -499,7 +499,7 @@ impl Trainable {
     fn row(&self, split: &EncodedSplit, i: usize, past: bool) -> anyhow::Result<Row> {
         let (head, tail) = self.example_tokens(split, i)?;
         let cat = |parts: &[&[u32]]| Segment::Tokens(parts.concat());
-        // A prompt here is in the suffix placement (prefix prompts go through score_prefix).
+        // A prompt here is in the suffix placement (prefix prompts go through run_prefix).
         let segments = if self.prompt.is_some() {
             vec![cat(&[&self.bos, head]), Segment::Prompt(0), cat(&[tail])]
         } else {

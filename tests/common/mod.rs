@@ -285,7 +285,7 @@ pub fn prefix_placement_shared_prefix_equals_one_at_a_time(engine: &Engine) {
         .map(|t| t.into_iter().chain(template.iter().copied()).collect())
         .collect();
     let shared: Vec<Vec<f32>> = engine
-        .score_prefix(&prompts, &tails, &verbalizer(engine))
+        .run_prefix(&prompts, &tails, &verbalizer(engine))
         .unwrap()
         .logits
         .to_vec2()
@@ -324,14 +324,14 @@ pub fn suffix_placement_cached_texts_equal_one_at_a_time(engine: &Engine) {
             prompts.iter().rev().cloned().collect()
         };
         let cached: Vec<Vec<f32>> = engine
-            .score_suffix(&cache, &prompts, &tails, &verbalizer(engine))
+            .run_suffix(&cache, &prompts, &tails, &verbalizer(engine))
             .unwrap()
             .logits
             .to_vec2()
             .unwrap();
         // The uncached single pass (used for test splits) gives the same logits.
         let inline: Vec<Vec<f32>> = engine
-            .score_inline(&prompts, &texts, &tails, &verbalizer(engine))
+            .run_inline(&prompts, &texts, &tails, &verbalizer(engine))
             .unwrap()
             .logits
             .to_vec2()

@@ -4,7 +4,6 @@
 //! BBT's.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use bbt_server::process::ServerProcess;
 
@@ -40,15 +39,6 @@ pub struct Args {
     output: OutputArgs,
 }
 
-/// Starts `bbt serve` (this binary) on a free loopback port.
-fn start_server(model: &bbt::cli::ModelArgs, quiet: bool) -> anyhow::Result<ServerProcess> {
-    let mut command = Command::new(std::env::current_exe()?);
-    command
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .args(model.to_flags());
-    ServerProcess::spawn(command, !quiet)
-}
-
 /// Runs `bbt quickstart`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let quiet = args.output.quiet;
@@ -58,7 +48,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             if !quiet {
                 eprintln!("starting a local bbt-server with {} ...", args.model.model);
             }
-            Some(start_server(&args.model, quiet)?)
+            Some(ServerProcess::serve_this_binary(&args.model, !quiet)?)
         }
     };
     let url = match (&args.server, &local) {

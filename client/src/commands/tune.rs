@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use bbt::protocol::{Distribution, Loss, Placement};
+use bbt::protocol::{Distribution, Placement};
 use bbt::tasks::LabelWords;
 use bbt_client::http::{RetryPolicy, ServerClient};
 use bbt_client::tune::config::TuneConfig;
@@ -75,12 +75,8 @@ pub struct SettingArgs {
     /// normal or uniform projection entries.
     #[arg(long, value_parser = parse_distribution)]
     pub distribution: Option<Distribution>,
-    /// ce (cross-entropy) or hinge.
-    #[arg(long, value_parser = ["ce", "hinge"])]
-    pub loss: Option<String>,
-    /// Margin of the hinge loss.
-    #[arg(long, default_value_t = 1.0)]
-    pub margin: f64,
+    #[command(flatten)]
+    pub loss: bbt::cli::LossArgs,
     /// Evaluate on dev every this many training calls.
     #[arg(long)]
     pub dev_every: Option<u64>,
@@ -200,13 +196,8 @@ impl SettingArgs {
             local_calls,
             local_radius
         );
-        if let Some(loss) = &self.loss {
-            c.loss = match loss.as_str() {
-                "hinge" => Loss::Hinge {
-                    margin: self.margin,
-                },
-                _ => Loss::CrossEntropy,
-            };
+        if let Some(loss) = self.loss.chosen() {
+            c.loss = loss;
         }
         c.diagonal |= self.diagonal;
         c.zero_shot |= self.zero_shot;

@@ -290,7 +290,7 @@ fn run_grid(args: &Args, grid: &Grid) -> anyhow::Result<()> {
         return outcome;
     }
     let local = match (args.server.first(), needs_server) {
-        (None, true) => Some(start_server(&args.model)?),
+        (None, true) => Some(ServerProcess::serve_this_binary(&args.model, false)?),
         _ => None,
     };
     let url = args
@@ -397,15 +397,6 @@ fn run_spread(
         }
         outcome
     })
-}
-
-/// Starts `bbt-experiments serve` (this binary) on a free loopback port.
-fn start_server(model: &bbt::cli::ModelArgs) -> anyhow::Result<ServerProcess> {
-    let mut command = Command::new(std::env::current_exe()?);
-    command
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .args(model.to_flags());
-    ServerProcess::spawn(command, false)
 }
 
 /// A baseline family or a BBT/BBTv2 run against the server; the folders it filled.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bbt::metrics::score;
+use bbt::metrics::measure;
 use bbt::peft::optim::learning_rate_at;
 use bbt::peft::{Method, MethodConfig, StepReport, Trainable, Trainer};
 use bbt::protocol::{CandidateResult, Loss, Placement};
@@ -115,12 +115,8 @@ struct SettingFlags {
     /// Stop after N evaluations without a better dev accuracy; 0 never stops early [default: 0].
     #[arg(long)]
     patience: Option<usize>,
-    /// Training loss over the verbalizer logits: ce (cross-entropy) or hinge [default: ce].
-    #[arg(long, value_parser = ["ce", "hinge"])]
-    loss: Option<String>,
-    /// Margin of the hinge loss.
-    #[arg(long, default_value_t = 1.0)]
-    margin: f64,
+    #[command(flatten)]
+    pub loss: bbt::cli::LossArgs,
     /// Prompt tuning: prompt vectors L [default: 50].
     #[arg(long)]
     prompt_length: Option<usize>,
@@ -185,13 +181,8 @@ impl SettingFlags {
         if self.batch_size.is_some() {
             c.batch_size = self.batch_size;
         }
-        if let Some(l) = &self.loss {
-            c.loss = match l.as_str() {
-                "hinge" => Loss::Hinge {
-                    margin: self.margin,
-                },
-                _ => Loss::CrossEntropy,
-            };
+        if let Some(loss) = self.loss.chosen() {
+            c.loss = loss;
         }
         if let Some(p) = &self.placement {
             c.placement = if p == "suffix" {
@@ -586,7 +577,7 @@ fn evaluate(
         let l = trainable.logits(engine, split, chunk, false)?;
         logits.extend(l.to_dtype(DType::F32)?.to_vec2::<f32>()?);
     }
-    Ok(score(&logits, &split.labels, loss, metric))
+    Ok(measure(&logits, &split.labels, loss, metric))
 }
 
 /// Copies of the parameters' current values.

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use bbt::metrics::score;
+use bbt::metrics::measure;
 use bbt::peft::optim::learning_rate_at;
 use bbt::peft::{Method, Trainable};
 use bbt::protocol::{Loss, Placement};
@@ -130,7 +130,7 @@ fn peer_result(
         test.len()
     );
     let tested =
-        (!test.is_empty()).then(|| score(&test_logits, &test.labels, Loss::CrossEntropy, metric));
+        (!test.is_empty()).then(|| measure(&test_logits, &test.labels, Loss::CrossEntropy, metric));
     let version = |name: &str| peer[name].as_str().unwrap_or("?").to_string();
     let unmeasured = TrainResult::unmeasured(config);
     Ok(TrainResult {

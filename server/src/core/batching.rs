@@ -1,17 +1,15 @@
 //! Running queued `evaluate` requests, merging those that can share an engine pass.
 //!
-//! Prefix-placement requests — from any sessions — merge into one pass: every candidate's
-//! `[bos][prompt]` is prefilled together, then every (candidate, example) row continues its
-//! candidate's keys/values, and the logits are read over the union of the sessions' label words.
-//! Rows are independent, so merged results equal separate ones. Suffix-placement requests run on
-//! their own, continuing their session's cached texts.
+//! Prefix-placement requests — from any sessions — merge into one pass
+//! ([`scoring::merged_prefix_logits`]); rows are independent, so merged results equal separate
+//! ones. Suffix-placement requests run on their own, continuing their session's cached texts.
+//! Everything reaches the engine through [`bbt::scoring`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bbt::protocol::{CandidateResult, Placement, SplitName};
-use bbt::scoring;
-use bbt::{Engine, Prompt, Readout};
+use bbt::scoring::{self, PrefixPart};
+use bbt::{Engine, Prompt};
 use candle_core::Tensor;
 
 use super::sessions::Session;
@@ -30,23 +28,20 @@ pub struct EvaluateJob {
     pub layer: Option<(usize, candle_core::Tensor)>,
 }
 
-fn internal(e: impl std::fmt::Display) -> CoreError {
-    CoreError::Internal(format!("{e:#}"))
-}
-
 /// Positions a job adds to an engine pass (prompts and examples).
 pub fn job_tokens(job: &EvaluateJob) -> usize {
     let split = &job.session.splits[&job.split];
-    job.count * (split.tokens() + split.len() * job.session.prompt_positions())
+    job.count * split.positions_under_prompt(job.session.prompt_positions())
 }
 
 /// The candidates' prompts (see [`Session::prompts`]).
 fn prompts(engine: &Engine, job: &EvaluateJob) -> Result<Vec<Prompt>, CoreError> {
     let d = job.session.projection.intrinsic_dim();
-    let z = Tensor::from_vec(job.z.clone(), (job.count, d), engine.device()).map_err(internal)?;
+    let z = Tensor::from_vec(job.z.clone(), (job.count, d), engine.device())
+        .map_err(CoreError::internal)?;
     job.session
         .prompts(&z, job.layer.as_ref())
-        .map_err(internal)
+        .map_err(CoreError::internal)
 }
 
 /// Per-candidate scores from `[candidates][examples][classes]` logits.
@@ -56,7 +51,7 @@ fn results(job: &EvaluateJob, logits: Vec<Vec<Vec<f32>>>) -> Vec<CandidateResult
     logits
         .into_iter()
         .map(|l| {
-            let mut r = bbt::metrics::score(&l, labels, session.loss, session.spec.metric);
+            let mut r = bbt::metrics::measure(&l, labels, session.loss, session.spec.metric);
             if job.return_logits {
                 r.logits = Some(l);
             }
@@ -85,7 +80,7 @@ pub fn evaluate_one(engine: &Engine, job: &EvaluateJob) -> Result<Vec<CandidateR
         cache.as_deref(),
         &session.verbalizer,
     )
-    .map_err(internal)?;
+    .map_err(CoreError::internal)?;
     Ok(results(job, logits))
 }
 
@@ -101,7 +96,7 @@ fn text_cache(
     let built = Arc::new(
         session.splits[&job.split]
             .cache_heads(engine)
-            .map_err(internal)?,
+            .map_err(CoreError::internal)?,
     );
     session.caches.lock().insert(job.split, built.clone());
     Ok(built)
@@ -112,64 +107,20 @@ pub fn evaluate_prefix_merged(
     engine: &Engine,
     jobs: &[&EvaluateJob],
 ) -> Result<Vec<Vec<CandidateResult>>, CoreError> {
-    // Every job's candidates, each reading its job's split.
-    let mut all_prompts = Vec::new();
-    let mut texts: Vec<Vec<Vec<u32>>> = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        all_prompts.extend(prompts(engine, job)?);
-        let split = &job.session.splits[&job.split];
-        texts.push(
-            split
-                .heads
-                .iter()
-                .zip(&split.tails)
-                .map(|(h, t)| h.iter().chain(t).copied().collect())
-                .collect(),
-        );
-    }
-    let groups: Vec<&[Vec<u32>]> = jobs
+    let parts = jobs
         .iter()
-        .zip(&texts)
-        .flat_map(|(job, t)| std::iter::repeat_n(t.as_slice(), job.count))
-        .collect();
-    // The union of label words; each job reads its own columns.
-    let mut columns: BTreeMap<u32, usize> = BTreeMap::new();
-    for job in jobs {
-        for &id in job.session.verbalizer.ids() {
-            let next = columns.len();
-            columns.entry(id).or_insert(next);
-        }
-    }
-    let mut union = vec![0u32; columns.len()];
-    for (&id, &col) in &columns {
-        union[col] = id;
-    }
-    let logits: Vec<Vec<f32>> = engine
-        .score_prefix_groups(&all_prompts, &groups, &Readout::Tokens(union))
-        .map_err(internal)?
-        .logits
-        .to_vec2()
-        .map_err(internal)?;
-    let mut out = Vec::with_capacity(jobs.len());
-    let mut next = 0;
-    for job in jobs {
-        let split = &job.session.splits[&job.split];
-        let verbalizer = &job.session.verbalizer;
-        let cols: Vec<usize> = verbalizer.ids().iter().map(|id| columns[id]).collect();
-        let per_candidate: Vec<Vec<Vec<f32>>> = (0..job.count)
-            .map(|_| {
-                let block = &logits[next..next + split.len()];
-                next += split.len();
-                block
-                    .iter()
-                    .map(|row| {
-                        let words: Vec<f32> = cols.iter().map(|&c| row[c]).collect();
-                        verbalizer.class_scores(&words)
-                    })
-                    .collect()
+        .map(|job| {
+            Ok(PrefixPart {
+                split: &job.session.splits[&job.split],
+                prompts: prompts(engine, job)?,
+                verbalizer: &job.session.verbalizer,
             })
-            .collect();
-        out.push(results(job, per_candidate));
-    }
-    Ok(out)
+        })
+        .collect::<Result<Vec<_>, CoreError>>()?;
+    let logits = scoring::merged_prefix_logits(engine, &parts).map_err(CoreError::internal)?;
+    Ok(jobs
+        .iter()
+        .zip(logits)
+        .map(|(job, l)| results(job, l))
+        .collect())
 }

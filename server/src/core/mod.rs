@@ -48,6 +48,11 @@ impl std::fmt::Display for CoreError {
 }
 
 impl CoreError {
+    /// A 500 from any failure below (the engine, candle), with its whole chain of causes.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal(format!("{e:#}"))
+    }
+
     /// `(machine-readable kind, human detail)`.
     pub fn parts(&self) -> (ErrorKind, &str) {
         match self {

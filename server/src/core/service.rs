@@ -40,10 +40,6 @@ pub struct Service {
     model_id: String,
 }
 
-fn internal(e: impl std::fmt::Display) -> CoreError {
-    CoreError::Internal(format!("{e:#}"))
-}
-
 impl Service {
     /// Wraps a loaded engine, with usage kept in this process; starts the model worker.
     pub fn new(
@@ -209,7 +205,7 @@ impl Service {
             build_session(&engine, &limits, identity, spec, splits, req)
         })
         .await
-        .map_err(internal)??;
+        .map_err(CoreError::internal)??;
         let inserted = self.sessions.insert(session);
         self.refresh_gauges();
         match inserted {
@@ -272,8 +268,7 @@ impl Service {
         let count = z.len();
         let split_name = split;
         let split = session.split(split_name)?;
-        let tokens =
-            (split.tokens() + split.len() * session.prompt_positions()) as u64 * count as u64;
+        let tokens = split.positions_under_prompt(session.prompt_positions()) as u64 * count as u64;
         let reservation = self.reserve(account, count as u64).await?;
         let flat: Vec<f32> = z.concat();
         let started = Instant::now();
@@ -324,25 +319,29 @@ impl Service {
         // Drawing A_l (L * hidden * d numbers) is compute: off the async runtime.
         tokio::task::spawn_blocking(move || -> Result<(), CoreError> {
             let SessionProjection::Deep { projection, chosen } = &worker_session.projection else {
-                return Err(internal("the session lost its deep prompt"));
+                return Err(CoreError::internal("the session lost its deep prompt"));
             };
-            let offsets = projection.layer_offsets(layer, &z).map_err(internal)?;
+            let offsets = projection
+                .layer_offsets(layer, &z)
+                .map_err(CoreError::internal)?;
             let mut chosen = chosen.lock();
             let updated = chosen
                 .slice_assign(
                     &[
                         layer..layer + 1,
-                        0..offsets.dim(1).map_err(internal)?,
-                        0..offsets.dim(2).map_err(internal)?,
+                        0..offsets.dim(1).map_err(CoreError::internal)?,
+                        0..offsets.dim(2).map_err(CoreError::internal)?,
                     ],
-                    &offsets.to_device(chosen.device()).map_err(internal)?,
+                    &offsets
+                        .to_device(chosen.device())
+                        .map_err(CoreError::internal)?,
                 )
-                .map_err(internal)?;
+                .map_err(CoreError::internal)?;
             *chosen = updated;
             Ok(())
         })
         .await
-        .map_err(internal)??;
+        .map_err(CoreError::internal)??;
         Ok(session.info())
     }
 
@@ -368,7 +367,7 @@ impl Service {
                 let embeddings = prompts.remove(0).embeddings;
                 Ok(embeddings.to_dtype(candle_core::DType::F32)?.to_vec2()?)
             })
-            .map_err(internal)?;
+            .map_err(CoreError::internal)?;
         Ok(PromptResponse { prompt })
     }
 
@@ -390,7 +389,7 @@ impl Service {
         let split = session.split(req.split)?;
         let labels =
             matches!(req.split, SplitName::Train | SplitName::Dev).then(|| split.labels.clone());
-        let tokens = (split.tokens() + split.len() * session.prompt_positions()) as u64;
+        let tokens = split.positions_under_prompt(session.prompt_positions()) as u64;
         let reservation = self.reserve(account, 1).await?;
         let worker_session = session.clone();
         let split_name = req.split;
@@ -399,7 +398,7 @@ impl Service {
             .run(move |engine| {
                 let prompt = worker_session
                     .prompts(&z, None)
-                    .map_err(internal)?
+                    .map_err(CoreError::internal)?
                     .remove(0);
                 scoring::split_features(
                     engine,
@@ -408,7 +407,7 @@ impl Service {
                     worker_session.placement,
                     &worker_session.verbalizer,
                 )
-                .map_err(internal)
+                .map_err(CoreError::internal)
             })
             .await;
         let features = result?;
@@ -456,7 +455,7 @@ impl Service {
                 row.len()
             )));
         }
-        let r = bbt::metrics::score(
+        let r = bbt::metrics::measure(
             &req.scores,
             &split.labels,
             bbt::protocol::Loss::CrossEntropy,
@@ -531,29 +530,23 @@ impl Service {
         let rows = req.prompt.len();
         let flat: Vec<f32> = req.prompt.concat();
         let placement = req.placement;
-        let tokens = (split.tokens() + split.len() * rows) as u64;
+        let tokens = split.positions_under_prompt(rows) as u64;
         let n = split.len();
         let result = self
             .worker
             .run(move |engine| {
                 let prompt = Tensor::from_vec(flat, (rows, hidden), engine.device())
                     .and_then(|t| t.to_dtype(engine.dtype()))
-                    .map_err(internal)?;
-                let cache = match placement {
-                    bbt::protocol::Placement::Suffix => {
-                        Some(split.cache_heads(engine).map_err(internal)?)
-                    }
-                    bbt::protocol::Placement::Prefix => None,
-                };
+                    .map_err(CoreError::internal)?;
                 let mut logits = scoring::candidate_logits(
                     engine,
                     &split,
                     &[Prompt::new(prompt)],
                     placement,
-                    cache.as_ref(),
+                    None,
                     &verbalizer,
                 )
-                .map_err(internal)?;
+                .map_err(CoreError::internal)?;
                 Ok(logits.remove(0))
             })
             .await;
@@ -572,7 +565,7 @@ fn single_candidate(z: &[f32], d: usize) -> Result<Tensor, CoreError> {
         d,
         1,
     )?;
-    Tensor::from_vec(z.concat(), (1, d), &candle_core::Device::Cpu).map_err(internal)
+    Tensor::from_vec(z.concat(), (1, d), &candle_core::Device::Cpu).map_err(CoreError::internal)
 }
 
 /// `existing`'s description if it is what `key` asked to create (same owner, same request);

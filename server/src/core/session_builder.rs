@@ -7,15 +7,11 @@ use bbt::projection::{DeepProjection, Projection};
 use bbt::protocol::{CreateSessionRequest, Placement, PromptInit, SplitName, CONTENT_FREE_TEXTS};
 use bbt::scoring::EncodedSplit;
 use bbt::tasks::{demonstrations, Example, MultiTokenWords, TaskSpec, Verbalizer};
-use bbt::{Engine, Prompt, Row, Segment};
+use bbt::{Engine, Prompt, Row};
 use candle_core::{DType, Tensor};
 
 use super::sessions::{Context, Session, SessionIdentity, SessionProjection};
 use super::{CoreError, Limits};
-
-fn internal(e: impl std::fmt::Display) -> CoreError {
-    CoreError::Internal(format!("{e:#}"))
-}
 
 /// Token ids of the label words, by class; a multi-token or unknown word is a 422 naming it.
 pub fn verbalizer_ids(engine: &Engine, spec: &TaskSpec) -> Result<Verbalizer, CoreError> {
@@ -133,7 +129,7 @@ pub fn build_session(
             let embeddings = engine
                 .embed_tokens(&built.ids)
                 .and_then(|e| Ok(e.to_dtype(engine.dtype())?))
-                .map_err(internal)?;
+                .map_err(CoreError::internal)?;
             Some(Context {
                 embeddings,
                 count: built.count,
@@ -144,7 +140,7 @@ pub fn build_session(
     let p0 = match &req.p0 {
         PromptInit::Zeros => {
             Tensor::zeros((req.prompt_length, hidden), DType::F32, engine.device())
-                .map_err(internal)?
+                .map_err(CoreError::internal)?
         }
         PromptInit::Tokens { ids } => {
             if ids.len() != req.prompt_length {
@@ -208,7 +204,7 @@ pub fn build_session(
                 )));
             }
             Tensor::from_vec(rows.concat(), (rows.len(), hidden), engine.device())
-                .map_err(internal)?
+                .map_err(CoreError::internal)?
         }
     };
     let projection = if req.deep {
@@ -257,7 +253,7 @@ fn content_free_inputs(spec: &TaskSpec) -> Vec<Example> {
 /// a prompt of the model's own word embeddings.
 fn embed_first_tokens(engine: &Engine, ids: &[u32], len: usize) -> Result<Tensor, CoreError> {
     let ids: Vec<u32> = ids.iter().copied().cycle().take(len).collect();
-    engine.embed_tokens(&ids).map_err(internal)
+    engine.embed_tokens(&ids).map_err(CoreError::internal)
 }
 
 /// Rounds of 3-sigma clipping when measuring hidden-state spreads (as the BBTv2 reference code).
@@ -281,28 +277,15 @@ fn deep_projection(
             "deep prompts need prompt_length of at least 1".into(),
         ));
     }
-    let bos = engine.bos_segment();
     let rows: Vec<Row> = train
-        .heads
-        .iter()
-        .zip(&train.tails)
+        .rows_with_prompt(engine, req.placement)
+        .into_iter()
         .take(SPREAD_EXAMPLES)
-        .map(|(h, t)| {
-            let (before, after) = match req.placement {
-                Placement::Prefix => (bos.clone(), h.iter().chain(t).copied().collect()),
-                Placement::Suffix => (bos.iter().chain(h).copied().collect(), t.clone()),
-            };
-            Row::new(vec![
-                Segment::Tokens(before),
-                Segment::Prompt(0),
-                Segment::Tokens(after),
-            ])
-        })
         .collect();
-    let prompt = Prompt::new(p0.to_dtype(engine.dtype()).map_err(internal)?);
+    let prompt = Prompt::new(p0.to_dtype(engine.dtype()).map_err(CoreError::internal)?);
     let spreads = engine
         .layer_input_spread(&rows, &[prompt], SPREAD_CLIP_ROUNDS)
-        .map_err(internal)?;
+        .map_err(CoreError::internal)?;
     let scales = DeepProjection::layer_std(&req.projection, engine.info().embedding_std, &spreads);
     let hidden = engine.config().hidden_size;
     let projection = DeepProjection::new(
@@ -314,7 +297,9 @@ fn deep_projection(
         engine.dtype(),
     )
     .map_err(|e| CoreError::Invalid(format!("projection: {e:#}")))?;
-    let chosen = projection.zero_layers(engine.device()).map_err(internal)?;
+    let chosen = projection
+        .zero_layers(engine.device())
+        .map_err(CoreError::internal)?;
     Ok(SessionProjection::Deep {
         projection,
         chosen: parking_lot::Mutex::new(chosen),

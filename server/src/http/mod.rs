@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod errors;
 pub mod openapi;
+mod payer;
 pub mod routes;
 
 use std::sync::Arc;

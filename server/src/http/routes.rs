@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use bbt::protocol::{
@@ -18,32 +18,11 @@ use bbt::protocol::{
 use super::auth::Caller;
 use super::errors::ApiError;
 use super::openapi::Document;
+use super::payer::Payer;
 use crate::core::candidates::CandidatesIn;
 use crate::core::service::Service;
-use crate::core::usage::{Account, MAX_IDEMPOTENCY_KEY};
 
 type Result<T> = std::result::Result<T, ApiError>;
-
-/// The `Idempotency-Key` header of a charged request: a retry with the same key is answered
-/// again but charged once. A 400 unless it is 1 to 128 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    match value.to_str() {
-        Ok(v)
-            if !v.is_empty()
-                && v.len() <= MAX_IDEMPOTENCY_KEY
-                && v.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            Ok(Some(v.to_string()))
-        }
-        _ => Err(ApiError::new(
-            ErrorKind::BadRequest,
-            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-        )),
-    }
-}
 
 /// `GET /health`.
 #[utoipa::path(get, path = "/health", tag = "service",
@@ -202,11 +181,10 @@ fn train() -> SplitName {
         (status = 503, description = "the model queue is full (Retry-After), or the usage store is unreachable", body = ErrorBody)))]
 pub async fn evaluate(
     State(service): State<Arc<Service>>,
-    Extension(caller): Extension<Caller>,
+    payer: Payer,
     Path(id): Path<String>,
     request: Request,
 ) -> Result<impl IntoResponse> {
-    let idempotency = idempotency_key(request.headers())?;
     let raw = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -236,10 +214,7 @@ pub async fn evaluate(
     Ok(Json(
         service
             .evaluate(
-                Account {
-                    key: caller.0.as_deref(),
-                    idempotency: idempotency.as_deref(),
-                },
+                payer.account(),
                 &id,
                 candidates,
                 split,
@@ -315,18 +290,12 @@ pub async fn prompt(
         (status = 503, description = "the model queue is full (Retry-After), or the usage store is unreachable", body = ErrorBody)))]
 pub async fn features(
     State(service): State<Arc<Service>>,
-    Extension(caller): Extension<Caller>,
+    payer: Payer,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: std::result::Result<Json<FeaturesRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse> {
     let Json(req) = body?;
-    let idempotency = idempotency_key(&headers)?;
-    let account = Account {
-        key: caller.0.as_deref(),
-        idempotency: idempotency.as_deref(),
-    };
-    Ok(Json(service.features(account, &id, req).await?))
+    Ok(Json(service.features(payer.account(), &id, req).await?))
 }
 
 /// `POST /v1/sessions/{id}/score`.
@@ -363,17 +332,11 @@ pub async fn score(
         (status = 503, description = "the model queue is full (Retry-After), or the usage store is unreachable", body = ErrorBody)))]
 pub async fn forward(
     State(service): State<Arc<Service>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    payer: Payer,
     body: std::result::Result<Json<ForwardRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse> {
     let Json(req) = body?;
-    let idempotency = idempotency_key(&headers)?;
-    let account = Account {
-        key: caller.0.as_deref(),
-        idempotency: idempotency.as_deref(),
-    };
-    Ok(Json(service.forward(account, req).await?))
+    Ok(Json(service.forward(payer.account(), req).await?))
 }
 
 /// `GET /v1/usage`: the caller's own usage.
