@@ -7,6 +7,8 @@
 //! - [`assets`]: real models and data packages fetched from registry packages into a verified
 //!   cache.
 //! - [`help`]: the check that every binary's flags document themselves.
+//! - `testing` (tests and the `test-util` feature only): the paper's datasets or a clear skip,
+//!   small random-weight models.
 //! - [`cli`]: the flags every binary shares (`--model/--device/--dtype`, `--loss/--margin`).
 //!
 //! With the `engine` feature (default), the model stack:
@@ -27,6 +29,8 @@ pub mod help;
 pub mod metrics;
 pub mod protocol;
 pub mod tasks;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 #[cfg(feature = "engine")]
 pub mod blas;

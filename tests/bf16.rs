@@ -4,9 +4,9 @@
 //! first.
 
 use bbt::model::config::Architecture;
-use bbt::model::random::{tiny_engine_in, TINY_VOCAB};
 use bbt::protocol::Placement;
 use bbt::scoring::{candidate_logits, split_features, EncodedSplit};
+use bbt::testing::random_model::{tiny_engine_in, TINY_VOCAB};
 use bbt::{Engine, Prompt};
 use candle_core::{DType, Device, Tensor};
 

@@ -8,10 +8,10 @@
 
 use bbt::blas::{library, Blas, BlasKind};
 use bbt::model::config::Architecture;
-use bbt::model::random::{tiny_engine_in, TINY_VOCAB};
 use bbt::peft::{Method, MethodConfig, Trainable, Trainer};
 use bbt::protocol::Placement;
 use bbt::scoring::{candidate_logits, EncodedSplit};
+use bbt::testing::random_model::{tiny_engine_in, TINY_VOCAB};
 use bbt::{Engine, Prompt};
 use candle_core::{DType, Device, Tensor};
 
@@ -196,7 +196,7 @@ fn every_method_gets_candles_gradients_through_the_libraries() {
                 // Frozen weights are still multiplied through the library after training
                 // methods attached LoRA factors, biases or adapters (not for methods that train
                 // the weights themselves).
-                if !method.tunes_all_weights() {
+                if !bbt::testing::tunes_all_weights(method) {
                     assert!(engine.weights().layers[0].w_down.uses_blas(), "{what}");
                 }
             }

@@ -3,12 +3,12 @@
 //! frozen weights untouched by training, parameter counts.
 
 use bbt::model::config::Architecture;
-use bbt::model::random::tiny_engine_in;
 use bbt::model::weights::DecoderWeights;
 use bbt::peft::{Method, MethodConfig, Trainable, Trainer};
 use bbt::protocol::Placement;
 use bbt::scoring::EncodedSplit;
 use bbt::tasks::Verbalizer;
+use bbt::testing::random_model::tiny_engine_in;
 use bbt::Engine;
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
@@ -246,7 +246,7 @@ fn training_moves_parameters_and_leaves_frozen_weights_bitwise_unchanged() {
     let split = split();
     for arch in ARCHITECTURES {
         for method in Method::ALL {
-            if method.tunes_all_weights() {
+            if bbt::testing::tunes_all_weights(method) {
                 continue;
             }
             let mut engine = engine(arch, DType::F32);

@@ -18,7 +18,7 @@ fn mean_loss(trainable: &Trainable, engine: &mut Engine, split: &EncodedSplit) -
 
 #[test]
 fn a_few_steps_lower_the_training_loss_for_every_method() {
-    let Some(data_dir) = tasks::paper_datasets(
+    let Some(data_dir) = bbt::testing::paper_datasets(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
         "a_few_steps_lower_the_training_loss_for_every_method",
     ) else {

@@ -6,7 +6,7 @@ use bbt::tasks::{self, LoadOptions, MultiTokenWords, TaskData};
 
 /// The datasets, or `None` (the test is skipped, and says so) when they are missing.
 fn data(test: &str) -> Option<PathBuf> {
-    tasks::paper_datasets(Path::new(env!("CARGO_MANIFEST_DIR")), test)
+    bbt::testing::paper_datasets(Path::new(env!("CARGO_MANIFEST_DIR")), test)
 }
 
 fn options(data: &Path, k: usize, seed: u64, resample: bool) -> LoadOptions {

@@ -1,7 +1,7 @@
 //! Edge cases of the engine on small random-weight models built here (milliseconds per test).
 
 use bbt::model::config::{Architecture, ModelConfig};
-use bbt::model::random;
+use bbt::testing::random_model as random;
 use bbt::tokenizer::Tokenizer;
 use bbt::{Engine, Prompt, Readout, Row, Segment};
 use candle_core::{DType, Device, Tensor};

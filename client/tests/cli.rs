@@ -18,7 +18,7 @@ fn bbt(args: &[&str]) -> (i32, String, String) {
 /// Whether the paper's datasets are here (when not, the caller is skipped and says so).
 fn have_data(test: &str) -> bool {
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    bbt::tasks::paper_datasets(&workspace, test).is_some()
+    bbt::testing::paper_datasets(&workspace, test).is_some()
 }
 
 #[test]

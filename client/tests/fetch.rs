@@ -83,7 +83,8 @@ fn options(data_dir: PathBuf) -> LoadOptions {
 #[test]
 fn fetch_downloads_verifies_and_resumes_a_task_from_a_mirror() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let Some(data) = bbt::tasks::paper_datasets(&workspace, "fetch from a loopback mirror") else {
+    let Some(data) = bbt::testing::paper_datasets(&workspace, "fetch from a loopback mirror")
+    else {
         return;
     };
     let files = sources::of_task("rte").unwrap();

@@ -64,7 +64,7 @@ fn checkpoint_step(dir: &Path) -> Option<u64> {
 fn killed_and_resumed_run_ends_like_an_uninterrupted_one() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let test = "killed_and_resumed_run_ends_like_an_uninterrupted_one";
-    if bbt::tasks::paper_datasets(&workspace, test).is_none() {
+    if bbt::testing::paper_datasets(&workspace, test).is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod core;
 pub mod http;
 pub mod process;
+#[cfg(feature = "test-util")]
 pub mod services;
 
 use std::net::SocketAddr;

@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bbt::model::config::Architecture;
-use bbt::model::random::tiny_engine;
+use bbt::testing::random_model::tiny_engine;
 use bbt_server::{ApiKeys, Limits, Service};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bbt::model::config::Architecture;
-use bbt::model::random::tiny_engine;
+use bbt::testing::random_model::tiny_engine;
 use bbt_server::{ApiKeys, Limits, Service};
 use serde_json::{json, Value};
 
@@ -311,7 +311,7 @@ async fn a_bf16_model_serves_every_route_like_its_f32_twin() {
         ..Limits::default()
     };
     let serve = |dtype| {
-        let engine = bbt::model::random::tiny_engine_in(Architecture::Llama, 3, dtype);
+        let engine = bbt::testing::random_model::tiny_engine_in(Architecture::Llama, 3, dtype);
         start_engine(
             engine,
             limits.clone(),

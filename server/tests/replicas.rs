@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bbt::model::config::Architecture;
-use bbt::model::random::tiny_engine;
+use bbt::testing::random_model::tiny_engine;
 use bbt_server::core::usage::{Account, RedisStore, UsageBook, UsageStore};
 use bbt_server::services::{redis, system_program, Daemon};
 use bbt_server::{ApiKeys, Limits, Service};

@@ -98,14 +98,6 @@ impl Method {
             Method::NullPrompt => "Null prompt + BitFit",
         }
     }
-
-    /// Whether every weight of the model trains (so gradients and optimizer state cover it).
-    pub fn tunes_all_weights(self) -> bool {
-        matches!(
-            self,
-            Method::ModelTuning | Method::ChildTuningF | Method::ChildTuningD
-        )
-    }
 }
 
 impl std::fmt::Display for Method {

@@ -204,12 +204,6 @@ impl Trainer {
         self.mask = GradientMask::Fixed(masks);
         Ok(())
     }
-
-    /// Whether Child-Tuning_D's child network is still to be selected.
-    pub fn needs_child_network(&self) -> bool {
-        self.trainable.config().method == Method::ChildTuningD
-            && !matches!(self.mask, GradientMask::Fixed(_))
-    }
 }
 
 /// The value at or above which the `fraction` largest entries of `values` lie.

@@ -78,8 +78,8 @@ pub fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::random::word_level_tokenizer;
     use crate::tasks::{Metric, Template};
+    use crate::testing::random_model::word_level_tokenizer;
 
     #[test]
     fn demonstrations_are_examples_with_their_label_word_cut_at_the_budget() {

@@ -129,32 +129,6 @@ pub fn default_data_dir() -> PathBuf {
     PathBuf::from("../shared/datasets")
 }
 
-/// The paper's datasets for a test or bench run from the repository root `workspace`:
-/// `$BBT_DATA_DIR`, else `shared/datasets` beside the repository. When that folder is missing it
-/// returns `None` and prints one line saying that `who` was skipped and why, so a fresh clone
-/// without the data still passes its other tests; with `BBT_REQUIRE_DATA=1` (CI sets it) it
-/// panics instead, so a run that must cover the data cannot pass by skipping.
-pub fn paper_datasets(workspace: &Path, who: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("BBT_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("../shared/datasets"));
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    let why = format!(
-        "{who} needs the paper's datasets, and {} is not a folder (set BBT_DATA_DIR; README \
-         says where the data comes from)",
-        dir.display()
-    );
-    if std::env::var("BBT_REQUIRE_DATA").is_ok_and(|v| v == "1") {
-        panic!("{why}; BBT_REQUIRE_DATA=1 forbids skipping");
-    }
-    // Straight to stderr, past the test harness's capture, so the skip shows in every run.
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "skipped: {why}");
-    None
-}
-
 /// Loads any task: a user task spec file (`.toml` / `.json`, see [`user`]), a package-backed
 /// task ([`registry`]: mr, mr-snippets, bbc) or one of the paper's seven read from the data
 /// directory ([`load_builtin`]).

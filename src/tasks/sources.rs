@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn the_table_describes_the_paper_datasets_copy() {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let Some(dir) = super::super::paper_datasets(workspace, "sources table check") else {
+        let Some(dir) = crate::testing::paper_datasets(workspace, "sources table check") else {
             return;
         };
         for name in super::super::builtin::NAMES {

@@ -27,7 +27,7 @@ pub fn serve_with(bind: &str, extra: &[&str]) -> ServerProcess {
 /// test file; `None` (the test `who` is skipped, and says so) without the paper's datasets.
 pub fn write_task(dir: &Path, who: &str) -> Option<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let data = bbt::tasks::paper_datasets(&workspace, who)?.join("SST-2/train.tsv");
+    let data = bbt::testing::paper_datasets(&workspace, who)?.join("SST-2/train.tsv");
     let text = std::fs::read_to_string(&data)
         .unwrap_or_else(|e| panic!("{}: {e} (tests read ../shared/datasets)", data.display()));
     let mut by_label: [Vec<&str>; 2] = [Vec::new(), Vec::new()];

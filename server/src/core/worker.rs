@@ -246,7 +246,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use bbt::model::config::Architecture;
-    use bbt::model::random::tiny_engine;
+    use bbt::testing::random_model::tiny_engine;
 
     use super::*;
 

@@ -102,6 +102,7 @@ impl RedisStore {
     /// How long calls stay held for a request that never settles (its replica died before
     /// answering): they count against the key's quota until then. 30 minutes by default, longer
     /// than any request should take.
+    #[cfg(feature = "test-util")]
     pub fn with_hold(mut self, hold: Duration) -> Self {
         self.hold = hold;
         self

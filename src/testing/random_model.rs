@@ -6,10 +6,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::config::{Architecture, ModelConfig, RopeStyle};
-use super::linear::{BlockAdapters, Linear};
-use super::weights::{DecoderWeights, LayerWeights};
 use crate::engine::Engine;
+use crate::model::config::{Architecture, ModelConfig, RopeStyle};
+use crate::model::linear::{BlockAdapters, Linear};
+use crate::model::weights::{DecoderWeights, LayerWeights};
 use crate::tokenizer::Tokenizer;
 
 /// Vocabulary size of the tiny models: tokens `t0 .. t63`, `t1` being BOS.
