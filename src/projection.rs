@@ -269,6 +269,30 @@ impl DeepProjection {
             .collect()
     }
 
+    /// Prompts for whole deep candidates `z` (`[count, layers * d]`, layer by layer): each
+    /// layer's offsets `A_l·z_l` from its own part of the candidate.
+    pub fn whole_prompts(&self, z: &Tensor) -> anyhow::Result<Vec<Prompt>> {
+        let (layers, d) = (self.num_layers(), self.spec.intrinsic_dim);
+        anyhow::ensure!(
+            z.dim(1)? == layers * d,
+            "whole deep candidates must have {layers} x {d} numbers"
+        );
+        // [count, layers, L, hidden]
+        let offsets = (0..layers)
+            .map(|l| self.layer_offsets(l, &z.narrow(1, l * d, d)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let offsets = Tensor::stack(&offsets, 1)?.to_dtype(self.dtype)?;
+        let embeddings = self.p0.to_dtype(self.dtype)?;
+        (0..offsets.dim(0)?)
+            .map(|c| {
+                Ok(Prompt {
+                    embeddings: embeddings.clone(),
+                    deep: Some(offsets.get(c)?),
+                })
+            })
+            .collect()
+    }
+
     /// Zero offsets at every layer: `[layers, L, hidden]`, f32, where a session starts.
     pub fn zero_layers(&self, device: &Device) -> candle_core::Result<Tensor> {
         Tensor::zeros(

@@ -212,7 +212,8 @@ pub struct CreateSessionRequest {
     /// and prompt `A_l·z_l`, added to the hidden states at the prompt positions as they enter
     /// layer `l`. The session keeps each layer's chosen `z_l` (set with
     /// `PUT /v1/sessions/{id}/layers/{l}`, zero at first), and `evaluate` names the layer its
-    /// candidates are for, so a call still uploads one `d`-vector per candidate.
+    /// candidates are for, so a call still uploads one `d`-vector per candidate; an `evaluate`
+    /// without a layer scores whole deep prompts (every layer's `z`) in one call.
     #[serde(default)]
     pub deep: bool,
     /// In-context learning: training examples, each rendered with its template and its label
@@ -362,8 +363,9 @@ pub struct EvaluateRequest {
     /// Also return each example's verbalizer logits.
     #[serde(default)]
     pub return_logits: bool,
-    /// Deep sessions (required there, refused elsewhere): the layer the candidates are for;
-    /// every other layer uses its chosen `z`.
+    /// Deep sessions only: the layer the candidates are for, every other layer at its chosen
+    /// `z`. Without it a deep session's candidate is a whole deep prompt: every layer's `z`,
+    /// layer by layer (`num_layers * d` numbers), the session's chosen layers left as they are.
     #[serde(default)]
     pub layer: Option<usize>,
 }

@@ -1268,6 +1268,78 @@ async fn deep_sessions_tune_one_layer_at_a_time() {
     assert!(moved.iter().all(|l| (l - zero).abs() > 1e-7), "{moved:?}");
 }
 
+#[tokio::test]
+async fn a_whole_deep_prompt_scores_in_one_call_as_its_layers_set_one_by_one() {
+    let s = start(Limits::default(), ApiKeys::open()).await;
+    let (_, models) = s.get("/v1/models", None).await;
+    let layers = models["data"][0]["num_layers"].as_u64().unwrap() as usize;
+    for placement in ["prefix", "suffix"] {
+        let mut body = session_body(placement);
+        body["deep"] = json!(true);
+        let (status, info) = s.post("/v1/sessions", None, &body).await;
+        assert_eq!(status, 201, "{info}");
+        let id = info["id"].as_str().unwrap().to_string();
+        let evaluate = |body: Value| {
+            let s = &s;
+            let path = format!("/v1/sessions/{id}/evaluate");
+            async move {
+                let (status, r) = s.post(&path, None, &body).await;
+                (status, r)
+            }
+        };
+        // Two whole prompts of `layers` parts of d = 6, layer by layer.
+        let parts = z(9, 2 * layers);
+        let whole: Vec<Vec<f32>> = parts.chunks(layers).map(|c| c.concat()).collect();
+        let zero_before = losses(
+            &evaluate(json!({"candidates": [vec![0f32; 6]], "layer": 0}))
+                .await
+                .1,
+        );
+        let (status, r) = evaluate(json!({"candidates": whole, "split": "dev"})).await;
+        assert_eq!(status, 200, "{r}");
+        let together = losses(&r);
+        assert_eq!(r["api_calls"], 3, "{r}");
+        // The session's chosen layers are untouched by it.
+        let zero_after = losses(
+            &evaluate(json!({"candidates": [vec![0f32; 6]], "layer": 0}))
+                .await
+                .1,
+        );
+        assert_eq!(zero_before, zero_after);
+        // The same prompts the layer-at-a-time way: every other layer fixed, then layer 0.
+        for (c, prompt) in parts.chunks(layers).enumerate() {
+            for (l, part) in prompt.iter().enumerate().skip(1) {
+                let (status, r) = s
+                    .send(
+                        reqwest::Method::PUT,
+                        &format!("/v1/sessions/{id}/layers/{l}"),
+                        None,
+                        Some(json!({"z": part}).to_string().into_bytes()),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{r}");
+            }
+            let (status, r) =
+                evaluate(json!({"candidates": [prompt[0].clone()], "layer": 0, "split": "dev"}))
+                    .await;
+            assert_eq!(status, 200, "{r}");
+            let one = losses(&r)[0];
+            assert!(
+                (one - together[c]).abs() < 1e-5,
+                "{placement}: candidate {c}: {one} vs {}",
+                together[c]
+            );
+        }
+        // A candidate of one layer's length without a layer is refused, saying why.
+        let (status, e) = evaluate(json!({"candidates": [vec![0f32; 6]]})).await;
+        assert_eq!(status, 422, "{e}");
+        assert!(
+            e["detail"].as_str().unwrap().contains("whole deep prompt"),
+            "{e}"
+        );
+    }
+}
+
 /// The rows of a JSON matrix.
 fn rows(v: &Value) -> Vec<Vec<f32>> {
     serde_json::from_value(v.clone()).unwrap()

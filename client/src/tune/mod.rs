@@ -549,8 +549,9 @@ impl Tuner<'_> {
         Ok(scores.results.first().map(|r| r.accuracy))
     }
 
-    /// Scores `count` whole prompts (BBTv2: each `layers * d` numbers, set in the session one
-    /// at a time) on a split; `None` when the session has no such examples.
+    /// Scores `count` whole prompts on a split (BBTv2: each `layers * d` numbers, layer by
+    /// layer, in one call that leaves the session's chosen layers as they are); `None` when the
+    /// session has no such examples.
     fn evaluate(
         &mut self,
         state: &mut Checkpoint,
@@ -558,26 +559,10 @@ impl Tuner<'_> {
         count: usize,
         split: SplitName,
     ) -> anyhow::Result<Option<Vec<CandidateResult>>> {
-        if !state.config.deep {
-            return self.evaluate_layer(state, z, count, split, None);
-        }
-        let mut out = Vec::with_capacity(count);
-        let whole = z.len() / count.max(1);
-        for prompt in z.chunks(whole.max(1)) {
-            let layers = split_layers(prompt, state.config.intrinsic_dim);
-            self.with_session(state, |client, id| set_layers(client, id, &layers))?;
-            match self.evaluate_layer(state, &layers[0], 1, split, Some(0))? {
-                Some(mut r) => out.append(&mut r),
-                None => return Ok(None),
-            }
-        }
-        // Back to the layers the search has chosen.
-        let chosen = state.layer_z.clone();
-        self.with_session(state, |client, id| set_layers(client, id, &chosen))?;
-        Ok(Some(out))
+        self.evaluate_layer(state, z, count, split, None)
     }
 
-    /// Scores `count` candidates of `layer` (BBTv2; `None` for BBT) on a split.
+    /// Scores `count` candidates of `layer` (BBTv2), or whole prompts (`None`), on a split.
     fn evaluate_layer(
         &mut self,
         state: &mut Checkpoint,

@@ -12,7 +12,7 @@ use bbt::scoring::{self, PrefixPart};
 use bbt::{Engine, Prompt};
 use candle_core::Tensor;
 
-use super::sessions::Session;
+use super::sessions::{DeepCandidates, Session};
 use super::CoreError;
 
 /// One `evaluate` request's model work.
@@ -23,9 +23,8 @@ pub struct EvaluateJob {
     pub z: Vec<f32>,
     pub count: usize,
     pub return_logits: bool,
-    /// Deep sessions: the layer the candidates are for, and every layer's chosen offsets when
-    /// the request arrived.
-    pub layer: Option<(usize, candle_core::Tensor)>,
+    /// Deep sessions: what the candidates are (one layer's, or whole deep prompts).
+    pub deep: Option<DeepCandidates>,
 }
 
 /// Positions a job adds to an engine pass (prompts and examples).
@@ -36,11 +35,12 @@ pub fn job_tokens(job: &EvaluateJob) -> usize {
 
 /// The candidates' prompts (see [`Session::prompts`]).
 fn prompts(engine: &Engine, job: &EvaluateJob) -> Result<Vec<Prompt>, CoreError> {
-    let d = job.session.projection.intrinsic_dim();
-    let z = Tensor::from_vec(job.z.clone(), (job.count, d), engine.device())
+    // `d` numbers a candidate, or `layers * d` for whole deep prompts.
+    let width = job.z.len() / job.count.max(1);
+    let z = Tensor::from_vec(job.z.clone(), (job.count, width), engine.device())
         .map_err(CoreError::internal)?;
     job.session
-        .prompts(&z, job.layer.as_ref())
+        .prompts(&z, job.deep.as_ref())
         .map_err(CoreError::internal)
 }
 

@@ -21,7 +21,7 @@ use super::batching::EvaluateJob;
 use super::candidates::{decode_candidates, CandidatesIn};
 use super::metrics::{Metrics, ModelLabels};
 use super::session_builder::{self, build_session, encode_split, verbalizer_ids};
-use super::sessions::{Session, SessionIdentity, SessionProjection, SessionStore};
+use super::sessions::{DeepCandidates, Session, SessionIdentity, SessionProjection, SessionStore};
 use super::task_request;
 use super::usage::{Account, MemoryStore, Reservation, UsageBook, UsageStore};
 use super::worker::{BatchPolicy, Worker};
@@ -246,25 +246,36 @@ impl Service {
         layer: Option<usize>,
     ) -> Result<EvaluateResponse, CoreError> {
         let session = self.sessions.get(id, account.key)?;
-        let layer = match (&session.projection, layer) {
-            (SessionProjection::Shallow(_), None) => None,
+        let d = session.projection.intrinsic_dim();
+        let (deep, width) = match (&session.projection, layer) {
+            (SessionProjection::Shallow(_), None) => (None, d),
             (SessionProjection::Shallow(_), Some(_)) => {
                 return Err(CoreError::Invalid(
                     "`layer` is only for deep sessions (created with \"deep\": true)".into(),
                 ))
             }
-            (SessionProjection::Deep { .. }, None) => {
-                return Err(CoreError::Invalid(
-                    "a deep session's evaluate must name the `layer` its candidates are for".into(),
-                ))
+            (SessionProjection::Deep { projection, .. }, None) => {
+                (Some(DeepCandidates::Whole), projection.num_layers() * d)
             }
             (SessionProjection::Deep { projection, chosen }, Some(l)) => {
                 check_layer(l, projection.num_layers())?;
-                Some((l, chosen.lock().clone()))
+                (Some(DeepCandidates::Layer(l, chosen.lock().clone())), d)
             }
         };
-        let d = session.projection.intrinsic_dim();
-        let z = decode_candidates(&candidates, d, self.limits.max_candidates)?;
+        let z =
+            decode_candidates(&candidates, width, self.limits.max_candidates).map_err(
+                |e| match (&e, &deep) {
+                    (CoreError::Invalid(detail), Some(DeepCandidates::Whole)) => {
+                        CoreError::Invalid(format!(
+                            "{detail}: without a `layer`, a deep session's candidate is a whole \
+                         deep prompt of {} layers x {d} numbers, layer by layer; name the \
+                         `layer` to send one layer's {d}",
+                            width / d.max(1)
+                        ))
+                    }
+                    _ => e,
+                },
+            )?;
         let count = z.len();
         let split_name = split;
         let split = session.split(split_name)?;
@@ -280,7 +291,7 @@ impl Service {
                 z: flat,
                 count,
                 return_logits,
-                layer,
+                deep,
             })
             .await;
         let results = result?;

@@ -29,6 +29,16 @@ pub enum SessionProjection {
     },
 }
 
+/// What a deep session's candidates are.
+#[derive(Debug, Clone)]
+pub enum DeepCandidates {
+    /// One layer's `z` each; every other layer at the chosen offsets (`[layers, L, hidden]`)
+    /// of when the request arrived.
+    Layer(usize, Tensor),
+    /// Whole deep prompts: every layer's `z`, layer by layer (`layers * d` numbers each).
+    Whole,
+}
+
 impl SessionProjection {
     /// Intrinsic dimension `d` of the candidates.
     pub fn intrinsic_dim(&self) -> usize {
@@ -149,19 +159,22 @@ impl Session {
     }
 
     /// The candidates' prompts: `A·z + p0` (`z` is `[count, d]`), or for a deep session `p0`
-    /// with `A_l·z` at `layer` and the `chosen` offsets at the others; after the session's
-    /// demonstrations, if it has any.
+    /// with the offsets `deep` says; after the session's demonstrations, if it has any.
     pub fn prompts(
         &self,
         z: &Tensor,
-        layer: Option<&(usize, Tensor)>,
+        deep: Option<&DeepCandidates>,
     ) -> anyhow::Result<Vec<Prompt>> {
-        let prompts = match (&self.projection, layer) {
+        let prompts = match (&self.projection, deep) {
             (SessionProjection::Shallow(p), None) => p.prompts(z)?,
-            (SessionProjection::Deep { projection, .. }, Some((layer, chosen))) => {
-                projection.prompts(*layer, z, chosen)?
+            (
+                SessionProjection::Deep { projection, .. },
+                Some(DeepCandidates::Layer(l, chosen)),
+            ) => projection.prompts(*l, z, chosen)?,
+            (SessionProjection::Deep { projection, .. }, Some(DeepCandidates::Whole)) => {
+                projection.whole_prompts(z)?
             }
-            _ => anyhow::bail!("the job's layer does not match the session's prompt"),
+            _ => anyhow::bail!("the job's candidates do not match the session's prompt"),
         };
         let Some(context) = &self.context else {
             return Ok(prompts);

@@ -166,7 +166,7 @@ fn train() -> SplitName {
         ("split" = Option<SplitName>, Query, description = "raw bodies: the split (default train)"),
         ("dtype" = Option<FloatType>, Query, description = "raw bodies: f32 or f16"),
         ("return_logits" = Option<bool>, Query, description = "raw bodies: also return the logits"),
-        ("layer" = Option<usize>, Query, description = "raw bodies of deep sessions: the layer")),
+        ("layer" = Option<usize>, Query, description = "raw bodies of deep sessions: the layer the candidates are for; without it each candidate is a whole deep prompt (num_layers x d numbers)")),
     request_body(description = "JSON, or the candidates as little-endian floats of `dtype` (application/octet-stream) with the rest in the query",
         content((EvaluateRequest = "application/json"), ("application/octet-stream"))),
     responses((status = 200, body = EvaluateResponse),
