@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use bbt_server::process::ServerProcess;
-use bbt_server::services::Daemon;
+use bbt_server::daemons::Daemon;
 use serde_json::{json, Value};
 
 use crate::loopback_server::{serve_on_loopback, BENCH_SESSION_MB};
@@ -122,7 +122,7 @@ struct Cluster {
 impl Cluster {
     fn start(model: &bbt::cli::ModelArgs, n: usize) -> anyhow::Result<Self> {
         let nginx_program =
-            bbt_server::services::system_program("nginx", "bench-server --replicas").ok_or_else(
+            bbt_server::daemons::system_program("nginx", "bench-server --replicas").ok_or_else(
                 || anyhow::anyhow!("--replicas needs nginx (apt-get install nginx-light)"),
             )?;
         let mut replicas = Vec::new();
@@ -139,10 +139,10 @@ impl Cluster {
             .iter()
             .map(|r| r.url().trim_start_matches("http://").to_string())
             .collect();
-        let port = bbt_server::services::free_port()?;
-        let config = bbt_server::services::render_nginx_conf(NGINX_CONF, &upstreams, port);
+        let port = bbt_server::daemons::free_port()?;
+        let config = bbt_server::daemons::render_nginx_conf(NGINX_CONF, &upstreams, port);
         let dir = tempfile::tempdir()?;
-        let balancer = bbt_server::services::nginx(&nginx_program, &config, port, dir.path())?;
+        let balancer = bbt_server::daemons::nginx(&nginx_program, &config, port, dir.path())?;
         Ok(Self {
             _replicas: replicas,
             balancer,

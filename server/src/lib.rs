@@ -8,7 +8,7 @@ pub mod core;
 pub mod http;
 pub mod process;
 #[cfg(feature = "test-util")]
-pub mod services;
+pub mod daemons;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

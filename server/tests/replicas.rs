@@ -9,7 +9,7 @@ use std::time::Duration;
 use bbt::model::config::Architecture;
 use bbt::testing::random_model::tiny_engine;
 use bbt_server::core::usage::{Account, RedisStore, UsageBook, UsageStore};
-use bbt_server::services::{redis, system_program, Daemon};
+use bbt_server::daemons::{redis, system_program, Daemon};
 use bbt_server::{ApiKeys, Limits, Service};
 use serde_json::{json, Value};
 
