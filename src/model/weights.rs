@@ -234,57 +234,78 @@ impl TensorSource for SafetensorsSource {
     }
 }
 
+/// A stored tensor of a decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayerTensor {
+    AttnNorm,
+    Proj(Proj),
+    FfnNorm,
+    /// Gemma 3's per-head query and key norms, and its norms of the sublayers' outputs.
+    QNorm,
+    KNorm,
+    PostAttnNorm,
+    PostFfnNorm,
+}
+
 /// Tensor names of one file format.
 struct Names {
     embed: &'static str,
     final_norm: &'static str,
     lm_head: &'static str,
+    /// Layer `i`'s tensor named `part` (a name of [`Names::part`]).
     layer: fn(usize, &str) -> String,
+    /// A layer tensor's name in this format, if the format has it.
+    part: fn(LayerTensor) -> Option<&'static str>,
+}
+
+impl Names {
+    /// Layer `i`'s `tensor`, or an error naming what this format lacks.
+    fn of(&self, i: usize, tensor: LayerTensor) -> anyhow::Result<String> {
+        let part = (self.part)(tensor).ok_or_else(|| {
+            anyhow::anyhow!("this model format has no name for a layer's {tensor:?} tensor")
+        })?;
+        Ok((self.layer)(i, part))
+    }
 }
 
 const GGUF_NAMES: Names = Names {
     embed: "token_embd.weight",
     final_norm: "output_norm.weight",
     lm_head: "output.weight",
-    layer: |i, part| {
-        let p = match part {
-            "attn_norm" => "attn_norm",
-            "q" => "attn_q",
-            "k" => "attn_k",
-            "v" => "attn_v",
-            "o" => "attn_output",
-            "ffn_norm" => "ffn_norm",
-            "gate" => "ffn_gate",
-            "up" => "ffn_up",
-            "down" => "ffn_down",
-            "q_norm" => "attn_q_norm",
-            "k_norm" => "attn_k_norm",
-            "post_attn_norm" => "post_attention_norm",
-            "post_ffn_norm" => "post_ffw_norm",
-            other => unreachable!("unknown layer part {other}"),
-        };
-        format!("blk.{i}.{p}.weight")
+    layer: |i, part| format!("blk.{i}.{part}.weight"),
+    part: |tensor| {
+        Some(match tensor {
+            LayerTensor::AttnNorm => "attn_norm",
+            LayerTensor::Proj(Proj::Q) => "attn_q",
+            LayerTensor::Proj(Proj::K) => "attn_k",
+            LayerTensor::Proj(Proj::V) => "attn_v",
+            LayerTensor::Proj(Proj::O) => "attn_output",
+            LayerTensor::FfnNorm => "ffn_norm",
+            LayerTensor::Proj(Proj::Gate) => "ffn_gate",
+            LayerTensor::Proj(Proj::Up) => "ffn_up",
+            LayerTensor::Proj(Proj::Down) => "ffn_down",
+            LayerTensor::QNorm => "attn_q_norm",
+            LayerTensor::KNorm => "attn_k_norm",
+            LayerTensor::PostAttnNorm => "post_attention_norm",
+            LayerTensor::PostFfnNorm => "post_ffw_norm",
+        })
     },
 };
 
+/// HF transformers' Llama layout (Gemma 3's extra norms are read from GGUF files only).
 const HF_NAMES: Names = Names {
     embed: "model.embed_tokens.weight",
     final_norm: "model.norm.weight",
     lm_head: "lm_head.weight",
-    layer: |i, part| {
-        let p = match part {
-            "attn_norm" => "input_layernorm",
-            "q" => "self_attn.q_proj",
-            "k" => "self_attn.k_proj",
-            "v" => "self_attn.v_proj",
-            "o" => "self_attn.o_proj",
-            "ffn_norm" => "post_attention_layernorm",
-            "gate" => "mlp.gate_proj",
-            "up" => "mlp.up_proj",
-            "down" => "mlp.down_proj",
-            other => unreachable!("part {other} has no llama HF name"),
-        };
-        format!("model.layers.{i}.{p}.weight")
+    layer: |i, part| format!("model.layers.{i}.{part}.weight"),
+    part: |tensor| match tensor {
+        LayerTensor::AttnNorm => Some("input_layernorm"),
+        LayerTensor::Proj(p) => Some(p.hf_module()),
+        LayerTensor::FfnNorm => Some("post_attention_layernorm"),
+        LayerTensor::QNorm
+        | LayerTensor::KNorm
+        | LayerTensor::PostAttnNorm
+        | LayerTensor::PostFfnNorm => None,
     },
 };
 
@@ -351,10 +372,10 @@ impl DecoderWeights {
         };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
-            let mut get = |part: &str| src.get(&(names.layer)(i, part));
-            let q = get("q")?;
-            let k = get("k")?;
-            let v = get("v")?;
+            let mut get = |tensor: LayerTensor| src.get(&names.of(i, tensor)?);
+            let q = get(LayerTensor::Proj(Proj::Q))?;
+            let k = get(LayerTensor::Proj(Proj::K))?;
+            let v = get(LayerTensor::Proj(Proj::V))?;
             check_shape(
                 &q,
                 &[cfg.num_heads * cfg.head_dim, cfg.hidden_size],
@@ -365,19 +386,28 @@ impl DecoderWeights {
                 &[cfg.num_kv_heads * cfg.head_dim, cfg.hidden_size],
                 "k projection",
             )?;
-            let gate = get("gate")?;
-            let up = get("up")?;
+            let gate = get(LayerTensor::Proj(Proj::Gate))?;
+            let up = get(LayerTensor::Proj(Proj::Up))?;
             check_shape(&gate, &[cfg.ffn_size, cfg.hidden_size], "gate projection")?;
-            let mut opt = |part: &str| if gemma { get(part).map(Some) } else { Ok(None) };
-            let (q_norm, k_norm) = (opt("q_norm")?, opt("k_norm")?);
-            let (post_attn_norm, post_ffn_norm) = (opt("post_attn_norm")?, opt("post_ffn_norm")?);
+            let mut opt = |tensor| {
+                if gemma {
+                    get(tensor).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let (q_norm, k_norm) = (opt(LayerTensor::QNorm)?, opt(LayerTensor::KNorm)?);
+            let (post_attn_norm, post_ffn_norm) = (
+                opt(LayerTensor::PostAttnNorm)?,
+                opt(LayerTensor::PostFfnNorm)?,
+            );
             layers.push(LayerWeights {
-                attn_norm: get("attn_norm")?,
+                attn_norm: get(LayerTensor::AttnNorm)?,
                 wqkv: Linear::new(Tensor::cat(&[&q, &k, &v], 0)?),
-                wo: Linear::new(get("o")?),
-                ffn_norm: get("ffn_norm")?,
+                wo: Linear::new(get(LayerTensor::Proj(Proj::O))?),
+                ffn_norm: get(LayerTensor::FfnNorm)?,
                 w_gate_up: Linear::new(Tensor::cat(&[&gate, &up], 0)?),
-                w_down: Linear::new(get("down")?),
+                w_down: Linear::new(get(LayerTensor::Proj(Proj::Down))?),
                 q_norm,
                 k_norm,
                 post_attn_norm,
