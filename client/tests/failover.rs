@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bbt_server::process::ServerProcess;
 use bbt_server::daemons::{free_port, nginx, redis, render_nginx_conf, system_program};
+use bbt_server::process::ServerProcess;
 use common::{
     generations_logged, outcome, run_to_end, serve_with, tune_args, wait_for_generations,
     write_task, BBT, BBT_RUN,

@@ -42,19 +42,15 @@ pub struct Args {
 /// Runs `bbt quickstart`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let quiet = args.output.quiet;
-    let local = match &args.server {
-        Some(_) => None,
+    let (url, local) = match &args.server {
+        Some(url) => (url.clone(), None),
         None => {
             if !quiet {
                 eprintln!("starting a local bbt-server with {} ...", args.model.model);
             }
-            Some(ServerProcess::serve_this_binary(&args.model, !quiet)?)
+            let server = ServerProcess::serve_this_binary(&args.model, !quiet)?;
+            (server.url().to_string(), Some(server))
         }
-    };
-    let url = match (&args.server, &local) {
-        (Some(url), _) => url.clone(),
-        (None, Some(server)) => server.url().to_string(),
-        (None, None) => unreachable!("a server is started when none is given"),
     };
     let mut client = ServerClient::new(&url, args.api_key.clone(), RetryPolicy::default())?;
     let start = if args.out.join(CHECKPOINT_FILE).exists() {
