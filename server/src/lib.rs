@@ -5,10 +5,10 @@
 
 pub mod cli;
 pub mod core;
-pub mod http;
-pub mod process;
 #[cfg(feature = "test-util")]
 pub mod daemons;
+pub mod http;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use bbt::projection::{DeepProjection, Projection};
-use bbt::protocol::{CreateSessionRequest, Placement, PromptInit, SplitName, CONTENT_FREE_TEXTS};
+use bbt::protocol::{
+    CreateSessionRequest, DemonstrationSpec, Placement, PromptInit, SplitName, CONTENT_FREE_TEXTS,
+};
 use bbt::scoring::EncodedSplit;
 use bbt::tasks::{demonstrations, Example, MultiTokenWords, TaskSpec, Verbalizer};
 use bbt::{Engine, Prompt, Row};
@@ -81,12 +83,7 @@ pub fn build_session(
     req: CreateSessionRequest,
 ) -> Result<Session, CoreError> {
     let verbalizer = verbalizer_ids(engine, &spec)?;
-    let mut encoded = HashMap::new();
-    for (name, examples) in &splits {
-        encoded.insert(*name, encode_split(engine, limits, &spec, examples)?);
-    }
-    let content_free = encode_split(engine, limits, &spec, &content_free_inputs(&spec))?;
-    encoded.insert(SplitName::ContentFree, content_free);
+    let encoded = encode_splits(engine, limits, &spec, &splits)?;
     let longest = encoded
         .values()
         .flat_map(|s| s.heads.iter().zip(&s.tails).map(|(h, t)| h.len() + t.len()))
@@ -99,45 +96,124 @@ pub fn build_session(
             engine.max_positions()
         )));
     }
+    let train = &splits[&SplitName::Train];
     let context = match &req.demonstrations {
         None => None,
+        Some(_) if req.placement != Placement::Prefix || req.deep => {
+            return Err(CoreError::Invalid(
+                "demonstrations need the prefix placement and a shallow prompt".into(),
+            ));
+        }
         Some(demos) => {
-            if req.placement != Placement::Prefix || req.deep {
-                return Err(CoreError::Invalid(
-                    "demonstrations need the prefix placement and a shallow prompt".into(),
-                ));
-            }
-            let budget = limits
-                .max_context_tokens
-                .min(engine.max_positions() - positions)
-                .min(demos.max_tokens.unwrap_or(usize::MAX));
-            let built = demonstrations::assemble(
-                engine.tokenizer(),
+            let room = engine.max_positions() - positions;
+            Some(context(
+                engine,
+                limits,
+                demos,
                 &spec,
                 &verbalizer,
-                &splits[&SplitName::Train],
-                demos.seed,
-                demos.max,
-                budget,
-            )
-            .map_err(|e| CoreError::Invalid(format!("demonstrations: {e:#}")))?;
-            if built.count == 0 && demos.max != Some(0) {
-                return Err(CoreError::TooLarge(format!(
-                    "no demonstration fits in {budget} tokens of context"
-                )));
-            }
-            let embeddings = engine
-                .embed_tokens(&built.ids)
-                .and_then(|e| Ok(e.to_dtype(engine.dtype())?))
-                .map_err(CoreError::internal)?;
-            Some(Context {
-                embeddings,
-                count: built.count,
-            })
+                train,
+                room,
+            )?)
         }
     };
+    let p0 = starting_prompt(engine, &req, &spec, &verbalizer, train)?;
+    let projection = if req.deep {
+        deep_projection(engine, &req, &encoded[&SplitName::Train], p0)?
+    } else {
+        SessionProjection::Shallow(
+            Projection::new(
+                &req.projection,
+                req.prompt_length,
+                engine.config().hidden_size,
+                engine.info().embedding_std,
+                p0,
+                engine.device(),
+                engine.dtype(),
+            )
+            .map_err(|e| CoreError::Invalid(format!("projection: {e:#}")))?,
+        )
+    };
+    Ok(Session::new(
+        identity,
+        spec,
+        verbalizer,
+        encoded,
+        projection,
+        req.placement,
+        req.loss,
+        req.prompt_length,
+        context,
+    ))
+}
+
+/// Every split as token ids, the content-free inputs of contextual calibration included.
+fn encode_splits(
+    engine: &Engine,
+    limits: &Limits,
+    spec: &TaskSpec,
+    splits: &HashMap<SplitName, Vec<Example>>,
+) -> Result<HashMap<SplitName, EncodedSplit>, CoreError> {
+    let mut encoded = HashMap::new();
+    for (name, examples) in splits {
+        encoded.insert(*name, encode_split(engine, limits, spec, examples)?);
+    }
+    let content_free = encode_split(engine, limits, spec, &content_free_inputs(spec))?;
+    encoded.insert(SplitName::ContentFree, content_free);
+    Ok(encoded)
+}
+
+/// In-context learning: training examples rendered with their label words, within the tokens
+/// the longest input leaves (`room`) and the operator's and the request's limits, embedded once.
+fn context(
+    engine: &Engine,
+    limits: &Limits,
+    demos: &DemonstrationSpec,
+    spec: &TaskSpec,
+    verbalizer: &Verbalizer,
+    train: &[Example],
+    room: usize,
+) -> Result<Context, CoreError> {
+    let budget = limits
+        .max_context_tokens
+        .min(room)
+        .min(demos.max_tokens.unwrap_or(usize::MAX));
+    let built = demonstrations::assemble(
+        engine.tokenizer(),
+        spec,
+        verbalizer,
+        train,
+        demos.seed,
+        demos.max,
+        budget,
+    )
+    .map_err(|e| CoreError::Invalid(format!("demonstrations: {e:#}")))?;
+    if built.count == 0 && demos.max != Some(0) {
+        return Err(CoreError::TooLarge(format!(
+            "no demonstration fits in {budget} tokens of context"
+        )));
+    }
+    let embeddings = engine
+        .embed_tokens(&built.ids)
+        .and_then(|e| Ok(e.to_dtype(engine.dtype())?))
+        .map_err(CoreError::internal)?;
+    Ok(Context {
+        embeddings,
+        count: built.count,
+    })
+}
+
+/// The prompt's starting point `p0` (`[L, hidden]`, f32) from the request's `p0`: zeros, token
+/// embeddings, the embeddings of a text or of demonstrations, or the client's own vectors.
+fn starting_prompt(
+    engine: &Engine,
+    req: &CreateSessionRequest,
+    spec: &TaskSpec,
+    verbalizer: &Verbalizer,
+    train: &[Example],
+) -> Result<Tensor, CoreError> {
     let hidden = engine.config().hidden_size;
-    let p0 = match &req.p0 {
+    Ok(match &req.p0 {
         PromptInit::Zeros => {
             Tensor::zeros((req.prompt_length, hidden), DType::F32, engine.device())
                 .map_err(CoreError::internal)?
@@ -169,9 +245,9 @@ pub fn build_session(
         PromptInit::Demonstrations { seed } => {
             let built = demonstrations::assemble(
                 engine.tokenizer(),
-                &spec,
-                &verbalizer,
-                &splits[&SplitName::Train],
+                spec,
+                verbalizer,
+                train,
                 *seed,
                 None,
                 usize::MAX,
@@ -206,34 +282,7 @@ pub fn build_session(
             Tensor::from_vec(rows.concat(), (rows.len(), hidden), engine.device())
                 .map_err(CoreError::internal)?
         }
-    };
-    let projection = if req.deep {
-        deep_projection(engine, &req, &encoded[&SplitName::Train], p0)?
-    } else {
-        SessionProjection::Shallow(
-            Projection::new(
-                &req.projection,
-                req.prompt_length,
-                hidden,
-                engine.info().embedding_std,
-                p0,
-                engine.device(),
-                engine.dtype(),
-            )
-            .map_err(|e| CoreError::Invalid(format!("projection: {e:#}")))?,
-        )
-    };
-    Ok(Session::new(
-        identity,
-        spec,
-        verbalizer,
-        encoded,
-        projection,
-        req.placement,
-        req.loss,
-        req.prompt_length,
-        context,
-    ))
+    })
 }
 
 /// Contextual calibration's content-free inputs (Zhao et al. 2021), in both slots of a
