@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use base64::Engine as _;
-use bbt_server::process::ServerProcess;
 use bbt_server::daemons::Daemon;
+use bbt_server::process::ServerProcess;
 use serde_json::{json, Value};
 
 use crate::loopback_server::{serve_on_loopback, BENCH_SESSION_MB};
@@ -121,10 +121,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(model: &bbt::cli::ModelArgs, n: usize) -> anyhow::Result<Self> {
-        let nginx_program =
-            bbt_server::daemons::system_program("nginx", "bench-server --replicas").ok_or_else(
-                || anyhow::anyhow!("--replicas needs nginx (apt-get install nginx-light)"),
-            )?;
+        let nginx_program = bbt_server::daemons::system_program("nginx", "bench-server --replicas")
+            .ok_or_else(|| {
+                anyhow::anyhow!("--replicas needs nginx (apt-get install nginx-light)")
+            })?;
         let mut replicas = Vec::new();
         for _ in 0..n {
             let mut command = Command::new(std::env::current_exe()?);

@@ -155,6 +155,21 @@ fn bad_flags_and_folders_exit_nonzero_with_a_message() {
         ],
         "unknown LoRA target",
     );
+    // A setting of another method is refused, naming the methods it is for.
+    fails_with(
+        &[
+            "train",
+            "--method",
+            "adapter",
+            "--task",
+            "sst2",
+            "--out",
+            out,
+            "--lora-rank",
+            "4",
+        ],
+        "--lora-rank does not apply to adapter: it is a setting of lora",
+    );
     fails_with(
         &[
             "train",

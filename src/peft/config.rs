@@ -106,6 +106,70 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// A setting that only some methods read; every other setting applies to all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodSetting {
+    PromptLength,
+    Placement,
+    PrefixLength,
+    PrefixHidden,
+    LoraRank,
+    LoraAlpha,
+    LoraDropout,
+    LoraTargets,
+    AdapterBottleneck,
+    AdapterScale,
+    ChildP,
+}
+
+impl MethodSetting {
+    /// The methods that read it.
+    pub fn methods(self) -> &'static [Method] {
+        use Method::*;
+        match self {
+            Self::PromptLength | Self::Placement => &[PromptTuning],
+            Self::PrefixLength => &[PrefixTuning, PTuningV2, MamAdapter],
+            Self::PrefixHidden => &[PrefixTuning],
+            Self::LoraRank | Self::LoraAlpha | Self::LoraDropout | Self::LoraTargets => &[Lora],
+            Self::AdapterBottleneck | Self::AdapterScale => &[Adapter, ParallelAdapter, MamAdapter],
+            Self::ChildP => &[ChildTuningF, ChildTuningD],
+        }
+    }
+
+    /// Its command-line flag.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::PromptLength => "--prompt-length",
+            Self::Placement => "--placement",
+            Self::PrefixLength => "--prefix-length",
+            Self::PrefixHidden => "--prefix-hidden",
+            Self::LoraRank => "--lora-rank",
+            Self::LoraAlpha => "--lora-alpha",
+            Self::LoraDropout => "--lora-dropout",
+            Self::LoraTargets => "--lora-targets",
+            Self::AdapterBottleneck => "--adapter-bottleneck",
+            Self::AdapterScale => "--adapter-scale",
+            Self::ChildP => "--child-p",
+        }
+    }
+
+    /// An error naming the setting and the methods it is for, unless `method` reads it.
+    pub fn check(self, method: Method) -> anyhow::Result<()> {
+        let methods = self.methods();
+        anyhow::ensure!(
+            methods.contains(&method),
+            "{} does not apply to {method}: it is a setting of {}",
+            self.flag(),
+            methods
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(())
+    }
+}
+
 /// The settings of one training run; saved in every checkpoint and in `result.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -271,5 +335,26 @@ impl MethodConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_method_specific_setting_is_refused_for_other_methods() {
+        assert!(MethodSetting::PrefixLength
+            .check(Method::MamAdapter)
+            .is_ok());
+        assert!(MethodSetting::AdapterScale.check(Method::Adapter).is_ok());
+        let err = MethodSetting::ChildP
+            .check(Method::Lora)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--child-p does not apply to lora: it is a setting of child-tuning-f, child-tuning-d"
+        );
     }
 }

@@ -12,6 +12,6 @@ pub mod optim;
 pub mod step;
 pub mod trainable;
 
-pub use config::{Method, MethodConfig};
+pub use config::{Method, MethodConfig, MethodSetting};
 pub use step::{StepReport, Trainer};
 pub use trainable::{Param, Trainable};

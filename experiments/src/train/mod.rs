@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bbt::metrics::measure;
 use bbt::peft::optim::learning_rate_at;
-use bbt::peft::{Method, MethodConfig, StepReport, Trainable, Trainer};
+use bbt::peft::{Method, MethodConfig, MethodSetting, StepReport, Trainable, Trainer};
 use bbt::protocol::{CandidateResult, Loss, Placement};
 use bbt::scoring::EncodedSplit;
 use bbt::tasks::{self, LoadOptions, Metric, MultiTokenWords, TaskSpec, Template, Verbalizer};
@@ -155,7 +155,29 @@ struct SettingFlags {
 }
 
 impl SettingFlags {
-    fn apply(&self, c: &mut MethodConfig) {
+    /// Sets what the flags give; an error names a flag the chosen method does not read.
+    fn apply(&self, c: &mut MethodConfig) -> anyhow::Result<()> {
+        let specific = [
+            (self.prompt_length.is_some(), MethodSetting::PromptLength),
+            (self.placement.is_some(), MethodSetting::Placement),
+            (self.prefix_length.is_some(), MethodSetting::PrefixLength),
+            (self.prefix_hidden.is_some(), MethodSetting::PrefixHidden),
+            (self.lora_rank.is_some(), MethodSetting::LoraRank),
+            (self.lora_alpha.is_some(), MethodSetting::LoraAlpha),
+            (self.lora_dropout.is_some(), MethodSetting::LoraDropout),
+            (self.lora_targets.is_some(), MethodSetting::LoraTargets),
+            (
+                self.adapter_bottleneck.is_some(),
+                MethodSetting::AdapterBottleneck,
+            ),
+            (self.adapter_scale.is_some(), MethodSetting::AdapterScale),
+            (self.child_p.is_some(), MethodSetting::ChildP),
+        ];
+        for (given, setting) in specific {
+            if given {
+                setting.check(c.method)?;
+            }
+        }
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
         }
@@ -191,6 +213,7 @@ impl SettingFlags {
                 Placement::Prefix
             };
         }
+        Ok(())
     }
 }
 
@@ -431,7 +454,7 @@ fn new_run(args: &Args) -> anyhow::Result<(PathBuf, TrainConfig)> {
         out.display()
     );
     let mut method_config = MethodConfig::defaults(method);
-    args.settings.apply(&mut method_config);
+    args.settings.apply(&mut method_config)?;
     method_config.validate()?;
     std::fs::create_dir_all(&out)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
