@@ -6,16 +6,16 @@ use super::{Engine, ForwardOutput, Prompt, Readout, Row, Segment};
 use crate::model::decoder::KvCache;
 
 impl Engine {
-    /// BBT prefix placement, `[bos][prompt_c][tail_e]` for every candidate c and example e
-    /// (row `c * E + e` of the result). Each candidate's prompt keys/values are computed once and
-    /// shared by all examples.
+    /// BBT prefix placement, `[bos][prompt_c][text_e]` for every candidate c and example e,
+    /// each text whole (head and template tail; row `c * E + e` of the result). Each candidate's
+    /// prompt keys/values are computed once and shared by all examples.
     pub fn run_prefix(
         &self,
         prompts: &[Prompt],
-        tails: &[Vec<u32>],
+        texts: &[Vec<u32>],
         readout: &Readout,
     ) -> anyhow::Result<ForwardOutput> {
-        self.run_prefix_groups(prompts, &vec![tails; prompts.len()], readout)
+        self.run_prefix_groups(prompts, &vec![texts; prompts.len()], readout)
     }
 
     /// The prefix placement with each prompt reading its own texts: `[bos][prompt_c][text]` for

@@ -157,8 +157,7 @@ impl CmaEs {
     /// Updates the distribution from the fitness of the last asked population (lower is
     /// better; NaN counts as the worst). Returns the stop reason once the run has stopped.
     pub fn tell(&mut self, fitness: &[f64]) -> Result<Option<StopReason>, CmaError> {
-        let p = &self.params;
-        let (lambda, n) = (p.popsize, p.dim);
+        let (lambda, n, mu) = (self.params.popsize, self.params.dim, self.params.mu);
         if fitness.len() != lambda {
             return Err(CmaError::WrongCount {
                 got: fitness.len(),
@@ -174,7 +173,33 @@ impl CmaEs {
         order.sort_by(|&a, &b| fitness[a].total_cmp(&fitness[b]));
         self.generation += 1;
         self.evals += lambda as u64;
-        let best_now = order[0];
+        self.record_best(&fitness, order[0], &y);
+        // Recombination of the selected steps.
+        let mut y_w = Array1::zeros(n);
+        let mut z_w = Array1::zeros(n);
+        for (rank, &i) in order.iter().take(mu).enumerate() {
+            y_w.scaled_add(self.params.weights[rank], &y.row(i));
+            z_w.scaled_add(self.params.weights[rank], &z.row(i));
+        }
+        self.mean.scaled_add(self.sigma, &y_w);
+        let (ps_norm, h_sigma) = self.update_paths(&z_w, &y_w);
+        self.update_covariance(&order, &z, &y, h_sigma);
+        // Step size.
+        let (cs, d_sigma, chi_n) = (self.params.c_sigma, self.params.d_sigma, self.params.chi_n);
+        self.sigma *= ((cs / d_sigma) * (ps_norm / chi_n - 1.0)).min(1.0).exp();
+
+        let mut sorted = order.iter().map(|&i| fitness[i]);
+        let best = sorted.next().unwrap_or(f64::INFINITY);
+        let median = fitness[order[lambda / 2]];
+        let worst = fitness[order[lambda - 1]];
+        self.history.push(best, median);
+        self.stop = self.check_stop(best, worst);
+        Ok(self.stop)
+    }
+
+    /// Keeps the sample `best_now` of this generation (its `x = mean + sigma * y`) if it beats
+    /// the best so far.
+    fn record_best(&mut self, fitness: &[f64], best_now: usize, y: &Array2<f64>) {
         if self
             .best
             .as_ref()
@@ -187,17 +212,14 @@ impl CmaEs {
                 evals: self.evals,
             });
         }
+    }
 
-        // Recombination of the selected steps.
-        let mut y_w = Array1::zeros(n);
-        let mut z_w = Array1::zeros(n);
-        for (rank, &i) in order.iter().take(p.mu).enumerate() {
-            y_w.scaled_add(p.weights[rank], &y.row(i));
-            z_w.scaled_add(p.weights[rank], &z.row(i));
-        }
-        self.mean.scaled_add(self.sigma, &y_w);
-
-        // Evolution paths.
+    /// Moves the evolution paths by the recombined step (`z_w` in the standard normal's
+    /// coordinates, `y_w` in the search's); returns the step-size path's length and whether the
+    /// covariance path was updated (`h_sigma`).
+    fn update_paths(&mut self, z_w: &Array1<f64>, y_w: &Array1<f64>) -> (f64, bool) {
+        let p = &self.params;
+        let n = p.dim;
         let cs = p.c_sigma;
         let whitened = self.cov.whiten_from_standard(z_w.view());
         self.p_sigma *= 1.0 - cs;
@@ -209,11 +231,22 @@ impl CmaEs {
         let cc = p.c_c;
         self.p_c *= 1.0 - cc;
         if h_sigma {
-            self.p_c
-                .scaled_add((cc * (2.0 - cc) * p.mueff).sqrt(), &y_w);
+            self.p_c.scaled_add((cc * (2.0 - cc) * p.mueff).sqrt(), y_w);
         }
+        (ps_norm, h_sigma)
+    }
 
-        // Covariance: rank one + rank μ, negative weights rescaled by their Mahalanobis length.
+    /// The covariance update: rank one + rank μ over the generation's steps in fitness
+    /// `order`, negative weights rescaled by their Mahalanobis length.
+    fn update_covariance(
+        &mut self,
+        order: &[usize],
+        z: &Array2<f64>,
+        y: &Array2<f64>,
+        h_sigma: bool,
+    ) {
+        let p = &self.params;
+        let (lambda, n) = (p.popsize, p.dim);
         let mut steps = Array2::zeros((lambda, n));
         let mut weights = Vec::with_capacity(lambda);
         for (rank, &i) in order.iter().enumerate() {
@@ -228,23 +261,11 @@ impl CmaEs {
             weights.push(w);
         }
         let weight_sum: f64 = p.weights.iter().sum();
+        let cc = p.c_c;
         let lost = if h_sigma { 0.0 } else { cc * (2.0 - cc) };
         let decay = 1.0 + p.c_1 * lost - p.c_1 - p.c_mu * weight_sum;
         self.cov
             .update(decay, p.c_1, &self.p_c, p.c_mu, &steps, &weights);
-
-        // Step size.
-        self.sigma *= ((cs / p.d_sigma) * (ps_norm / p.chi_n - 1.0))
-            .min(1.0)
-            .exp();
-
-        let mut sorted = order.iter().map(|&i| fitness[i]);
-        let best = sorted.next().unwrap_or(f64::INFINITY);
-        let median = fitness[order[lambda / 2]];
-        let worst = fitness[order[lambda - 1]];
-        self.history.push(best, median);
-        self.stop = self.check_stop(best, worst);
-        Ok(self.stop)
     }
 
     /// The first stopping rule that holds now.

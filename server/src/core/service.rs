@@ -12,8 +12,8 @@ use bbt::protocol::{
     ForwardResponse, ModelCard, ModelsResponse, PromptResponse, ScoreRequest, ScoreResponse,
     SessionInfo, SessionList, SplitName,
 };
-use bbt::scoring;
-use bbt::tasks::{Example, TaskSpec, Template};
+use bbt::scoring::{self, EncodedSplit};
+use bbt::tasks::{Example, TaskSpec, Template, Verbalizer};
 use bbt::{Engine, Prompt};
 use candle_core::Tensor;
 
@@ -484,6 +484,45 @@ impl Service {
         account: Account<'_>,
         req: ForwardRequest,
     ) -> Result<ForwardResponse, CoreError> {
+        let (split, verbalizer) = self.forward_inputs(&req)?;
+        let hidden = self.engine.config().hidden_size;
+        let reservation = self.reserve(account, 1).await?;
+        let rows = req.prompt.len();
+        let flat: Vec<f32> = req.prompt.concat();
+        let placement = req.placement;
+        let tokens = split.positions_under_prompt(rows) as u64;
+        let n = split.len();
+        let result = self
+            .worker
+            .run(move |engine| {
+                let prompt = Tensor::from_vec(flat, (rows, hidden), engine.device())
+                    .and_then(|t| t.to_dtype(engine.dtype()))
+                    .map_err(CoreError::internal)?;
+                let mut logits = scoring::candidate_logits(
+                    engine,
+                    &split,
+                    &[Prompt::new(prompt)],
+                    placement,
+                    None,
+                    &verbalizer,
+                )
+                .map_err(CoreError::internal)?;
+                Ok(logits.remove(0))
+            })
+            .await;
+        let logits = result?;
+        self.metrics.tokens.inc_by(tokens);
+        self.metrics.batch_rows.observe(n as f64);
+        self.charge(reservation, 1, tokens).await?;
+        Ok(ForwardResponse { logits })
+    }
+
+    /// A `/v1/forward` request's inputs checked against the limits and encoded with its
+    /// template, and its verbalizer's token ids.
+    fn forward_inputs(
+        &self,
+        req: &ForwardRequest,
+    ) -> Result<(EncodedSplit, Verbalizer), CoreError> {
         let hidden = self.engine.config().hidden_size;
         if req.inputs.is_empty() {
             return Err(CoreError::Invalid("no inputs".into()));
@@ -537,35 +576,7 @@ impl Service {
             })
             .collect();
         let split = encode_split(&self.engine, &self.limits, &spec, &examples)?;
-        let reservation = self.reserve(account, 1).await?;
-        let rows = req.prompt.len();
-        let flat: Vec<f32> = req.prompt.concat();
-        let placement = req.placement;
-        let tokens = split.positions_under_prompt(rows) as u64;
-        let n = split.len();
-        let result = self
-            .worker
-            .run(move |engine| {
-                let prompt = Tensor::from_vec(flat, (rows, hidden), engine.device())
-                    .and_then(|t| t.to_dtype(engine.dtype()))
-                    .map_err(CoreError::internal)?;
-                let mut logits = scoring::candidate_logits(
-                    engine,
-                    &split,
-                    &[Prompt::new(prompt)],
-                    placement,
-                    None,
-                    &verbalizer,
-                )
-                .map_err(CoreError::internal)?;
-                Ok(logits.remove(0))
-            })
-            .await;
-        let logits = result?;
-        self.metrics.tokens.inc_by(tokens);
-        self.metrics.batch_rows.observe(n as f64);
-        self.charge(reservation, 1, tokens).await?;
-        Ok(ForwardResponse { logits })
+        Ok((split, verbalizer))
     }
 }
 
