@@ -139,69 +139,109 @@ pub fn parse_delimited(
         .has_headers(layout.has_header)
         .flexible(true)
         .from_reader(bytes);
-    let header: Vec<String> = if layout.has_header {
-        let h = reader
-            .byte_headers()
-            .map_err(|e| DataError::new(path, Some(1), format!("unreadable header: {e}")))?;
-        h.iter()
-            .map(|f| std::str::from_utf8(f).map(|f| f.trim().to_string()))
-            .collect::<Result<_, _>>()
-            .map_err(|_| {
-                DataError::new(
-                    path,
-                    Some(1),
-                    "the header is not UTF-8 text: is this a CSV/TSV file (saved as UTF-8)?",
-                )
-            })?
+    let header = if layout.has_header {
+        read_header(path, &mut reader)?
     } else {
         Vec::new()
     };
-    // `None` stands for the last field of the row.
-    let resolve = |c: &Column| -> Result<Option<usize>, DataError> {
-        match c {
-            Column::Index(i) => Ok(Some(*i)),
-            Column::Last => Ok(None),
-            Column::Name(n) => header.iter().position(|h| h == n).map(Some).ok_or_else(|| {
-                DataError::new(
-                    path,
-                    Some(1),
-                    format!("missing column `{n}` (header has: {})", header.join(", ")),
-                )
-            }),
-        }
-    };
-    let fixed = |c: &Column| -> Result<usize, DataError> {
-        resolve(c)?
-            .ok_or_else(|| DataError::new(path, None, "only the label may be the last column"))
-    };
-    let text_a: Vec<usize> = layout.text_a.iter().map(fixed).collect::<Result<_, _>>()?;
-    let text_b = layout.text_b.as_ref().map(fixed).transpose()?;
-    let label = resolve(&layout.label)?;
-    let needed = text_a
-        .iter()
-        .chain(&text_b)
-        .chain(&label)
-        .max()
-        .copied()
-        .unwrap_or(0)
-        + 1;
+    let columns = Columns::resolve(path, &header, layout)?;
     let mut out = Vec::new();
     for record in reader.byte_records() {
         let record = record.map_err(|e| {
             let line = e.position().map(|p| p.line());
             DataError::new(path, line, format!("malformed row: {e}"))
         })?;
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
         if record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {
             continue; // blank line
         }
-        if record.len() < needed {
+        out.push(columns.example(path, &record, layout)?);
+    }
+    Ok(out)
+}
+
+/// The header's field names, trimmed.
+fn read_header(path: &Path, reader: &mut csv::Reader<&[u8]>) -> Result<Vec<String>, DataError> {
+    let h = reader
+        .byte_headers()
+        .map_err(|e| DataError::new(path, Some(1), format!("unreadable header: {e}")))?;
+    h.iter()
+        .map(|f| std::str::from_utf8(f).map(|f| f.trim().to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            DataError::new(
+                path,
+                Some(1),
+                "the header is not UTF-8 text: is this a CSV/TSV file (saved as UTF-8)?",
+            )
+        })
+}
+
+/// A layout's columns as field indices of the file at hand.
+struct Columns {
+    text_a: Vec<usize>,
+    text_b: Option<usize>,
+    /// `None`: the last field of each row.
+    label: Option<usize>,
+    /// Fields a row needs at least.
+    needed: usize,
+}
+
+impl Columns {
+    /// Resolves `layout`'s columns by index or by their names in `header`.
+    fn resolve(path: &Path, header: &[String], layout: &Delimited) -> Result<Self, DataError> {
+        // `None` stands for the last field of the row.
+        let resolve = |c: &Column| -> Result<Option<usize>, DataError> {
+            match c {
+                Column::Index(i) => Ok(Some(*i)),
+                Column::Last => Ok(None),
+                Column::Name(n) => header.iter().position(|h| h == n).map(Some).ok_or_else(|| {
+                    DataError::new(
+                        path,
+                        Some(1),
+                        format!("missing column `{n}` (header has: {})", header.join(", ")),
+                    )
+                }),
+            }
+        };
+        let fixed = |c: &Column| -> Result<usize, DataError> {
+            resolve(c)?
+                .ok_or_else(|| DataError::new(path, None, "only the label may be the last column"))
+        };
+        let text_a: Vec<usize> = layout.text_a.iter().map(fixed).collect::<Result<_, _>>()?;
+        let text_b = layout.text_b.as_ref().map(fixed).transpose()?;
+        let label = resolve(&layout.label)?;
+        let needed = text_a
+            .iter()
+            .chain(&text_b)
+            .chain(&label)
+            .max()
+            .copied()
+            .unwrap_or(0)
+            + 1;
+        Ok(Self {
+            text_a,
+            text_b,
+            label,
+            needed,
+        })
+    }
+
+    /// One row as an example, its errors naming the file and line.
+    fn example(
+        &self,
+        path: &Path,
+        record: &csv::ByteRecord,
+        layout: &Delimited,
+    ) -> Result<Example, DataError> {
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        if record.len() < self.needed {
             return Err(DataError::new(
                 path,
                 Some(line),
                 format!(
-                    "row has {} fields, the layout needs at least {needed}",
-                    record.len()
+                    "row has {} fields, the layout needs at least {}",
+                    record.len(),
+                    self.needed
                 ),
             ));
         }
@@ -214,19 +254,19 @@ pub fn parse_delimited(
                 )
             })
         };
-        let mut parts = Vec::with_capacity(text_a.len());
-        for &i in &text_a {
+        let mut parts = Vec::with_capacity(self.text_a.len());
+        for &i in &self.text_a {
             let f = field(i)?.trim();
             if !f.is_empty() {
                 parts.push(f);
             }
         }
         let a = checked_text(path, line, "text", &parts.join(" "))?;
-        let b = match text_b {
+        let b = match self.text_b {
             Some(i) => Some(checked_text(path, line, "second text", field(i)?)?),
             None => None,
         };
-        let raw = field(label.unwrap_or(record.len() - 1))?;
+        let raw = field(self.label.unwrap_or(record.len() - 1))?;
         let class = layout.labels.class_of(raw).ok_or_else(|| {
             DataError::new(
                 path,
@@ -238,13 +278,12 @@ pub fn parse_delimited(
                 ),
             )
         })?;
-        out.push(Example {
+        Ok(Example {
             text_a: a,
             text_b: b,
             label: class,
-        });
+        })
     }
-    Ok(out)
 }
 
 /// Keys of the fields in JSON objects.
