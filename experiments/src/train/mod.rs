@@ -295,19 +295,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             if args.peer {
                 return peer::run(&config, &out, args.json);
             }
-            let state = TrainState {
-                rng: ChaCha8Rng::seed_from_u64(0),
-                config,
-                step: 0,
-                curve: Vec::new(),
-                best: None,
-                evals_since_best: 0,
-                best_train_loss: f64::INFINITY,
-                wall_seconds: 0.0,
-                step_seconds: 0.0,
-                tensors_file: String::new(),
-            };
-            (out, state, None)
+            (out, fresh_state(config), None)
         }
     };
     let config = state.config.clone();
@@ -321,24 +309,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         dev,
         test,
     } = prepare(&config, &args.device)?;
-    let trainable = Trainable::new(&engine, mc, &verbalizer, config.seed)?;
-    trainable.share_weights_with(&mut engine)?;
-    let mut trainer = Trainer::new(trainable, config.seed)?;
-    let mut best_params: Vec<Tensor> = snapshot(&trainer)?;
-    match &saved {
-        Some(tensors) => {
-            restore(&trainer, tensors, "", &mut Vec::new())?;
-            restore(&trainer, tensors, "best.", &mut best_params)?;
-            let params = trainer.trainable.params();
-            trainer.optimizer.restore(params, tensors, state.step)?;
-            trainer.restore_mask(tensors)?;
-            trainer.rng = state.rng.clone();
-        }
-        None => {
-            trainer.select_child_network(&mut engine, &train, 8)?;
-            state.rng = trainer.rng.clone();
-        }
-    }
+    let (mut trainer, mut best_params) =
+        start_trainer(&mut engine, &verbalizer, &train, &mut state, saved.as_ref())?;
 
     let bar = progress_bar(args, mc.steps, state.step);
     let batch_size = mc.batch_size.unwrap_or(train.len()).min(train.len());
@@ -365,30 +337,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             dev_accuracy: None,
         });
         if state.step % mc.eval_every == 0 || state.step == mc.steps {
-            let d = evaluate(&trainer.trainable, &mut engine, &dev, spec.metric, mc.loss)?;
-            if let Some(p) = state.curve.last_mut() {
-                p.dev_accuracy = Some(d.accuracy);
-            }
-            let better = state.best.as_ref().is_none_or(|b| {
-                d.accuracy > b.dev_accuracy || (d.accuracy == b.dev_accuracy && d.loss < b.dev_loss)
-            });
-            if better {
-                state.best = Some(BestDev {
-                    step: state.step,
-                    dev_accuracy: d.accuracy,
-                    dev_loss: d.loss,
-                });
-                state.evals_since_best = 0;
-                best_params = snapshot(&trainer)?;
-            } else {
-                state.evals_since_best += 1;
-            }
+            let accuracy = check_dev(
+                &mut state,
+                &mut best_params,
+                &trainer,
+                &mut engine,
+                &dev,
+                spec.metric,
+            )?;
             state.rng = trainer.rng.clone();
             state.wall_seconds = prior_wall + start.elapsed().as_secs_f64();
             state.step_seconds += step_seconds_here;
             step_seconds_here = 0.0;
             state.save(&dir, &checkpoint_tensors(&trainer, &best_params))?;
-            report_eval(args, &bar, &state, &report, d.accuracy);
+            report_eval(args, &bar, &state, &report, accuracy);
         }
         bar.set_position(state.step as u64);
     }
@@ -411,13 +373,115 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     state.wall_seconds = prior_wall + start.elapsed().as_secs_f64();
     state.step_seconds += step_seconds_here;
-    let unmeasured = TrainResult::unmeasured(&config);
-    let result = TrainResult {
+    let result = train_result(&state, &trainer, test_result.as_ref(), test.len());
+    write_outputs(&dir, &result, &trainer, &engine)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print_summary(&result, &dir);
+    }
+    Ok(())
+}
+
+/// A new run's state before its first step.
+fn fresh_state(config: TrainConfig) -> TrainState {
+    TrainState {
+        rng: ChaCha8Rng::seed_from_u64(0),
+        config,
+        step: 0,
+        curve: Vec::new(),
+        best: None,
+        evals_since_best: 0,
+        best_train_loss: f64::INFINITY,
+        wall_seconds: 0.0,
+        step_seconds: 0.0,
+        tensors_file: String::new(),
+    }
+}
+
+/// The trainer of `state`'s method on `engine`, and the best parameters so far: restored from
+/// the checkpoint's tensors when resuming, else fresh (Child-Tuning_D selects its child
+/// network on the training split first).
+fn start_trainer(
+    engine: &mut Engine,
+    verbalizer: &Verbalizer,
+    train: &EncodedSplit,
+    state: &mut TrainState,
+    saved: Option<&HashMap<String, Tensor>>,
+) -> anyhow::Result<(Trainer, Vec<Tensor>)> {
+    let seed = state.config.seed;
+    let trainable = Trainable::new(engine, &state.config.method, verbalizer, seed)?;
+    trainable.share_weights_with(engine)?;
+    let mut trainer = Trainer::new(trainable, seed)?;
+    let mut best_params: Vec<Tensor> = snapshot(&trainer)?;
+    match saved {
+        Some(tensors) => {
+            restore(&trainer, tensors, "", &mut Vec::new())?;
+            restore(&trainer, tensors, "best.", &mut best_params)?;
+            let params = trainer.trainable.params();
+            trainer.optimizer.restore(params, tensors, state.step)?;
+            trainer.restore_mask(tensors)?;
+            trainer.rng = state.rng.clone();
+        }
+        None => {
+            trainer.select_child_network(engine, train, 8)?;
+            state.rng = trainer.rng.clone();
+        }
+    }
+    Ok((trainer, best_params))
+}
+
+/// Scores dev after a step, marks it on the curve and keeps the parameters if they are the best
+/// so far (higher accuracy, ties broken by the lower loss); returns the dev accuracy.
+fn check_dev(
+    state: &mut TrainState,
+    best_params: &mut Vec<Tensor>,
+    trainer: &Trainer,
+    engine: &mut Engine,
+    dev: &EncodedSplit,
+    metric: Metric,
+) -> anyhow::Result<f64> {
+    let d = evaluate(
+        &trainer.trainable,
+        engine,
+        dev,
+        metric,
+        state.config.method.loss,
+    )?;
+    if let Some(p) = state.curve.last_mut() {
+        p.dev_accuracy = Some(d.accuracy);
+    }
+    let better = state.best.as_ref().is_none_or(|b| {
+        d.accuracy > b.dev_accuracy || (d.accuracy == b.dev_accuracy && d.loss < b.dev_loss)
+    });
+    if better {
+        state.best = Some(BestDev {
+            step: state.step,
+            dev_accuracy: d.accuracy,
+            dev_loss: d.loss,
+        });
+        state.evals_since_best = 0;
+        *best_params = snapshot(trainer)?;
+    } else {
+        state.evals_since_best += 1;
+    }
+    Ok(d.accuracy)
+}
+
+/// The finished run's `result.json`.
+fn train_result(
+    state: &TrainState,
+    trainer: &Trainer,
+    test: Option<&CandidateResult>,
+    test_examples: usize,
+) -> TrainResult {
+    let unmeasured = TrainResult::unmeasured(&state.config);
+    TrainResult {
         summary: RunSummary {
             best_dev_accuracy: state.best.as_ref().map(|b| b.dev_accuracy),
-            test_accuracy: test_result.as_ref().map(|t| t.accuracy),
-            test_f1: test_result.as_ref().and_then(|t| t.f1),
-            test_examples: Some(test.len()),
+            test_accuracy: test.map(|t| t.accuracy),
+            test_f1: test.and_then(|t| t.f1),
+            test_examples: Some(test_examples),
             wall_seconds: state.wall_seconds,
             peak_rss_mb: peak_rss_mb(),
             trainable_params: Some(trainer.trainable.num_trainable()),
@@ -430,14 +494,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         best_step: state.best.as_ref().map(|b| b.step),
         seconds_per_step: state.step_seconds / state.step.max(1) as f64,
         ..unmeasured
-    };
-    write_outputs(&dir, &result, &trainer, &engine)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&result)?);
-    } else {
-        print_summary(&result, &dir);
     }
-    Ok(())
 }
 
 /// The output folder and settings of a new run from the command line (the folder is created;
