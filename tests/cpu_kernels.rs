@@ -8,10 +8,11 @@
 
 use bbt::blas::{library, Blas, BlasKind};
 use bbt::model::config::Architecture;
-use bbt::peft::{Method, MethodConfig, Trainable, Trainer};
+use bbt::peft::{Method, Trainable, Trainer};
 use bbt::protocol::Placement;
 use bbt::scoring::{candidate_logits, EncodedSplit};
 use bbt::testing::random_model::{tiny_engine_in, TINY_VOCAB};
+use bbt::testing::small_method_config;
 use bbt::{Engine, Prompt};
 use candle_core::{DType, Device, Tensor};
 
@@ -140,21 +141,11 @@ fn a_bf16_model_differs_from_f32_only_by_rounding_on_every_path() {
     }
 }
 
-fn small_config(method: Method) -> MethodConfig {
-    let mut c = MethodConfig::defaults(method);
-    c.prompt_length = 3;
-    c.prefix_length = 2;
-    c.prefix_hidden = 8;
-    c.lora_rank = 2;
-    c.adapter_bottleneck = 4;
-    c
-}
-
 /// Loss and gradients of every method after moving its parameters off their initial values.
 fn gradients(engine: &mut Engine, method: Method) -> (f64, Vec<Vec<f32>>) {
     let split = split();
     let verbalizer = bbt::tasks::Verbalizer::single(&[30, 31, 32]).unwrap();
-    let trainable = Trainable::new(engine, &small_config(method), &verbalizer, 5).unwrap();
+    let trainable = Trainable::new(engine, &small_method_config(method), &verbalizer, 5).unwrap();
     for (i, p) in trainable.params().iter().enumerate() {
         let t = p.var.as_tensor();
         let v: Vec<f32> = (0..t.elem_count())

@@ -3,12 +3,13 @@
 //! frozen weights untouched by training, parameter counts.
 
 use bbt::model::config::Architecture;
-use bbt::model::weights::DecoderWeights;
+use bbt::model::weights::{DecoderWeights, Proj};
 use bbt::peft::{Method, MethodConfig, Trainable, Trainer};
 use bbt::protocol::Placement;
 use bbt::scoring::EncodedSplit;
 use bbt::tasks::Verbalizer;
 use bbt::testing::random_model::tiny_engine_in;
+use bbt::testing::small_method_config;
 use bbt::Engine;
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
@@ -26,17 +27,6 @@ fn split() -> EncodedSplit {
         tails: vec![vec![20, 21]; 3],
         labels: vec![0, 2, 1],
     }
-}
-
-/// Small sizes so every method runs in milliseconds.
-fn small_config(method: Method) -> MethodConfig {
-    let mut c = MethodConfig::defaults(method);
-    c.prompt_length = 3;
-    c.prefix_length = 2;
-    c.prefix_hidden = 8;
-    c.lora_rank = 2;
-    c.adapter_bottleneck = 4;
-    c
 }
 
 fn engine(arch: Architecture, dtype: DType) -> Engine {
@@ -81,12 +71,13 @@ fn gradients_match_central_finite_differences() {
     for arch in ARCHITECTURES {
         for method in Method::ALL {
             for placement in [Placement::Prefix, Placement::Suffix] {
-                if placement == Placement::Suffix && method != Method::PromptTuning {
-                    continue;
-                }
                 let mut engine = engine(arch, DType::F64);
-                let mut config = small_config(method);
-                config.placement = placement;
+                let mut config = small_method_config(method);
+                match config.tuner.prompt_tuning_mut() {
+                    Some(prompt) => prompt.placement = placement,
+                    None if placement == Placement::Suffix => continue,
+                    None => {}
+                }
                 let trainable = Trainable::new(&engine, &config, &verbalizer(), 5).unwrap();
                 let what = format!("{arch:?} {method} {placement:?}");
                 check_gradients(&mut engine, trainable, &split, &idx, &what);
@@ -151,7 +142,7 @@ fn several_label_words_per_class_score_their_mean_and_train() {
     let each_word = Verbalizer::single(many.ids()).unwrap();
     for method in [Method::PromptTuning, Method::NormTuning, Method::Lora] {
         let mut engine = engine(Architecture::Llama, DType::F64);
-        let config = small_config(method);
+        let config = small_method_config(method);
         let grouped = Trainable::new(&engine, &config, &many, 5).unwrap();
         let alone = Trainable::new(&engine, &config, &each_word, 5).unwrap();
         let scores: Vec<Vec<f64>> = grouped
@@ -192,7 +183,7 @@ fn training_and_inference_forwards_agree() {
         for method in Method::ALL {
             let mut engine = engine(arch, DType::F32);
             let trainable =
-                Trainable::new(&engine, &small_config(method), &verbalizer(), 5).unwrap();
+                Trainable::new(&engine, &small_method_config(method), &verbalizer(), 5).unwrap();
             perturb(&trainable, &mut ChaCha8Rng::seed_from_u64(3));
             let train: Vec<f32> = trainable
                 .logits(&mut engine, &split, &idx, true)
@@ -252,7 +243,7 @@ fn training_moves_parameters_and_leaves_frozen_weights_bitwise_unchanged() {
             let mut engine = engine(arch, DType::F32);
             let before = frozen_values(engine.weights(), method);
             let trainable =
-                Trainable::new(&engine, &small_config(method), &verbalizer(), 5).unwrap();
+                Trainable::new(&engine, &small_method_config(method), &verbalizer(), 5).unwrap();
             let initial: Vec<Vec<f32>> = trainable
                 .params()
                 .iter()
@@ -295,12 +286,10 @@ fn trainable_parameter_counts() {
                 .num_trainable()
         };
         let r = 2;
-        let lora = small_config(Method::Lora);
+        let lora = small_method_config(Method::Lora);
         assert_eq!(count(&lora), layers * (r * (h + q_out) + r * (h + kv_out)));
         let mut lora_all = lora.clone();
-        lora_all.lora_targets = ["q_proj", "k", "v", "o", "gate", "up", "down"]
-            .map(String::from)
-            .to_vec();
+        lora_all.tuner.lora_mut().unwrap().targets = Proj::ALL.to_vec();
         let ffn = cfg.ffn_size;
         let per_layer = r * (h + q_out)
             + 2 * r * (h + kv_out)
@@ -308,20 +297,23 @@ fn trainable_parameter_counts() {
             + 2 * r * (h + ffn)
             + r * (ffn + h);
         assert_eq!(count(&lora_all), layers * per_layer);
-        assert_eq!(count(&small_config(Method::PromptTuning)), 3 * h);
+        assert_eq!(count(&small_method_config(Method::PromptTuning)), 3 * h);
         assert_eq!(
-            count(&small_config(Method::PTuningV2)),
+            count(&small_method_config(Method::PTuningV2)),
             layers * 2 * 2 * kv_out
         );
         let m = 4;
         let adapter = 2 * m * h + m + h;
-        assert_eq!(count(&small_config(Method::Adapter)), layers * 2 * adapter);
         assert_eq!(
-            count(&small_config(Method::ParallelAdapter)),
+            count(&small_method_config(Method::Adapter)),
+            layers * 2 * adapter
+        );
+        assert_eq!(
+            count(&small_method_config(Method::ParallelAdapter)),
             layers * adapter
         );
         let biases = q_out + 2 * kv_out + h + 2 * ffn + h;
-        assert_eq!(count(&small_config(Method::Bitfit)), layers * biases);
+        assert_eq!(count(&small_method_config(Method::Bitfit)), layers * biases);
         let total_weights: usize = {
             let w = engine.weights();
             let mut n = w.embed.elem_count() + w.final_norm.elem_count();
@@ -339,22 +331,25 @@ fn trainable_parameter_counts() {
             }
             n
         };
-        assert_eq!(count(&small_config(Method::ModelTuning)), total_weights);
+        assert_eq!(
+            count(&small_method_config(Method::ModelTuning)),
+            total_weights
+        );
     }
 }
 
 #[test]
 fn bad_settings_are_refused_with_a_message() {
     let engine = engine(Architecture::Llama, DType::F32);
-    let mut c = small_config(Method::Lora);
-    c.lora_targets = vec!["qq".into()];
+    let mut c = small_method_config(Method::Lora);
+    c.tuner.lora_mut().unwrap().targets.clear();
     let err = Trainable::new(&engine, &c, &verbalizer(), 1).err().unwrap();
-    assert!(err.to_string().contains("unknown LoRA target"), "{err}");
-    let mut c = small_config(Method::PromptTuning);
-    c.prompt_length = 0;
+    assert!(err.to_string().contains("LoRA needs a target"), "{err}");
+    let mut c = small_method_config(Method::PromptTuning);
+    c.tuner.prompt_tuning_mut().unwrap().length = 0;
     assert!(Trainable::new(&engine, &c, &verbalizer(), 1).is_err());
-    let mut c = small_config(Method::Adapter);
-    c.learning_rate = -1.0;
+    let mut c = small_method_config(Method::Adapter);
+    c.training.learning_rate = -1.0;
     assert!(Trainable::new(&engine, &c, &verbalizer(), 1).is_err());
 }
 
@@ -366,7 +361,7 @@ fn saved_and_reloaded_parameters_give_the_same_logits() {
     for arch in ARCHITECTURES {
         for method in Method::ALL {
             let mut engine = engine(arch, DType::F32);
-            let config = small_config(method);
+            let config = small_method_config(method);
             let trained = Trainable::new(&engine, &config, &verbalizer(), 5).unwrap();
             perturb(&trained, &mut ChaCha8Rng::seed_from_u64(4));
             let path = dir.path().join(format!("{arch:?}-{method}.safetensors"));
@@ -392,7 +387,13 @@ fn saved_and_reloaded_parameters_give_the_same_logits() {
     }
     // A file for another method is refused with a message.
     let engine = engine(Architecture::Llama, DType::F32);
-    let lora = Trainable::new(&engine, &small_config(Method::Lora), &verbalizer(), 1).unwrap();
+    let lora = Trainable::new(
+        &engine,
+        &small_method_config(Method::Lora),
+        &verbalizer(),
+        1,
+    )
+    .unwrap();
     let err = lora
         .load(&dir.path().join("Llama-bitfit.safetensors"))
         .unwrap_err();

@@ -10,7 +10,7 @@ use bbt::Engine;
 fn mean_loss(trainable: &Trainable, engine: &mut Engine, split: &EncodedSplit) -> f64 {
     let idx: Vec<usize> = (0..split.len()).collect();
     let logits = trainable.logits(engine, split, &idx, false).unwrap();
-    loss_tensor(&logits, &split.labels, trainable.config().loss)
+    loss_tensor(&logits, &split.labels, trainable.config().training.loss)
         .unwrap()
         .to_scalar::<f32>()
         .unwrap() as f64
@@ -53,8 +53,10 @@ fn a_few_steps_lower_the_training_loss_for_every_method() {
     let base = first_weight(&engine);
     for method in Method::ALL {
         let mut config = MethodConfig::defaults(method);
-        config.prompt_length = 5;
-        config.warmup_ratio = 0.0;
+        if let Some(prompt) = config.tuner.prompt_tuning_mut() {
+            prompt.length = 5;
+        }
+        config.training.warmup_ratio = 0.0;
         let trainable = Trainable::new(&engine, &config, &verbalizer, 1).unwrap();
         let mut trainer = Trainer::new(trainable, 1).unwrap();
         trainer
@@ -63,7 +65,7 @@ fn a_few_steps_lower_the_training_loss_for_every_method() {
         let before = mean_loss(&trainer.trainable, &mut engine, &train);
         for _ in 0..3 {
             trainer
-                .step(&mut engine, &train, &idx, config.learning_rate)
+                .step(&mut engine, &train, &idx, config.training.learning_rate)
                 .unwrap();
         }
         let after = mean_loss(&trainer.trainable, &mut engine, &train);

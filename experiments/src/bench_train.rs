@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use bbt::peft::optim::learning_rate_at;
+use bbt::peft::tuners::{LoraConfig, PromptTuningConfig};
 use bbt::peft::{Method, MethodConfig, Trainable, Trainer};
 use serde_json::{json, Value};
 
@@ -111,7 +112,7 @@ fn measure_one(args: &Args, method: Method) -> anyhow::Result<()> {
     trainable.share_weights_with(&mut p.engine)?;
     let mut trainer = Trainer::new(trainable, 42)?;
     trainer.select_child_network(&mut p.engine, &p.train, 8)?;
-    let lr = learning_rate_at(5, 10, 0.0, config.method.learning_rate);
+    let lr = learning_rate_at(5, 10, 0.0, config.method.training.learning_rate);
     let mut step_times = Vec::new();
     let mut forward_times = Vec::new();
     let mut inference_times = Vec::new();
@@ -186,7 +187,7 @@ fn run_peers(args: &Args, methods: &[Method], ours: &[Value]) -> anyhow::Result<
         if !methods.contains(&method) {
             continue;
         }
-        let c = MethodConfig::defaults(method);
+        let (prompt, lora) = (PromptTuningConfig::default(), LoraConfig::default());
         let result = crate::peers::run_python(
             "torch_train_step.py",
             &[
@@ -194,9 +195,9 @@ fn run_peers(args: &Args, methods: &[Method], ours: &[Value]) -> anyhow::Result<
                 inputs.path().display().to_string(),
                 method.name().to_string(),
                 args.steps.to_string(),
-                c.prompt_length.to_string(),
-                c.lora_rank.to_string(),
-                c.lora_alpha.to_string(),
+                prompt.length.to_string(),
+                lora.rank.to_string(),
+                lora.alpha.to_string(),
             ],
         );
         match result {

@@ -153,7 +153,7 @@ fn bad_flags_and_folders_exit_nonzero_with_a_message() {
             "--lora-targets",
             "qq",
         ],
-        "unknown LoRA target",
+        "unknown projection \"qq\"",
     );
     // A setting of another method is refused, naming the methods it is for.
     fails_with(

@@ -40,7 +40,10 @@ pub struct LayerWeights {
 
 /// The linear projections of a block by name: the hook points where LoRA factors and biases
 /// attach, whatever the fused storage behind them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub enum Proj {
     Q,
     K,
@@ -76,10 +79,9 @@ impl Proj {
         }
     }
 
-    /// The projection named `name` (short names, or HF's `q_proj`, `gate_proj`, ...).
-    pub fn parse(name: &str) -> Option<Proj> {
-        let short = name.strip_suffix("_proj").unwrap_or(name);
-        Proj::ALL.into_iter().find(|p| p.name() == short)
+    /// HF transformers' module name (`q_proj`, `gate_proj`, ...).
+    pub fn hf_name(self) -> String {
+        format!("{}_proj", self.name())
     }
 
     /// HF transformers' module path inside a decoder layer (`self_attn.q_proj`, ...).
@@ -93,6 +95,33 @@ impl Proj {
             Proj::Up => "mlp.up_proj",
             Proj::Down => "mlp.down_proj",
         }
+    }
+}
+
+impl std::str::FromStr for Proj {
+    type Err = String;
+
+    /// The projection named `name`: a short name, or HF's `q_proj`, `gate_proj`, ...
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let short = name.strip_suffix("_proj").unwrap_or(name);
+        Proj::ALL
+            .into_iter()
+            .find(|p| p.name() == short)
+            .ok_or_else(|| format!("unknown projection {name:?}: use q, k, v, o, gate, up or down"))
+    }
+}
+
+impl TryFrom<String> for Proj {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
+}
+
+impl From<Proj> for String {
+    fn from(p: Proj) -> String {
+        p.name().to_string()
     }
 }
 

@@ -1,181 +1,56 @@
-//! Every gradient method and every one of its settings, with its default and where the default
-//! comes from, in one place. `bbt-experiments train` exposes each field as a flag.
+//! The settings of a training run, with every default and where it comes from: the method's own
+//! settings ([`TunerConfig`], one type per method in [`super::tuners`]) and the optimisation
+//! settings every method shares ([`TrainingConfig`]). `bbt-experiments train` exposes each as a
+//! flag.
 
 use serde::{Deserialize, Serialize};
 
+use super::method::Method;
+use super::tuners::{
+    AdapterConfig, ChildTuningConfig, LoraConfig, MamAdapterConfig, PTuningV2Config,
+    PrefixTuningConfig, PromptTuningConfig, TunerConfig,
+};
+use crate::model::weights::Proj;
 use crate::protocol::{Loss, Placement};
 
-/// A gradient-based tuning method (the comparison set of the BBT and BBTv2 papers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// Every weight of the model.
-    ModelTuning,
-    /// L trainable input vectors (Lester et al. 2021), prefix or suffix placement.
-    PromptTuning,
-    /// Trainable keys/values at every layer produced by a reparameterisation MLP (Li & Liang 2021).
-    PrefixTuning,
-    /// Trainable keys/values at every layer, directly (Liu et al. 2022, P-tuning v2).
-    #[value(name = "p-tuning-v2")]
-    #[serde(rename = "p-tuning-v2")]
-    PTuningV2,
-    /// Low-rank updates of chosen projections (Hu et al. 2021).
-    Lora,
-    /// Houlsby adapters: a bottleneck after attention and after the feed-forward sublayer.
-    Adapter,
-    /// A scaled bottleneck parallel to the feed-forward sublayer (He et al. 2022).
-    ParallelAdapter,
-    /// Prefix keys/values plus a parallel adapter at the feed-forward sublayer (He et al. 2022).
-    MamAdapter,
-    /// Biases only (Ben Zaken et al. 2022); the Llama and Gemma blocks have none, so zero biases
-    /// are added to every projection.
-    Bitfit,
-    /// Norm weights plus the verbalizer rows of the output head.
-    NormTuning,
-    /// Model tuning with a fresh Bernoulli(p) mask on the gradients at every step (Xu et al.
-    /// 2021, Child-Tuning_F).
-    ChildTuningF,
-    /// Model tuning of a fixed child network: the fraction p of weights with the largest Fisher
-    /// information on the training data (Xu et al. 2021, Child-Tuning_D).
-    ChildTuningD,
-    /// The input followed directly by the prediction position, no template words, trained with
-    /// BitFit (Logan IV et al. 2022).
-    NullPrompt,
-}
-
-impl Method {
-    /// Every method, in the order reports list them.
-    pub const ALL: [Method; 13] = [
-        Method::ModelTuning,
-        Method::PromptTuning,
-        Method::PrefixTuning,
-        Method::PTuningV2,
-        Method::Lora,
-        Method::Adapter,
-        Method::ParallelAdapter,
-        Method::MamAdapter,
-        Method::Bitfit,
-        Method::NormTuning,
-        Method::ChildTuningF,
-        Method::ChildTuningD,
-        Method::NullPrompt,
-    ];
-
-    /// The method's name as the command line and `result.json` spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::ModelTuning => "model-tuning",
-            Method::PromptTuning => "prompt-tuning",
-            Method::PrefixTuning => "prefix-tuning",
-            Method::PTuningV2 => "p-tuning-v2",
-            Method::Lora => "lora",
-            Method::Adapter => "adapter",
-            Method::ParallelAdapter => "parallel-adapter",
-            Method::MamAdapter => "mam-adapter",
-            Method::Bitfit => "bitfit",
-            Method::NormTuning => "norm-tuning",
-            Method::ChildTuningF => "child-tuning-f",
-            Method::ChildTuningD => "child-tuning-d",
-            Method::NullPrompt => "null-prompt",
-        }
-    }
-
-    /// The method's name in words, as papers and reports write it.
-    pub fn title(self) -> &'static str {
-        match self {
-            Method::ModelTuning => "Model tuning (every weight)",
-            Method::PromptTuning => "Prompt tuning",
-            Method::PrefixTuning => "Prefix-tuning",
-            Method::PTuningV2 => "P-tuning v2",
-            Method::Lora => "LoRA",
-            Method::Adapter => "Adapter (Houlsby)",
-            Method::ParallelAdapter => "Parallel adapter",
-            Method::MamAdapter => "MAM adapter",
-            Method::Bitfit => "BitFit (biases only)",
-            Method::NormTuning => "Norm tuning",
-            Method::ChildTuningF => "Child-Tuning_F",
-            Method::ChildTuningD => "Child-Tuning_D",
-            Method::NullPrompt => "Null prompt + BitFit",
-        }
-    }
-}
-
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A setting that only some methods read; every other setting applies to all of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MethodSetting {
-    PromptLength,
-    Placement,
-    PrefixLength,
-    PrefixHidden,
-    LoraRank,
-    LoraAlpha,
-    LoraDropout,
-    LoraTargets,
-    AdapterBottleneck,
-    AdapterScale,
-    ChildP,
-}
-
-impl MethodSetting {
-    /// The methods that read it.
-    pub fn methods(self) -> &'static [Method] {
-        use Method::*;
-        match self {
-            Self::PromptLength | Self::Placement => &[PromptTuning],
-            Self::PrefixLength => &[PrefixTuning, PTuningV2, MamAdapter],
-            Self::PrefixHidden => &[PrefixTuning],
-            Self::LoraRank | Self::LoraAlpha | Self::LoraDropout | Self::LoraTargets => &[Lora],
-            Self::AdapterBottleneck | Self::AdapterScale => &[Adapter, ParallelAdapter, MamAdapter],
-            Self::ChildP => &[ChildTuningF, ChildTuningD],
-        }
-    }
-
-    /// Its command-line flag.
-    pub fn flag(self) -> &'static str {
-        match self {
-            Self::PromptLength => "--prompt-length",
-            Self::Placement => "--placement",
-            Self::PrefixLength => "--prefix-length",
-            Self::PrefixHidden => "--prefix-hidden",
-            Self::LoraRank => "--lora-rank",
-            Self::LoraAlpha => "--lora-alpha",
-            Self::LoraDropout => "--lora-dropout",
-            Self::LoraTargets => "--lora-targets",
-            Self::AdapterBottleneck => "--adapter-bottleneck",
-            Self::AdapterScale => "--adapter-scale",
-            Self::ChildP => "--child-p",
-        }
-    }
-
-    /// An error naming the setting and the methods it is for, unless `method` reads it.
-    pub fn check(self, method: Method) -> anyhow::Result<()> {
-        let methods = self.methods();
-        anyhow::ensure!(
-            methods.contains(&method),
-            "{} does not apply to {method}: it is a setting of {}",
-            self.flag(),
-            methods
-                .iter()
-                .map(|m| m.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        Ok(())
-    }
-}
-
-/// The settings of one training run; saved in every checkpoint and in `result.json`.
+/// The settings of one training run; saved in every checkpoint and in `result.json` as one
+/// object: `method`, the method's `settings`, and the training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "StoredMethodConfig")]
 pub struct MethodConfig {
-    pub method: Method,
-    /// Peak learning rate of AdamW (see [`MethodConfig::defaults`] per method).
+    /// The method and its own settings.
+    #[serde(flatten)]
+    pub tuner: TunerConfig,
+    /// What every method shares: optimizer, schedule, steps, loss.
+    #[serde(flatten)]
+    pub training: TrainingConfig,
+}
+
+impl MethodConfig {
+    /// The defaults of `method`.
+    pub fn defaults(method: Method) -> Self {
+        Self {
+            tuner: TunerConfig::defaults(method),
+            training: TrainingConfig::defaults(method),
+        }
+    }
+
+    /// The method.
+    pub fn method(&self) -> Method {
+        self.tuner.method()
+    }
+
+    /// Checks the settings, with a message naming the bad one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.training.validate()?;
+        self.tuner.validate()
+    }
+}
+
+/// The optimisation settings every method shares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingConfig {
+    /// Peak learning rate of AdamW (see [`TrainingConfig::defaults`] per method).
     pub learning_rate: f64,
     /// AdamW's decoupled weight decay. 0, as HF's Trainer defaults to.
     pub weight_decay: f64,
@@ -199,35 +74,14 @@ pub struct MethodConfig {
     pub patience: usize,
     /// Training loss over the verbalizer logits (the loss BBT minimises).
     pub loss: Loss,
-    /// Prompt tuning: number of prompt vectors L. 50, as BBT's prompt.
-    pub prompt_length: usize,
-    /// Prompt tuning: where the prompt goes (as in `bbt tune`).
-    pub placement: Placement,
-    /// Prefix tuning, P-tuning v2 and MAM: prefix key/value positions per layer.
-    pub prefix_length: usize,
-    /// Prefix tuning: width of the reparameterisation MLP (Li & Liang use 512 for GPT-2 medium).
-    pub prefix_hidden: usize,
-    /// LoRA rank r, alpha (the update is scaled by alpha / r) and dropout on its input.
-    pub lora_rank: usize,
-    pub lora_alpha: f64,
-    pub lora_dropout: f32,
-    /// LoRA target projections: `q`, `k`, `v`, `o`, `gate`, `up`, `down` (HF names such as
-    /// `q_proj` are accepted). q and v, as in the LoRA paper and peft's Llama default.
-    pub lora_targets: Vec<String>,
-    /// Adapters: bottleneck width.
-    pub adapter_bottleneck: usize,
-    /// Parallel and MAM adapters: output scale s (He et al. use 4).
-    pub adapter_scale: f64,
-    /// Child-Tuning: p_F, the keep probability of the gradient mask (F), or p_D, the fraction
-    /// of weights in the child network (D).
-    pub child_p: f64,
 }
 
-impl MethodConfig {
-    /// The defaults of `method`. Learning rates follow the method papers' few-shot or small-data
-    /// settings, scaled for a model trained with full-batch AdamW on 32 examples; those of LoRA,
-    /// prompt tuning, BitFit and model tuning were checked against a third and three times
-    /// their value on MR's dev split (`results/lr-sweep-mr-seed42/`, discussed in README).
+impl TrainingConfig {
+    /// The defaults for `method`. Learning rates follow the method papers' few-shot or
+    /// small-data settings, scaled for a model trained with full-batch AdamW on 32 examples;
+    /// those of LoRA, prompt tuning, BitFit and model tuning were checked against a third and
+    /// three times their value on MR's dev split (`results/lr-sweep-mr-seed42/`, discussed in
+    /// README).
     pub fn defaults(method: Method) -> Self {
         let learning_rate = match method {
             // LM-BFF / BBT's model-tuning baseline uses 1e-5 for 1,000 steps; 3e-5 for 50.
@@ -242,7 +96,6 @@ impl MethodConfig {
             Method::Bitfit | Method::NullPrompt | Method::NormTuning => 1e-3,
         };
         Self {
-            method,
             learning_rate,
             weight_decay: 0.0,
             beta1: 0.9,
@@ -255,21 +108,6 @@ impl MethodConfig {
             eval_every: 10,
             patience: 0,
             loss: Loss::CrossEntropy,
-            prompt_length: 50,
-            placement: Placement::Prefix,
-            prefix_length: if method == Method::MamAdapter { 30 } else { 10 },
-            prefix_hidden: 512,
-            lora_rank: 8,
-            lora_alpha: 16.0,
-            lora_dropout: 0.0,
-            lora_targets: vec!["q".into(), "v".into()],
-            adapter_bottleneck: if method == Method::MamAdapter {
-                128
-            } else {
-                64
-            },
-            adapter_scale: if method == Method::Adapter { 1.0 } else { 4.0 },
-            child_p: 0.3,
         }
     }
 
@@ -289,52 +127,114 @@ impl MethodConfig {
             self.batch_size != Some(0),
             "batch size must be at least 1 (omit it for full-batch)"
         );
-        anyhow::ensure!(
-            (0.0..1.0).contains(&(self.lora_dropout as f64)),
-            "LoRA dropout must be in [0, 1)"
-        );
-        anyhow::ensure!(
-            self.child_p > 0.0 && self.child_p <= 1.0,
-            "child-tuning p must be in (0, 1]"
-        );
-        let needs_positive = [
-            ("prompt length", self.prompt_length, Method::PromptTuning),
-            ("prefix length", self.prefix_length, Method::PrefixTuning),
-            ("prefix length", self.prefix_length, Method::PTuningV2),
-            ("prefix length", self.prefix_length, Method::MamAdapter),
-            ("LoRA rank", self.lora_rank, Method::Lora),
-            (
-                "adapter bottleneck",
-                self.adapter_bottleneck,
-                Method::Adapter,
-            ),
-            (
-                "adapter bottleneck",
-                self.adapter_bottleneck,
-                Method::ParallelAdapter,
-            ),
-            (
-                "adapter bottleneck",
-                self.adapter_bottleneck,
-                Method::MamAdapter,
-            ),
-        ];
-        for (what, value, method) in needs_positive {
-            anyhow::ensure!(
-                self.method != method || value > 0,
-                "{what} must be at least 1 for {method}"
-            );
-        }
-        if self.method == Method::Lora {
-            anyhow::ensure!(!self.lora_targets.is_empty(), "LoRA needs a target module");
-            for t in &self.lora_targets {
-                anyhow::ensure!(
-                    crate::model::weights::Proj::parse(t).is_some(),
-                    "unknown LoRA target {t:?}: use q, k, v, o, gate, up or down"
-                );
-            }
-        }
         Ok(())
+    }
+}
+
+/// A [`MethodConfig`] as files hold it: today's form, or the flat form of earlier versions, in
+/// which every method's settings sat beside each other whatever the method.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredMethodConfig {
+    Current {
+        #[serde(flatten)]
+        tuner: TunerConfig,
+        #[serde(flatten)]
+        training: TrainingConfig,
+    },
+    Flat(FlatMethodConfig),
+}
+
+/// The flat form of earlier versions.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlatMethodConfig {
+    method: Method,
+    learning_rate: f64,
+    weight_decay: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    warmup_ratio: f64,
+    max_grad_norm: f64,
+    steps: usize,
+    batch_size: Option<usize>,
+    eval_every: usize,
+    patience: usize,
+    loss: Loss,
+    prompt_length: usize,
+    placement: Placement,
+    prefix_length: usize,
+    prefix_hidden: usize,
+    lora_rank: usize,
+    lora_alpha: f64,
+    lora_dropout: f32,
+    lora_targets: Vec<Proj>,
+    adapter_bottleneck: usize,
+    adapter_scale: f64,
+    child_p: f64,
+}
+
+impl From<StoredMethodConfig> for MethodConfig {
+    fn from(stored: StoredMethodConfig) -> Self {
+        let f = match stored {
+            StoredMethodConfig::Current { tuner, training } => {
+                return MethodConfig { tuner, training }
+            }
+            StoredMethodConfig::Flat(f) => f,
+        };
+        let adapter = AdapterConfig {
+            bottleneck: f.adapter_bottleneck,
+            scale: f.adapter_scale,
+        };
+        let child = ChildTuningConfig { p: f.child_p };
+        let tuner = match f.method {
+            Method::ModelTuning => TunerConfig::ModelTuning,
+            Method::PromptTuning => TunerConfig::PromptTuning(PromptTuningConfig {
+                length: f.prompt_length,
+                placement: f.placement,
+            }),
+            Method::PrefixTuning => TunerConfig::PrefixTuning(PrefixTuningConfig {
+                length: f.prefix_length,
+                hidden: f.prefix_hidden,
+            }),
+            Method::PTuningV2 => TunerConfig::PTuningV2(PTuningV2Config {
+                length: f.prefix_length,
+            }),
+            Method::Lora => TunerConfig::Lora(LoraConfig {
+                rank: f.lora_rank,
+                alpha: f.lora_alpha,
+                dropout: f.lora_dropout,
+                targets: f.lora_targets,
+            }),
+            Method::Adapter => TunerConfig::Adapter(adapter),
+            Method::ParallelAdapter => TunerConfig::ParallelAdapter(adapter),
+            Method::MamAdapter => TunerConfig::MamAdapter(MamAdapterConfig {
+                prefix_length: f.prefix_length,
+                bottleneck: f.adapter_bottleneck,
+                scale: f.adapter_scale,
+            }),
+            Method::Bitfit => TunerConfig::Bitfit,
+            Method::NormTuning => TunerConfig::NormTuning,
+            Method::ChildTuningF => TunerConfig::ChildTuningF(child),
+            Method::ChildTuningD => TunerConfig::ChildTuningD(child),
+            Method::NullPrompt => TunerConfig::NullPrompt,
+        };
+        let training = TrainingConfig {
+            learning_rate: f.learning_rate,
+            weight_decay: f.weight_decay,
+            beta1: f.beta1,
+            beta2: f.beta2,
+            eps: f.eps,
+            warmup_ratio: f.warmup_ratio,
+            max_grad_norm: f.max_grad_norm,
+            steps: f.steps,
+            batch_size: f.batch_size,
+            eval_every: f.eval_every,
+            patience: f.patience,
+            loss: f.loss,
+        };
+        MethodConfig { tuner, training }
     }
 }
 
@@ -343,18 +243,113 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_method_specific_setting_is_refused_for_other_methods() {
-        assert!(MethodSetting::PrefixLength
-            .check(Method::MamAdapter)
-            .is_ok());
-        assert!(MethodSetting::AdapterScale.check(Method::Adapter).is_ok());
-        let err = MethodSetting::ChildP
-            .check(Method::Lora)
-            .unwrap_err()
-            .to_string();
+    fn every_method_round_trips_through_json() {
+        for method in Method::ALL {
+            let config = MethodConfig::defaults(method);
+            let json = serde_json::to_value(&config).unwrap();
+            assert_eq!(json["method"], method.name());
+            let back: MethodConfig = serde_json::from_value(json).unwrap();
+            assert_eq!(back, config, "{method}");
+        }
+        let lora = serde_json::to_value(MethodConfig::defaults(Method::Lora)).unwrap();
+        assert_eq!(lora["settings"]["targets"], serde_json::json!(["q", "v"]));
+        assert_eq!(lora["settings"]["rank"], 8);
+        let bitfit = serde_json::to_value(MethodConfig::defaults(Method::Bitfit)).unwrap();
+        assert!(bitfit.get("settings").is_none(), "{bitfit}");
+    }
+
+    /// The form every checkpoint and `result.json` of earlier versions holds.
+    fn flat(method: &str) -> serde_json::Value {
+        serde_json::json!({
+            "method": method, "learning_rate": 0.002, "weight_decay": 0.0, "beta1": 0.9,
+            "beta2": 0.999, "eps": 1e-8, "warmup_ratio": 0.06, "max_grad_norm": 1.0,
+            "steps": 40, "batch_size": null, "eval_every": 10, "patience": 0,
+            "loss": {"kind": "cross_entropy"}, "prompt_length": 7, "placement": "suffix",
+            "prefix_length": 11, "prefix_hidden": 64, "lora_rank": 4, "lora_alpha": 8.0,
+            "lora_dropout": 0.1, "lora_targets": ["q_proj", "down"], "adapter_bottleneck": 16,
+            "adapter_scale": 2.0, "child_p": 0.2
+        })
+    }
+
+    #[test]
+    fn the_flat_form_of_earlier_versions_still_reads() {
+        let read = |m: &str| serde_json::from_value::<MethodConfig>(flat(m)).unwrap();
+        let lora = read("lora");
+        assert_eq!(lora.training.steps, 40);
+        assert_eq!(lora.training.learning_rate, 0.002);
         assert_eq!(
-            err,
-            "--child-p does not apply to lora: it is a setting of child-tuning-f, child-tuning-d"
+            lora.tuner,
+            TunerConfig::Lora(LoraConfig {
+                rank: 4,
+                alpha: 8.0,
+                dropout: 0.1,
+                targets: vec![Proj::Q, Proj::Down],
+            })
+        );
+        assert_eq!(
+            read("prompt-tuning").tuner,
+            TunerConfig::PromptTuning(PromptTuningConfig {
+                length: 7,
+                placement: Placement::Suffix
+            })
+        );
+        assert_eq!(
+            read("mam-adapter").tuner,
+            TunerConfig::MamAdapter(MamAdapterConfig {
+                prefix_length: 11,
+                bottleneck: 16,
+                scale: 2.0
+            })
+        );
+        assert_eq!(
+            read("child-tuning-d").tuner,
+            TunerConfig::ChildTuningD(ChildTuningConfig { p: 0.2 })
+        );
+        assert_eq!(read("bitfit").tuner, TunerConfig::Bitfit);
+        assert_eq!(read("bitfit").training.steps, 40);
+    }
+
+    #[test]
+    fn an_unknown_lora_target_is_refused_when_read() {
+        let mut json = serde_json::to_value(MethodConfig::defaults(Method::Lora)).unwrap();
+        json["settings"]["targets"] = serde_json::json!(["q", "qq"]);
+        assert!(serde_json::from_value::<MethodConfig>(json).is_err());
+        let err = "qq".parse::<Proj>().unwrap_err();
+        assert!(err.contains("unknown projection \"qq\""), "{err}");
+    }
+
+    #[test]
+    fn each_method_validates_its_own_settings() {
+        let mut c = MethodConfig::defaults(Method::Lora);
+        c.tuner.lora_mut().unwrap().targets.clear();
+        assert!(c.validate().unwrap_err().to_string().contains("target"));
+        let mut c = MethodConfig::defaults(Method::MamAdapter);
+        *c.tuner.prefix_length_mut().unwrap() = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("prefix length"));
+        let mut c = MethodConfig::defaults(Method::ChildTuningF);
+        c.tuner.child_tuning_mut().unwrap().p = 1.5;
+        assert!(c.validate().is_err());
+        let mut c = MethodConfig::defaults(Method::Bitfit);
+        c.training.steps = 0;
+        assert!(c.validate().is_err());
+        for method in Method::ALL {
+            MethodConfig::defaults(method).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn the_methods_with_a_setting_come_from_the_types() {
+        assert_eq!(
+            TunerConfig::methods_with(TunerConfig::prefix_length_mut),
+            [Method::PrefixTuning, Method::PTuningV2, Method::MamAdapter]
+        );
+        assert_eq!(
+            TunerConfig::methods_with(TunerConfig::child_tuning_mut),
+            [Method::ChildTuningF, Method::ChildTuningD]
         );
     }
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
-use super::config::MethodConfig;
-use super::trainable::Param;
+use super::config::TrainingConfig;
+use super::params::Param;
 
 /// AdamW with its first and second moments per parameter.
 pub struct AdamW {
@@ -25,7 +25,7 @@ pub struct AdamW {
 
 impl AdamW {
     /// Zero moments for `params`, settings from `config`.
-    pub fn new(params: &[Param], config: &MethodConfig) -> candle_core::Result<Self> {
+    pub fn new(params: &[Param], config: &TrainingConfig) -> candle_core::Result<Self> {
         let zeros = params
             .iter()
             .map(|p| p.var.zeros_like())
@@ -142,7 +142,8 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> candle_core::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peft::config::{Method, MethodConfig};
+    use crate::peft::config::TrainingConfig;
+    use crate::peft::method::Method;
     use candle_core::{Device, Var};
 
     #[test]
@@ -152,7 +153,7 @@ mod tests {
             name: "w".into(),
             var,
         }];
-        let mut config = MethodConfig::defaults(Method::Lora);
+        let mut config = TrainingConfig::defaults(Method::Lora);
         config.weight_decay = 0.1;
         let mut opt = AdamW::new(&params, &config).unwrap();
         let g1 = Tensor::new(&[0.5f64, -1.0], &Device::Cpu).unwrap();

@@ -7,9 +7,10 @@ use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::config::Method;
+use super::method::Method;
 use super::optim::{clip_grad_norm, AdamW};
 use super::trainable::Trainable;
+use super::tuners::TunerConfig;
 use crate::engine::Engine;
 use crate::scoring::{loss_tensor, EncodedSplit};
 
@@ -47,9 +48,9 @@ impl Trainer {
     /// A trainer with fresh optimizer state. Child-Tuning_D still needs
     /// [`Trainer::select_child_network`] before its first step.
     pub fn new(trainable: Trainable, seed: u64) -> candle_core::Result<Self> {
-        let optimizer = AdamW::new(trainable.params(), trainable.config())?;
-        let mask = match trainable.config().method {
-            Method::ChildTuningF => GradientMask::Bernoulli(trainable.config().child_p),
+        let optimizer = AdamW::new(trainable.params(), &trainable.config().training)?;
+        let mask = match &trainable.config().tuner {
+            TunerConfig::ChildTuningF(c) => GradientMask::Bernoulli(c.p),
             _ => GradientMask::All,
         };
         Ok(Self {
@@ -71,7 +72,7 @@ impl Trainer {
     ) -> anyhow::Result<(f64, Vec<Tensor>)> {
         let logits = self.trainable.logits(engine, split, idx, true)?;
         let labels: Vec<usize> = idx.iter().map(|&i| split.labels[i]).collect();
-        let loss = loss_tensor(&logits, &labels, self.trainable.config().loss)?;
+        let loss = loss_tensor(&logits, &labels, self.trainable.config().training.loss)?;
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let mut store = loss.backward()?;
         let grads = self
@@ -125,23 +126,24 @@ impl Trainer {
                 }
             }
         }
-        let grad_norm = clip_grad_norm(&mut grads, self.trainable.config().max_grad_norm)?;
+        let grad_norm = clip_grad_norm(&mut grads, self.trainable.config().training.max_grad_norm)?;
         self.optimizer.step(self.trainable.params(), &grads, lr)?;
         Ok(StepReport { loss, grad_norm })
     }
 
     /// Child-Tuning_D: accumulates the Fisher information (squared gradients) of every weight
     /// over the training examples in batches of `batch`, and fixes the child network to the
-    /// fraction `child_p` of weights with the largest values. Other methods ignore it.
+    /// fraction p of weights with the largest values. Other methods ignore it.
     pub fn select_child_network(
         &mut self,
         engine: &mut Engine,
         split: &EncodedSplit,
         batch: usize,
     ) -> anyhow::Result<()> {
-        if self.trainable.config().method != Method::ChildTuningD {
+        let TunerConfig::ChildTuningD(child) = &self.trainable.config().tuner else {
             return Ok(());
-        }
+        };
+        let p = child.p;
         let all: Vec<usize> = (0..split.len()).collect();
         let mut fisher: Option<Vec<Tensor>> = None;
         for chunk in all.chunks(batch.max(1)) {
@@ -160,7 +162,7 @@ impl Trainer {
             });
         }
         let fisher = fisher.ok_or_else(|| anyhow::anyhow!("no training examples"))?;
-        let threshold = top_fraction_threshold(&fisher, self.trainable.config().child_p)?;
+        let threshold = top_fraction_threshold(&fisher, p)?;
         let masks = fisher
             .iter()
             .map(|f| f.ge(threshold)?.to_dtype(f.dtype()))
@@ -185,7 +187,7 @@ impl Trainer {
 
     /// Restores a mask saved by [`Trainer::mask_state`].
     pub fn restore_mask(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()> {
-        if self.trainable.config().method != Method::ChildTuningD {
+        if self.trainable.config().method() != Method::ChildTuningD {
             return Ok(());
         }
         let masks = self

@@ -36,10 +36,34 @@ pub fn paper_datasets(workspace: &Path, who: &str) -> Option<PathBuf> {
 /// Whether every weight of the model trains under `method` (so gradients and optimizer state
 /// cover it).
 #[cfg(feature = "engine")]
-pub fn tunes_all_weights(method: crate::peft::config::Method) -> bool {
-    use crate::peft::config::Method;
+pub fn tunes_all_weights(method: crate::peft::Method) -> bool {
+    use crate::peft::Method;
     matches!(
         method,
         Method::ModelTuning | Method::ChildTuningF | Method::ChildTuningD
     )
+}
+
+/// `method`'s defaults scaled down (prompt 3, prefix 2, MLP width 8, LoRA rank 2, adapter
+/// width 4) so every method runs in milliseconds on a tiny model.
+#[cfg(feature = "engine")]
+pub fn small_method_config(method: crate::peft::Method) -> crate::peft::MethodConfig {
+    use crate::peft::TunerConfig;
+    let mut c = crate::peft::MethodConfig::defaults(method);
+    match &mut c.tuner {
+        TunerConfig::PromptTuning(p) => p.length = 3,
+        TunerConfig::PrefixTuning(p) => {
+            p.length = 2;
+            p.hidden = 8;
+        }
+        TunerConfig::PTuningV2(p) => p.length = 2,
+        TunerConfig::Lora(l) => l.rank = 2,
+        TunerConfig::Adapter(a) | TunerConfig::ParallelAdapter(a) => a.bottleneck = 4,
+        TunerConfig::MamAdapter(m) => {
+            m.prefix_length = 2;
+            m.bottleneck = 4;
+        }
+        _ => {}
+    }
+    c
 }

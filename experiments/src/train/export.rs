@@ -7,10 +7,25 @@ use std::path::Path;
 
 use bbt::model::config::RopeStyle;
 use bbt::model::weights::interleaved_to_half_rows;
-use bbt::peft::{Method, Trainable};
+use bbt::peft::{Trainable, TunerConfig};
+use bbt::protocol::Placement;
 use bbt::Engine;
 use candle_core::{DType, Tensor};
 use serde_json::json;
+
+/// An error unless a run of `tuner` has the layout HF peft gives the same method: peft puts
+/// prompt tuning's virtual tokens before every input token, which only the prefix placement on a
+/// model without a BOS token (`bos`) matches.
+pub fn ensure_peft_layout(tuner: &TunerConfig, bos: &[u32]) -> anyhow::Result<()> {
+    if let TunerConfig::PromptTuning(prompt) = tuner {
+        anyhow::ensure!(
+            prompt.placement == Placement::Prefix && bos.is_empty(),
+            "peft puts the virtual tokens before every input token: only the prefix placement \
+             on a model without a BOS token has the same layout"
+        );
+    }
+    Ok(())
+}
 
 /// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` for LoRA and prompt
 /// tuning; other methods have no peft equivalent on this model and write nothing.
@@ -22,21 +37,16 @@ pub fn write_peft_adapter(
     let c = trainable.config();
     let cfg = engine.config();
     let base = engine.info().name.clone();
-    let (config, tensors) = match c.method {
-        Method::Lora => {
-            let targets: Vec<String> = c
-                .lora_targets
-                .iter()
-                .filter_map(|t| bbt::model::weights::Proj::parse(t))
-                .map(|p| format!("{}_proj", p.name()))
-                .collect();
+    let (config, tensors) = match &c.tuner {
+        TunerConfig::Lora(lora) => {
+            let targets: Vec<String> = lora.targets.iter().map(|p| p.hf_name()).collect();
             let config = json!({
                 "peft_type": "LORA",
                 "task_type": "CAUSAL_LM",
                 "base_model_name_or_path": base,
-                "r": c.lora_rank,
-                "lora_alpha": c.lora_alpha,
-                "lora_dropout": c.lora_dropout,
+                "r": lora.rank,
+                "lora_alpha": lora.alpha,
+                "lora_dropout": lora.dropout,
                 "target_modules": targets,
                 "bias": "none",
                 "fan_in_fan_out": false,
@@ -61,12 +71,12 @@ pub fn write_peft_adapter(
             }
             (config, tensors)
         }
-        Method::PromptTuning => {
+        TunerConfig::PromptTuning(prompt) => {
             let config = json!({
                 "peft_type": "PROMPT_TUNING",
                 "task_type": "CAUSAL_LM",
                 "base_model_name_or_path": base,
-                "num_virtual_tokens": c.prompt_length,
+                "num_virtual_tokens": prompt.length,
                 "token_dim": cfg.hidden_size,
                 "num_transformer_submodules": 1,
                 "num_attention_heads": cfg.num_heads,

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bbt::metrics::measure;
+use bbt::model::weights::Proj;
 use bbt::peft::optim::learning_rate_at;
-use bbt::peft::{Method, MethodConfig, MethodSetting, StepReport, Trainable, Trainer};
+use bbt::peft::{Method, MethodConfig, StepReport, Trainable, Trainer, TunerConfig};
 use bbt::protocol::{CandidateResult, Loss, Placement};
 use bbt::scoring::EncodedSplit;
 use bbt::tasks::{self, LoadOptions, Metric, MultiTokenWords, TaskSpec, Template, Verbalizer};
@@ -85,8 +86,8 @@ pub struct Args {
     settings: SettingFlags,
 }
 
-/// Flags overriding a method's defaults (each documented in `bbt::peft::config`, where the
-/// per-method values are chosen).
+/// Flags overriding a method's defaults (each documented in `bbt::peft::config` and
+/// `bbt::peft::tuners`, where the per-method values are chosen).
 #[derive(clap::Args)]
 struct SettingFlags {
     /// Peak learning rate of AdamW [default: the method's: 3e-5 model and Child-Tuning, 3e-3
@@ -141,7 +142,7 @@ struct SettingFlags {
     lora_dropout: Option<f32>,
     /// LoRA: comma-separated projections, of q,k,v,o,gate,up,down [default: q,v].
     #[arg(long, value_delimiter = ',')]
-    lora_targets: Option<Vec<String>>,
+    lora_targets: Option<Vec<Proj>>,
     /// Adapters: bottleneck width [default: 128 MAM, 64 the others].
     #[arg(long)]
     adapter_bottleneck: Option<usize>,
@@ -157,29 +158,9 @@ struct SettingFlags {
 impl SettingFlags {
     /// Sets what the flags give; an error names a flag the chosen method does not read.
     fn apply(&self, c: &mut MethodConfig) -> anyhow::Result<()> {
-        let specific = [
-            (self.prompt_length.is_some(), MethodSetting::PromptLength),
-            (self.placement.is_some(), MethodSetting::Placement),
-            (self.prefix_length.is_some(), MethodSetting::PrefixLength),
-            (self.prefix_hidden.is_some(), MethodSetting::PrefixHidden),
-            (self.lora_rank.is_some(), MethodSetting::LoraRank),
-            (self.lora_alpha.is_some(), MethodSetting::LoraAlpha),
-            (self.lora_dropout.is_some(), MethodSetting::LoraDropout),
-            (self.lora_targets.is_some(), MethodSetting::LoraTargets),
-            (
-                self.adapter_bottleneck.is_some(),
-                MethodSetting::AdapterBottleneck,
-            ),
-            (self.adapter_scale.is_some(), MethodSetting::AdapterScale),
-            (self.child_p.is_some(), MethodSetting::ChildP),
-        ];
-        for (given, setting) in specific {
-            if given {
-                setting.check(c.method)?;
-            }
-        }
+        let t = &mut c.training;
         macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { t.$field = v; } )* };
         }
         set!(
             learning_rate,
@@ -188,32 +169,86 @@ impl SettingFlags {
             max_grad_norm,
             steps,
             eval_every,
-            patience,
-            prompt_length,
-            prefix_length,
-            prefix_hidden,
-            lora_rank,
-            lora_alpha,
-            lora_dropout,
-            lora_targets,
-            adapter_bottleneck,
-            adapter_scale,
-            child_p
+            patience
         );
         if self.batch_size.is_some() {
-            c.batch_size = self.batch_size;
+            t.batch_size = self.batch_size;
         }
         if let Some(loss) = self.loss.chosen() {
-            c.loss = loss;
+            t.loss = loss;
         }
-        if let Some(p) = &self.placement {
-            c.placement = if p == "suffix" {
-                Placement::Suffix
-            } else {
-                Placement::Prefix
-            };
-        }
+        let tuner = &mut c.tuner;
+        let placement = self.placement.as_deref().map(|p| match p {
+            "suffix" => Placement::Suffix,
+            _ => Placement::Prefix,
+        });
+        set_setting(tuner, "--prompt-length", self.prompt_length, |t| {
+            t.prompt_tuning_mut().map(|p| &mut p.length)
+        })?;
+        set_setting(tuner, "--placement", placement, |t| {
+            t.prompt_tuning_mut().map(|p| &mut p.placement)
+        })?;
+        set_setting(tuner, "--prefix-length", self.prefix_length, |t| {
+            t.prefix_length_mut()
+        })?;
+        set_setting(tuner, "--prefix-hidden", self.prefix_hidden, |t| {
+            t.prefix_tuning_mut().map(|p| &mut p.hidden)
+        })?;
+        set_setting(tuner, "--lora-rank", self.lora_rank, |t| {
+            t.lora_mut().map(|l| &mut l.rank)
+        })?;
+        set_setting(tuner, "--lora-alpha", self.lora_alpha, |t| {
+            t.lora_mut().map(|l| &mut l.alpha)
+        })?;
+        set_setting(tuner, "--lora-dropout", self.lora_dropout, |t| {
+            t.lora_mut().map(|l| &mut l.dropout)
+        })?;
+        set_setting(tuner, "--lora-targets", self.lora_targets.clone(), |t| {
+            t.lora_mut().map(|l| &mut l.targets)
+        })?;
+        set_setting(
+            tuner,
+            "--adapter-bottleneck",
+            self.adapter_bottleneck,
+            |t| t.adapter_bottleneck_mut(),
+        )?;
+        set_setting(tuner, "--adapter-scale", self.adapter_scale, |t| {
+            t.adapter_scale_mut()
+        })?;
+        set_setting(tuner, "--child-p", self.child_p, |t| {
+            t.child_tuning_mut().map(|c| &mut c.p)
+        })?;
         Ok(())
+    }
+}
+
+/// Sets `value`, when given, in the setting `slot` reaches; an error names the flag and the
+/// methods that have the setting when `tuner`'s method has not.
+fn set_setting<T>(
+    tuner: &mut TunerConfig,
+    flag: &str,
+    value: Option<T>,
+    slot: impl Fn(&mut TunerConfig) -> Option<&mut T>,
+) -> anyhow::Result<()> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let method = tuner.method();
+    match slot(tuner) {
+        Some(setting) => {
+            *setting = value;
+            Ok(())
+        }
+        None => {
+            let owners: Vec<&str> = TunerConfig::methods_with(&slot)
+                .into_iter()
+                .map(Method::name)
+                .collect();
+            anyhow::bail!(
+                "{flag} does not apply to {method}: it is a setting of {}",
+                owners.join(", ")
+            )
+        }
     }
 }
 
@@ -254,10 +289,10 @@ impl TrainResult {
         let mc = &config.method;
         Self {
             summary: RunSummary {
-                method: mc.method.name().to_string(),
+                method: mc.method().name().to_string(),
                 task: config.task.clone(),
                 seed: config.seed,
-                budget: mc.steps as u64,
+                budget: mc.training.steps as u64,
                 api_calls: 0,
                 train_api_calls: 0,
                 best_dev_accuracy: None,
@@ -299,7 +334,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     };
     let config = state.config.clone();
-    let mc = &config.method;
+    let mc = &config.method.training;
 
     let Prepared {
         mut engine,
@@ -446,7 +481,7 @@ fn check_dev(
         engine,
         dev,
         metric,
-        state.config.method.loss,
+        state.config.method.training.loss,
     )?;
     if let Some(p) = state.curve.last_mut() {
         p.dev_accuracy = Some(d.accuracy);
@@ -568,7 +603,7 @@ pub fn prepare(config: &TrainConfig, device: &str) -> anyhow::Result<Prepared> {
     let path = bbt::assets::resolve_model(&config.model)?;
     let engine = Engine::load_path(&path, &device, bbt::engine::default_dtype(&device))?;
     let mut spec = data.spec.clone();
-    if config.method.method == Method::NullPrompt {
+    if config.method.method() == Method::NullPrompt {
         let null = if spec.template.two_inputs() {
             "<S1> <S2>"
         } else {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use bbt::metrics::measure;
 use bbt::peft::optim::learning_rate_at;
 use bbt::peft::{Method, Trainable};
-use bbt::protocol::{Loss, Placement};
+use bbt::protocol::Loss;
 use bbt::scoring::EncodedSplit;
 use bbt_client::summary::RunSummary;
 use serde_json::{json, Value};
@@ -29,24 +29,19 @@ pub fn run(config: &TrainConfig, dir: &Path, json_out: bool) -> anyhow::Result<(
     let start = Instant::now();
     let mc = &config.method;
     anyhow::ensure!(
-        PEER_METHODS.contains(&mc.method),
+        PEER_METHODS.contains(&mc.method()),
         "the PyTorch peer runs {}; not {}",
         PEER_METHODS.map(|m| m.name()).join(", "),
-        mc.method
+        mc.method()
     );
     anyhow::ensure!(
-        mc.loss == Loss::CrossEntropy,
+        mc.training.loss == Loss::CrossEntropy,
         "the PyTorch peer trains with the cross-entropy loss only"
     );
+    let training = &mc.training;
     let prepared = prepare(config, "cpu")?;
     let bos = prepared.engine.bos_segment();
-    if mc.method == Method::PromptTuning {
-        anyhow::ensure!(
-            mc.placement == Placement::Prefix && bos.is_empty(),
-            "peft puts the virtual tokens before every input token: only the prefix placement \
-             on a model without a BOS token has the same layout"
-        );
-    }
+    super::export::ensure_peft_layout(&mc.tuner, &bos)?;
     let trainable = Trainable::new(&prepared.engine, mc, &prepared.verbalizer, config.seed)?;
     let init_dir = dir.join("peer-init");
     super::export::write_peft_adapter(&init_dir, &trainable, &prepared.engine)?;
@@ -62,15 +57,22 @@ pub fn run(config: &TrainConfig, dir: &Path, json_out: bool) -> anyhow::Result<(
         json!({"rows": rows, "labels": s.labels})
     };
     let train_len = prepared.train.len();
-    let batch = mc.batch_size.unwrap_or(train_len).min(train_len);
-    let batches: Vec<Vec<usize>> = (0..mc.steps)
+    let batch = training.batch_size.unwrap_or(train_len).min(train_len);
+    let batches: Vec<Vec<usize>> = (0..training.steps)
         .map(|step| batch_indices(train_len, batch, step, config.seed))
         .collect();
-    let learning_rates: Vec<f64> = (0..mc.steps)
-        .map(|step| learning_rate_at(step, mc.steps, mc.warmup_ratio, mc.learning_rate))
+    let learning_rates: Vec<f64> = (0..training.steps)
+        .map(|step| {
+            learning_rate_at(
+                step,
+                training.steps,
+                training.warmup_ratio,
+                training.learning_rate,
+            )
+        })
         .collect();
     let spec = json!({
-        "method": mc.method.name(),
+        "method": mc.method().name(),
         "init_adapter": init_adapter,
         "verbalizer": prepared.single_word_ids()?,
         "train": split(&prepared.train),
@@ -78,12 +80,12 @@ pub fn run(config: &TrainConfig, dir: &Path, json_out: bool) -> anyhow::Result<(
         "test": split(&prepared.test),
         "batches": batches,
         "learning_rates": learning_rates,
-        "eval_every": mc.eval_every,
-        "weight_decay": mc.weight_decay,
-        "beta1": mc.beta1,
-        "beta2": mc.beta2,
-        "eps": mc.eps,
-        "max_grad_norm": mc.max_grad_norm,
+        "eval_every": training.eval_every,
+        "weight_decay": training.weight_decay,
+        "beta1": training.beta1,
+        "beta2": training.beta2,
+        "eps": training.eps,
+        "max_grad_norm": training.max_grad_norm,
     });
     let spec_path = dir.join("peer-run.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;

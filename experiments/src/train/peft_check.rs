@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use bbt::peft::Method;
-use bbt::protocol::Placement;
 use candle_core::DType;
 use serde_json::json;
 
@@ -28,20 +27,14 @@ pub struct Args {
 /// Runs the check and prints one JSON line with the largest difference.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let (config, mut prepared, trainable) = load_finished(&args.run, "cpu")?;
-    let method = config.method.method;
+    let method = config.method.method();
     anyhow::ensure!(
         matches!(method, Method::Lora | Method::PromptTuning),
         "{} has no HF peft adapter to check (only lora and prompt-tuning runs write one)",
         method
     );
     let bos = prepared.engine.bos_segment();
-    if method == Method::PromptTuning {
-        anyhow::ensure!(
-            config.method.placement == Placement::Prefix && bos.is_empty(),
-            "peft puts the virtual tokens before every input token: only a prefix-placement run \
-             on a model without a BOS token has the same layout"
-        );
-    }
+    super::export::ensure_peft_layout(&config.method.tuner, &bos)?;
     let dev = &prepared.dev;
     let n = args.examples.min(dev.len());
     anyhow::ensure!(n > 0, "the run's dev split is empty");
