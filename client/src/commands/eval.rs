@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use bbt::protocol::SplitName;
 use bbt_client::tune::outputs::SavedPrompt;
-use bbt_client::tune::{set_layers, split_layers, task_request};
+use bbt_client::tune::reuse::OtherTask;
 
 use super::tune::ServerArgs;
 
@@ -36,41 +36,15 @@ pub struct Args {
 
 /// Runs `bbt eval`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.prompt)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.prompt.display()))?;
-    let saved: SavedPrompt = serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not a bbt best_prompt.json: {e}",
-            args.prompt.display()
-        )
-    })?;
-    anyhow::ensure!(!saved.z.is_empty(), "{} holds no z", args.prompt.display());
-    let mut session = saved.session.clone();
-    if let Some(task) = &args.task {
-        session.task = task_request(
-            task,
-            args.k.unwrap_or(16),
-            args.seed.unwrap_or(42),
-            None,
-            None,
-        )?;
-    }
+    let saved = SavedPrompt::read(&args.prompt)?;
+    let other = args.task.as_deref().map(|task| OtherTask {
+        task,
+        k: args.k.unwrap_or(16),
+        seed: args.seed.unwrap_or(42),
+    });
     let split: SplitName = serde_json::from_value(serde_json::json!(args.split))?;
     let mut client = args.server.connect()?;
-    let info = client.create_session(&session)?;
-    let scored = if session.deep {
-        let layers = split_layers(&saved.z, session.projection.intrinsic_dim);
-        set_layers(&mut client, &info.id, &layers)
-            .and_then(|()| client.evaluate(&info.id, &layers[0], split, Some(0)))
-    } else {
-        client.evaluate(&info.id, &saved.z, split, None)
-    };
-    let _ = client.delete_session(&info.id);
-    let result = scored?
-        .results
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("the server returned no result"))?;
+    let (info, result) = saved.score(&mut client, other, split)?;
     if args.json {
         println!(
             "{}",

@@ -4,9 +4,11 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod control;
 pub mod local;
 pub mod outputs;
 pub mod progress;
+pub mod reuse;
 pub mod selection;
 
 use std::path::Path;
@@ -23,6 +25,7 @@ use crate::cmaes::{CmaOptions, Ipop};
 use crate::http::{CallError, ServerClient};
 use checkpoint::{Checkpoint, CurvePoint, TestPoint, CHECKPOINT_FILE};
 use config::TuneConfig;
+pub use control::Control;
 use local::LocalSearch;
 use outputs::TuneResult;
 use progress::{Event, Progress, ProgressOptions, Stage};
@@ -42,6 +45,19 @@ pub fn run(
     start: Start,
     out: &Path,
     progress: ProgressOptions,
+) -> anyhow::Result<TuneResult> {
+    run_with(client, start, out, progress, &Control::default())
+}
+
+/// [`run`], followed and stoppable through `control`: each event's JSON line goes to its
+/// observer, and once its stop flag is set the run ends after its next checkpoint with
+/// [`control::Stopped`], resumable from `out`.
+pub fn run_with(
+    client: &mut ServerClient,
+    start: Start,
+    out: &Path,
+    progress: ProgressOptions,
+    control: &Control,
 ) -> anyhow::Result<TuneResult> {
     let started = Instant::now();
     // The client may have served other runs: only what this run sends and receives counts.
@@ -72,7 +88,9 @@ pub fn run(
         }
     };
     let mut tuner = Tuner {
-        progress: Progress::new(out, progress, state.config.budget, state.train_calls)?,
+        progress: Progress::new(out, progress, state.config.budget, state.train_calls)?
+            .observed_by(control.observer.clone()),
+        control,
         base_bytes: (state.bytes_up, state.bytes_down),
         client_start,
         client,
@@ -269,6 +287,7 @@ pub fn task_request(
 /// One running tuner.
 struct Tuner<'a> {
     client: &'a mut ServerClient,
+    control: &'a Control,
     out: &'a Path,
     progress: Progress,
     started: Instant,
@@ -606,11 +625,15 @@ impl Tuner<'_> {
                 set_layers(self.client, &id, &state.layer_z)?;
             }
             match call(self.client, &id) {
-                Err(e) if e.quota_spent() => anyhow::bail!(
-                    "the server's quota of API calls for this key is spent; the run so far is \
-                     saved in {}: rerun the same command once the quota is raised ({e})",
-                    self.out.display()
-                ),
+                Err(e) if e.quota_spent() => {
+                    let advice = format!(
+                        "the server's quota of API calls for this key is spent; the run so far \
+                         is saved in {}: rerun the same command once the quota is raised",
+                        self.out.display()
+                    );
+                    // The request's error stays underneath, for callers that match on it.
+                    return Err(anyhow::Error::new(e).context(advice));
+                }
                 Err(e) if e.session_lost() => {
                     self.progress
                         .note("the server does not have the session; creating it again");
@@ -628,7 +651,8 @@ impl Tuner<'_> {
         let now = self.started.elapsed().as_secs_f64();
         state.wall_seconds += now;
         self.started = Instant::now();
-        state.save(self.out)
+        state.save(self.out)?;
+        self.control.check()
     }
 }
 
@@ -681,11 +705,6 @@ fn current_prompt(state: &Checkpoint) -> Vec<f32> {
         .iter()
         .map(|&v| v as f32)
         .collect()
-}
-
-/// A whole deep prompt's per-layer `z`s.
-pub fn split_layers(prompt: &[f32], d: usize) -> Vec<Vec<f32>> {
-    prompt.chunks(d.max(1)).map(<[f32]>::to_vec).collect()
 }
 
 /// Fixes every layer of a deep session that has a `z` (empty ones stay as they are).

@@ -10,6 +10,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use super::control::Observer;
 use super::selection::Checked;
 
 /// How a run reports.
@@ -95,6 +96,7 @@ pub struct Progress {
     done_at_start: u64,
     started: Instant,
     estimated: bool,
+    observer: Option<Observer>,
 }
 
 impl Progress {
@@ -129,15 +131,25 @@ impl Progress {
             done_at_start: done,
             started: Instant::now(),
             estimated: false,
+            observer: None,
         })
     }
 
-    /// Records an event: log file, JSON line, bar.
+    /// Also hands every event's JSON line to `observer`.
+    pub fn observed_by(mut self, observer: Option<Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Records an event: log file, JSON line, bar, observer.
     pub fn event(&mut self, event: &Event) {
         let line = serde_json::to_string(event).expect("events serialise");
         let _ = writeln!(self.log, "{line}");
         if self.json_lines {
             println!("{line}");
+        }
+        if let Some(observer) = &self.observer {
+            observer(&line);
         }
         if let (
             Some(bar),
