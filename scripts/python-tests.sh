@@ -15,7 +15,8 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "maturin==1.16.0" "numpy>=1.21" "pytest>=7" "cma>=3" "tqdm>=4.60"
+    "maturin==1.16.0" "numpy>=1.21" "pytest>=7" "cma>=3" "tqdm>=4.60" \
+    "nbclient>=0.10" "nbformat>=5" "ipykernel>=6" "matplotlib>=3.5"
 
 cargo build -p bbt-server -p bbt-client --bins
 rm -rf target/wheels

@@ -273,6 +273,47 @@ fn training_moves_parameters_and_leaves_frozen_weights_bitwise_unchanged() {
 }
 
 #[test]
+fn micro_batches_give_the_whole_batchs_loss_and_gradients() {
+    let split = split();
+    let idx = [0usize, 1, 2];
+    for method in [Method::PromptTuning, Method::Lora, Method::ModelTuning] {
+        let mut engine = engine(Architecture::Llama, DType::F64);
+        let whole_config = small_method_config(method);
+        let mut chunked_config = whole_config.clone();
+        chunked_config.training.micro_batch = Some(2);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let whole = Trainable::new(&engine, &whole_config, &verbalizer(), 5).unwrap();
+        perturb(&whole, &mut rng);
+        let chunked = Trainable::new(&engine, &chunked_config, &verbalizer(), 5).unwrap();
+        for (a, b) in whole.params().iter().zip(chunked.params()) {
+            b.var.set(a.var.as_tensor()).unwrap();
+        }
+        let (whole_loss, whole_grads) = Trainer::new(whole, 1)
+            .unwrap()
+            .gradients(&mut engine, &split, &idx)
+            .unwrap();
+        let (chunked_loss, chunked_grads) = Trainer::new(chunked, 1)
+            .unwrap()
+            .gradients(&mut engine, &split, &idx)
+            .unwrap();
+        assert!((whole_loss - chunked_loss).abs() < 1e-12, "{method}");
+        for (a, b) in whole_grads.iter().zip(&chunked_grads) {
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            let scale = a.abs().unwrap().max_all().unwrap();
+            let (diff, scale) = (
+                diff.to_scalar::<f64>().unwrap(),
+                scale.to_scalar::<f64>().unwrap(),
+            );
+            assert!(
+                diff <= 1e-10 * scale.max(1.0),
+                "{method}: {diff} of {scale}"
+            );
+        }
+        assert!(whole_grads.iter().any(|g| dot(g, g) > 0.0), "{method}");
+    }
+}
+
+#[test]
 fn trainable_parameter_counts() {
     for arch in ARCHITECTURES {
         let engine = engine(arch, DType::F32);

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -40,6 +43,7 @@ from ._native import (
 
 __all__ = [
     "Client",
+    "LocalServer",
     "Session",
     "Result",
     "Score",
@@ -97,8 +101,8 @@ class Result:
     bytes_down: int
     best_train_loss: float
     zero_shot_test_accuracy: Optional[float]
-    #: One point per generation: ``api_calls``, ``train_loss``, ``best_train_loss``,
-    #: ``dev_accuracy`` (when checked) and more.
+    #: One point per generation: ``api_calls`` (training calls so far), ``train_loss`` (the
+    #: generation's best) and ``dev_accuracy`` (where dev was checked, else ``None``).
     curve: List[Dict[str, Any]]
     #: The run's settings (the keys ``Client.tune`` accepts).
     config: Dict[str, Any]
@@ -338,3 +342,63 @@ class Session:
         except BbtError:
             if exc[0] is None:
                 raise
+
+
+class LocalServer:
+    """A ``bbt-server`` started on this machine as a child process, on a free loopback port;
+    stopped by :meth:`stop`, at the end of a ``with`` block, or when Python exits.
+
+    ``binary`` defaults to ``$BBT_SERVER_BIN``, else ``bbt-server`` on ``PATH``; ``flags`` are
+    its command-line flags (``"--model", "gemma3-1b"``, ``"--api-keys", "keys.txt"``, ...).
+    The default model is fetched on first use, which can take a minute.
+    """
+
+    def __init__(self, *flags: str, binary: Optional[PathLike] = None):
+        program = binary or os.environ.get("BBT_SERVER_BIN") or shutil.which("bbt-server")
+        if program is None:
+            raise FileNotFoundError(
+                "no bbt-server: install it (cargo install --path server) or give binary=..."
+            )
+        self.process = subprocess.Popen(
+            [os.fspath(program), "--bind", "127.0.0.1:0", *flags],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        #: The server's log lines so far.
+        self.log: List[str] = []
+        assert self.process.stderr is not None
+        url = None
+        for line in self.process.stderr:
+            self.log.append(line)
+            if "listening on " in line:
+                url = line.split("listening on ", 1)[1].strip()
+                break
+        if url is None:
+            self.process.wait()
+            raise BbtError("bbt-server exited before listening:\n" + "".join(self.log))
+        #: The server's base URL, for :class:`Client`.
+        self.url: str = url
+        # Read on, so the server never blocks on a full pipe.
+        threading.Thread(target=self._read_log, daemon=True).start()
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def stop(self) -> None:
+        """Stops the server."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> "LocalServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        self.stop()

@@ -68,6 +68,11 @@ pub struct TrainingConfig {
     pub steps: usize,
     /// Examples per step; `None` is full-batch (all 2 x 16 training examples of a binary task).
     pub batch_size: Option<usize>,
+    /// Examples per forward/backward pass within a step, their gradients summed: the same step
+    /// (up to rounding) in the memory of this many examples' graph; `None` runs a step's batch
+    /// at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch: Option<usize>,
     /// Evaluate on the dev split every this many steps, keeping the best-dev parameters.
     pub eval_every: usize,
     /// Stop after this many evaluations without a better dev accuracy (0: never stop early).
@@ -105,6 +110,7 @@ impl TrainingConfig {
             max_grad_norm: 1.0,
             steps: 50,
             batch_size: None,
+            micro_batch: None,
             eval_every: 10,
             patience: 0,
             loss: Loss::CrossEntropy,
@@ -126,6 +132,10 @@ impl TrainingConfig {
         anyhow::ensure!(
             self.batch_size != Some(0),
             "batch size must be at least 1 (omit it for full-batch)"
+        );
+        anyhow::ensure!(
+            self.micro_batch != Some(0),
+            "micro-batch must be at least 1 (omit it to run a step's batch at once)"
         );
         Ok(())
     }
@@ -230,6 +240,7 @@ impl From<StoredMethodConfig> for MethodConfig {
             max_grad_norm: f.max_grad_norm,
             steps: f.steps,
             batch_size: f.batch_size,
+            micro_batch: None,
             eval_every: f.eval_every,
             patience: f.patience,
             loss: f.loss,

@@ -63,8 +63,51 @@ impl Trainer {
     }
 
     /// Mean loss of the examples `idx` and its gradient for every parameter (zeros where the
-    /// loss does not depend on one), in the order of [`Trainable::params`].
+    /// loss does not depend on one), in the order of [`Trainable::params`]. With a micro-batch
+    /// setting the examples run in chunks of that many and the chunks' gradients are summed,
+    /// weighted by their share of `idx`: the same gradient up to rounding, with the memory of
+    /// one chunk's graph.
     pub fn gradients(
+        &self,
+        engine: &mut Engine,
+        split: &EncodedSplit,
+        idx: &[usize],
+    ) -> anyhow::Result<(f64, Vec<Tensor>)> {
+        let chunk = self
+            .trainable
+            .config()
+            .training
+            .micro_batch
+            .unwrap_or(idx.len())
+            .max(1);
+        if chunk >= idx.len() {
+            return self.chunk_gradients(engine, split, idx);
+        }
+        let total = idx.len() as f64;
+        let mut loss = 0.0;
+        let mut sum: Option<Vec<Tensor>> = None;
+        for part in idx.chunks(chunk) {
+            let share = part.len() as f64 / total;
+            let (value, grads) = self.chunk_gradients(engine, split, part)?;
+            loss += share * value;
+            let grads = grads
+                .iter()
+                .map(|g| g.affine(share, 0.0))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            sum = Some(match sum {
+                None => grads,
+                Some(acc) => acc
+                    .iter()
+                    .zip(&grads)
+                    .map(|(a, g)| a + g)
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+            });
+        }
+        Ok((loss, sum.expect("idx has at least one chunk")))
+    }
+
+    /// [`Trainer::gradients`] of the examples `idx` in one pass.
+    fn chunk_gradients(
         &self,
         engine: &mut Engine,
         split: &EncodedSplit,

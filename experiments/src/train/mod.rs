@@ -110,6 +110,10 @@ struct SettingFlags {
     /// Examples per step [default: the whole training split].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Examples per forward/backward pass within a step, gradients summed over the passes: the
+    /// same step up to rounding, in the memory of N examples [default: the whole batch at once].
+    #[arg(long)]
+    micro_batch: Option<usize>,
     /// Evaluate on dev every N steps, keeping the best-dev parameters [default: 10].
     #[arg(long)]
     eval_every: Option<usize>,
@@ -173,6 +177,9 @@ impl SettingFlags {
         );
         if self.batch_size.is_some() {
             t.batch_size = self.batch_size;
+        }
+        if self.micro_batch.is_some() {
+            t.micro_batch = self.micro_batch;
         }
         if let Some(loss) = self.loss.chosen() {
             t.loss = loss;
