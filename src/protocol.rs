@@ -50,6 +50,10 @@ pub struct ModelCard {
     /// `openblas-0.3.34` or `candle-gemm`; absent on a GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_kernels: Option<String>,
+    /// Whether the model puts a BOS token before every input; a prefix-placement prompt then
+    /// follows it (HF peft's prompt tuning puts its virtual tokens before it).
+    #[serde(default)]
+    pub adds_bos: bool,
 }
 
 /// Where the continuous prompt goes.

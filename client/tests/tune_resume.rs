@@ -390,3 +390,67 @@ fn a_spent_quota_stops_the_run_and_it_resumes_later() {
         serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
     assert_eq!(result["curve"].as_array().unwrap().len(), 8);
 }
+
+/// The f32 values of tensor `name` in a safetensors file.
+fn tensor_values(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = file.tensor(name).unwrap();
+    let values = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (t.shape().to_vec(), values)
+}
+
+/// Two generations of 6 (the quick preset's placement: the suffix).
+const SHORT_RUN: &[&str] = &[
+    "--preset",
+    "quick",
+    "--budget",
+    "12",
+    "--popsize",
+    "6",
+    "--intrinsic-dim",
+    "16",
+    "--prompt-length",
+    "2",
+    "--dev-every",
+    "12",
+];
+
+/// A prefix-placement prompt on a model without a BOS token is also written as a HF peft
+/// prompt-tuning adapter holding the same vectors; a suffix-placement prompt is not.
+#[test]
+fn a_prefix_prompt_is_also_a_peft_prompt_tuning_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(task) = write_task(dir.path(), "a_prefix_prompt_is_also_a_peft_adapter") else {
+        return;
+    };
+    let server = serve("127.0.0.1:0");
+    let prefix = dir.path().join("prefix");
+    let mut args = tune_args(server.url(), &task, &prefix, SHORT_RUN);
+    args.extend(["--placement", "prefix"].map(String::from));
+    run_to_end(&args);
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(prefix.join("peft/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "PROMPT_TUNING");
+    assert_eq!(config["num_virtual_tokens"], 2);
+    let (shape, adapter) = tensor_values(
+        &prefix.join("peft/adapter_model.safetensors"),
+        "prompt_embeddings",
+    );
+    assert_eq!(shape[0], 2);
+    assert_eq!(config["token_dim"], shape[1]);
+    let (_, saved) = tensor_values(&prefix.join("best_prompt.safetensors"), "prompt");
+    assert_eq!(adapter, saved);
+    assert!(adapter.iter().any(|v| *v != 0.0));
+
+    let suffix = dir.path().join("suffix");
+    run_to_end(&tune_args(server.url(), &task, &suffix, SHORT_RUN));
+    assert!(suffix.join("best_prompt.safetensors").exists());
+    assert!(!suffix.join("peft").exists());
+}

@@ -336,11 +336,32 @@ impl Tuner<'_> {
                     .prompt,
             )
         };
+        // HF peft puts a prompt-tuning adapter's vectors before every input token, as the
+        // prefix placement does on a model without a BOS token.
+        let peft_base = match &prompt {
+            Some(_) if state.config.placement == Placement::Prefix => self
+                .client
+                .models()?
+                .data
+                .into_iter()
+                .next()
+                .filter(|card| !card.adds_bos),
+            _ => None,
+        };
         self.save(state)?;
         self.progress.finish();
         let test_examples = self.info.as_ref().map(|i| i.test_size).filter(|&n| n > 0);
         let result = TuneResult::new(state, test.map(|mut t| t.remove(0)), test_examples);
-        outputs::write_all(self.out, &result, state, &best, prompt.as_deref())?;
+        let prompt = prompt.as_deref();
+        outputs::write_all(self.out, &result, state, &best, prompt)?;
+        if let (Some(prompt), Some(card)) = (prompt, peft_base) {
+            crate::peft_adapter::write_prompt_tuning(
+                &self.out.join("peft"),
+                prompt,
+                &card.id,
+                card.num_layers,
+            )?;
+        }
         if let Some(id) = state.session_id.take() {
             let _ = self.client.delete_session(&id);
         }

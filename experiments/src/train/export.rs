@@ -71,29 +71,21 @@ pub fn write_peft_adapter(
             }
             (config, tensors)
         }
-        TunerConfig::PromptTuning(prompt) => {
-            let config = json!({
-                "peft_type": "PROMPT_TUNING",
-                "task_type": "CAUSAL_LM",
-                "base_model_name_or_path": base,
-                "num_virtual_tokens": prompt.length,
-                "token_dim": cfg.hidden_size,
-                "num_transformer_submodules": 1,
-                "num_attention_heads": cfg.num_heads,
-                "num_layers": cfg.num_layers,
-                "prompt_tuning_init": "RANDOM",
-                "inference_mode": true,
-            });
-            let prompt = trainable
+        TunerConfig::PromptTuning(_) => {
+            let prompt: Vec<Vec<f32>> = trainable
                 .params()
                 .first()
-                .map(|p| p.var.as_tensor().to_dtype(DType::F32))
-                .transpose()?
-                .ok_or_else(|| anyhow::anyhow!("prompt tuning without a prompt"))?;
-            (
-                config,
-                HashMap::from([("prompt_embeddings".to_string(), prompt)]),
-            )
+                .ok_or_else(|| anyhow::anyhow!("prompt tuning without a prompt"))?
+                .var
+                .as_tensor()
+                .to_dtype(DType::F32)?
+                .to_vec2()?;
+            return bbt_client::peft_adapter::write_prompt_tuning(
+                dir,
+                &prompt,
+                &base,
+                cfg.num_layers,
+            );
         }
         _ => return Ok(()),
     };

@@ -597,6 +597,15 @@ impl Prepared {
 
 /// Loads the task's splits and the model of `config` on `device`.
 pub fn prepare(config: &TrainConfig, device: &str) -> anyhow::Result<Prepared> {
+    prepare_in(config, device, None)
+}
+
+/// [`prepare`] with the model in `dtype` (`None`: the device's default).
+pub fn prepare_in(
+    config: &TrainConfig,
+    device: &str,
+    dtype: Option<DType>,
+) -> anyhow::Result<Prepared> {
     let data = tasks::load_task(
         &config.task,
         &LoadOptions {
@@ -608,7 +617,8 @@ pub fn prepare(config: &TrainConfig, device: &str) -> anyhow::Result<Prepared> {
     )?;
     let device = bbt::device::parse_device(device)?;
     let path = bbt::assets::resolve_model(&config.model)?;
-    let engine = Engine::load_path(&path, &device, bbt::engine::default_dtype(&device))?;
+    let dtype = dtype.unwrap_or_else(|| bbt::engine::default_dtype(&device));
+    let engine = Engine::load_path(&path, &device, dtype)?;
     let mut spec = data.spec.clone();
     if config.method.method() == Method::NullPrompt {
         let null = if spec.template.two_inputs() {
@@ -646,9 +656,10 @@ pub fn prepare(config: &TrainConfig, device: &str) -> anyhow::Result<Prepared> {
 pub fn load_finished(
     dir: &Path,
     device: &str,
+    dtype: Option<DType>,
 ) -> anyhow::Result<(TrainConfig, Prepared, Trainable)> {
     let (state, _) = TrainState::load(dir)?;
-    let prepared = prepare(&state.config, device)?;
+    let prepared = prepare_in(&state.config, device, dtype)?;
     let trainable = Trainable::new(
         &prepared.engine,
         &state.config.method,

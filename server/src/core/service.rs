@@ -120,6 +120,7 @@ impl Service {
                 device: bbt::device::device_name(self.engine.device()),
                 dtype: self.engine.model_dtype().as_str().into(),
                 cpu_kernels: self.engine.cpu_kernels().map(str::to_string),
+                adds_bos: !self.engine.bos_segment().is_empty(),
             }],
         }
     }
