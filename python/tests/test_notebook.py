@@ -27,6 +27,8 @@ def test_the_quickstart_notebook_runs_end_to_end(server, tmp_path: Path, monkeyp
     )
     assert "tuned: " in printed and "zero-shot manual prompt: " in printed, printed
     assert "sst2 dev: " in printed, printed
+    assert "PROMPT_TUNING: 5 virtual tokens" in printed, printed
+    assert (out / "peft" / "adapter_model.safetensors").exists()
     figures = [o for cell in notebook.cells for o in cell.get("outputs", [])
                if "image/png" in o.get("data", {})]
     assert len(figures) == 1
