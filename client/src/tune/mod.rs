@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod local;
 pub mod outputs;
+pub mod peft_adapter;
 pub mod progress;
 pub mod reuse;
 pub mod selection;
@@ -355,7 +356,7 @@ impl Tuner<'_> {
         let prompt = prompt.as_deref();
         outputs::write_all(self.out, &result, state, &best, prompt)?;
         if let (Some(prompt), Some(card)) = (prompt, peft_base) {
-            crate::peft_adapter::write_prompt_tuning(
+            peft_adapter::write_prompt_tuning(
                 &self.out.join("peft"),
                 prompt,
                 &card.id,

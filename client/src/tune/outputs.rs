@@ -188,17 +188,26 @@ pub const PROMPT_FILE: &str = "best_prompt.safetensors";
 
 /// The prompt as one f32 tensor `prompt` of shape `[L, hidden]`.
 fn write_prompt_safetensors(path: &Path, prompt: &[Vec<f32>], task: &str) -> anyhow::Result<()> {
-    let rows = prompt.len();
-    let hidden = prompt.first().map_or(0, Vec::len);
-    let bytes: Vec<u8> = prompt
+    let metadata = HashMap::from([("task".to_string(), task.to_string())]);
+    write_rows_safetensors(path, "prompt", prompt, Some(metadata))
+}
+
+/// Writes `rows` (all of one length) as the f32 tensor `name` of shape `[rows, length]`.
+pub fn write_rows_safetensors(
+    path: &Path,
+    name: &str,
+    rows: &[Vec<f32>],
+    metadata: Option<HashMap<String, String>>,
+) -> anyhow::Result<()> {
+    let (count, width) = (rows.len(), rows.first().map_or(0, Vec::len));
+    let bytes: Vec<u8> = rows
         .iter()
         .flatten()
         .flat_map(|v| v.to_le_bytes())
         .collect();
     let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, hidden], &bytes)?;
-    let metadata = HashMap::from([("task".to_string(), task.to_string())]);
-    safetensors::serialize_to_file([("prompt", view)], Some(metadata), path)?;
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![count, width], &bytes)?;
+    safetensors::serialize_to_file([(name, view)], metadata, path)?;
     Ok(())
 }
 

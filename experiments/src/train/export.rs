@@ -80,7 +80,7 @@ pub fn write_peft_adapter(
                 .as_tensor()
                 .to_dtype(DType::F32)?
                 .to_vec2()?;
-            return bbt_client::peft_adapter::write_prompt_tuning(
+            return bbt_client::tune::peft_adapter::write_prompt_tuning(
                 dir,
                 &prompt,
                 &base,

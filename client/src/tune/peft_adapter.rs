@@ -5,6 +5,8 @@ use std::path::Path;
 
 use serde_json::json;
 
+use super::outputs::write_rows_safetensors;
+
 /// Writes `prompt` (`[L, hidden]` rows, placed before every input as peft places its virtual
 /// tokens) as a prompt-tuning adapter for `base_model` (its name, for the config's
 /// `base_model_name_or_path`) of `num_layers` layers into `dir`, created if needed.
@@ -37,19 +39,12 @@ pub fn write_prompt_tuning(
         dir.join("adapter_config.json"),
         serde_json::to_vec_pretty(&config)?,
     )?;
-    let bytes: Vec<u8> = prompt
-        .iter()
-        .flatten()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, hidden], &bytes)?;
-    safetensors::serialize_to_file(
-        [("prompt_embeddings", view)],
-        None,
+    write_rows_safetensors(
         &dir.join("adapter_model.safetensors"),
-    )?;
-    Ok(())
+        "prompt_embeddings",
+        prompt,
+        None,
+    )
 }
 
 #[cfg(test)]
