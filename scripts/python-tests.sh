@@ -12,7 +12,13 @@ cd "$(dirname "$0")/.."
 
 venv="${BBT_PY_VENV:-$HOME/.cache/bbt/py-venv}"
 if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
+    # Debian's python3 keeps the venv module in a package of its own: virtualenv from the
+    # package index does the same job.
+    python3 -m venv "$venv" 2>/dev/null || {
+        rm -rf "$venv"
+        python3 -m pip install --quiet --disable-pip-version-check --user virtualenv
+        python3 -m virtualenv --quiet "$venv"
+    }
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     "maturin==1.16.0" "numpy>=1.21" "pytest>=7" "cma>=3" "tqdm>=4.60" \
