@@ -15,11 +15,13 @@ use crate::protocol::Placement;
 pub struct Param {
     /// A stable name: the key in saved safetensors files and checkpoints.
     pub name: String,
+    /// Its value, tracked for gradients.
     pub var: Var,
 }
 
 /// Seeded draws of initial values, as tensors in the model's dtype and device.
 pub struct Init {
+    /// The seeded stream every draw comes from, in the order the tuner draws.
     pub rng: ChaCha8Rng,
     device: Device,
     dtype: DType,
@@ -67,6 +69,7 @@ impl Init {
 pub struct TrainablePrompt {
     /// `[L, hidden]`.
     pub embeddings: Tensor,
+    /// Before the text (prefix) or before the template's tail (suffix).
     pub placement: Placement,
 }
 
@@ -75,11 +78,15 @@ pub struct TrainablePrompt {
 pub struct Attachment<'e> {
     /// The model the method attaches to (for its shapes and to embed or run tokens).
     pub engine: &'e Engine,
+    /// Initial values.
     pub init: Init,
+    /// The parameters registered so far, in registration order.
     pub params: Vec<Param>,
     /// The model's weights with the method's trainable pieces attached (or made trainable).
     pub weights: DecoderWeights,
+    /// Prompt tuning's input vectors.
     pub prompt: Option<TrainablePrompt>,
+    /// The keys/values of prefix tuning, P-tuning v2 and MAM.
     pub past: Option<TrainablePast>,
     /// Trainable label-word rows `[words, hidden]` of the output head (norm tuning).
     pub head: Option<Tensor>,

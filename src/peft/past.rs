@@ -13,9 +13,12 @@ pub enum TrainablePast {
     /// Prefix tuning: embeddings `[L, hidden]` -> `tanh(E W1^T + b1) W2^T + b2`, which holds every
     /// layer's keys and values (Li & Liang's reparameterisation, laid out as HF peft does).
     Mlp {
+        /// `[L, hidden]`.
         embedding: Tensor,
+        /// The MLP's first layer `[width, hidden]` and its bias.
         w1: Tensor,
         b1: Tensor,
+        /// Its second layer `[layers * 2 * kv_dim, width]` and its bias.
         w2: Tensor,
         b2: Tensor,
         /// `(layers, kv_heads, head_dim)` of the model's attention.

@@ -11,8 +11,11 @@ use crate::http::ServerClient;
 
 /// Another task to score a prompt on: its name or spec file, and its few-shot sample.
 pub struct OtherTask<'a> {
+    /// A task name the server knows, or a local spec file.
     pub task: &'a str,
+    /// Few-shot examples per class of its train and dev splits.
     pub k: usize,
+    /// Seed of the few-shot sample.
     pub seed: u64,
 }
 

@@ -30,19 +30,32 @@ use super::params::Attachment;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", content = "settings", rename_all = "kebab-case")]
 pub enum TunerConfig {
+    /// Every weight of the model; no settings of its own.
     ModelTuning,
+    /// Trainable input vectors.
     PromptTuning(PromptTuningConfig),
+    /// Keys/values at every layer through a reparameterisation MLP.
     PrefixTuning(PrefixTuningConfig),
+    /// Keys/values at every layer, directly.
     #[serde(rename = "p-tuning-v2")]
     PTuningV2(PTuningV2Config),
+    /// Low-rank updates of chosen projections.
     Lora(LoraConfig),
+    /// Houlsby's sequential adapters.
     Adapter(AdapterConfig),
+    /// A parallel adapter beside the feed-forward sublayer.
     ParallelAdapter(AdapterConfig),
+    /// P-tuning v2's keys/values plus a parallel adapter.
     MamAdapter(MamAdapterConfig),
+    /// Biases only; no settings of its own.
     Bitfit,
+    /// Norm weights and the label words' output rows; no settings of its own.
     NormTuning,
+    /// Model tuning under a fresh Bernoulli gradient mask every step.
     ChildTuningF(ChildTuningConfig),
+    /// Model tuning of a fixed child network chosen by Fisher information.
     ChildTuningD(ChildTuningConfig),
+    /// BitFit without template words; no settings of its own.
     NullPrompt,
 }
 
