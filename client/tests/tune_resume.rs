@@ -264,15 +264,7 @@ fn a_run_starts_from_another_runs_prompt() {
     let server = serve("127.0.0.1:0");
     let source = dir.path().join("source");
     run_to_end(&tune_args(server.url(), &task, &source, BBT_RUN));
-    let saved = std::fs::read(source.join("best_prompt.safetensors")).unwrap();
-    let saved = safetensors::SafeTensors::deserialize(&saved).unwrap();
-    let saved: Vec<f32> = saved
-        .tensor("prompt")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let (_, saved) = tensor_values(&source.join("best_prompt.safetensors"), "prompt");
 
     let transferred = dir.path().join("transferred");
     let mut args = tune_args(server.url(), &task, &transferred, BBT_RUN);
